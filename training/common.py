@@ -1,0 +1,50 @@
+"""Shared helpers for the training pipeline: config, logging, token data, checkpoints."""
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def setup_torch(seed):
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    torch.manual_seed(seed)
+    random.seed(seed)
+
+
+def log(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def save_atomic(obj, path):
+    tmp = Path(f"{path}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_json(obj, path):
+    Path(path).write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def stream(docs, eos_id):
+    """Concatenates documents into one token stream, each preceded by the end-of-text token."""
+    out = []
+    for ids in docs:
+        out.append(eos_id)
+        out.extend(ids)
+    return torch.tensor(out, dtype=torch.long)
+
+
+def chunk_texts(docs, eos_id, context, min_tokens):
+    """Cuts documents into model-sized texts: [eos] + up to context-1 tokens; tiny tails are dropped."""
+    texts = []
+    for ids in docs:
+        for start in range(0, len(ids), context - 1):
+            piece = ids[start:start + context - 1]
+            if len(piece) >= min_tokens:
+                texts.append([eos_id] + piece)
+    return texts
