@@ -7,7 +7,7 @@ build resumes where it stopped (pretraining also resumes from its last checkpoin
 """
 import argparse
 import json
-import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -85,8 +85,112 @@ def main():
         model, history = pretrain(cfg, train, val, work)
         save_atomic({"model": model.state_dict(), "config": model.config, "history": history}, work / "base.pt")
 
-    stages = [build_data, build_tokenizer, encode, run_pretrain]
-    names = ["data", "tokenizer", "encode", "pretrain"]
+    def load_base():
+        from model import GPT
+        ckpt = torch.load(work / "base.pt")
+        model = GPT(**ckpt["config"])
+        model.load_state_dict(ckpt["model"])
+        model.eval()
+        return model, ckpt["history"]
+
+    def text_sets(names):
+        return torch.load(work / "textsets.pt")  # {name: TextSet}
+
+    @stage("cache", work / "textsets.pt", timings)
+    def cache_hidden():
+        from adapt import TextSet
+        from common import chunk_texts
+        base, _ = load_base()
+        tokens = torch.load(work / "tokens.pt")
+        eos = bpe.Tokenizer(work / "tokenizer.json").eos_id
+        sets = {}
+        for role, domains in (("M", cfg["adapt_domains"]), ("P", cfg["pretrain_domains"])):
+            for split in (("train", "val", "test") if role == "M" else ("val", "test")):
+                texts, labels = [], []
+                for d in domains:
+                    chunks = chunk_texts(tokens[(role, d, split)], eos, cfg["model"]["context"], cfg["texts"]["min_tokens"])
+                    texts += chunks
+                    labels += [d] * len(chunks)
+                log(f"caching hidden states of {role}/{split}: {len(texts)} texts")
+                sets[f"{role}_{split}"] = TextSet(base, texts, labels)
+                sets[f"{role}_{split}"].token_ids = texts
+        save_atomic(sets, work / "textsets.pt")
+
+    @stage("static", work / "static.pt", timings)
+    def run_static():
+        from adapt import train_static
+        base, _ = load_base()
+        sets = text_sets(None)
+        save_atomic(train_static(base.wte.weight.detach(), sets["M_train"], cfg, cfg["seed"]), work / "static.pt")
+
+    @stage("hypernet", work / "hypernet.pt", timings)
+    def run_hypernet():
+        from adapt import train_hypernet
+        base, _ = load_base()
+        sets = text_sets(None)
+        net = train_hypernet(base.wte.weight.detach(), sets["M_train"], cfg, cfg["seed"])
+        save_atomic(net.state_dict(), work / "hypernet.pt")
+
+    def load_hypernet():
+        from model import HyperNetwork
+        m = cfg["model"]
+        net = HyperNetwork(m["d_model"], m["vocab_size"], cfg["lora"]["rank"], cfg["hypernet"]["hidden"])
+        net.load_state_dict(torch.load(work / "hypernet.pt"))
+        net.eval()
+        return net
+
+    @stage("evaluate", work / "eval.json", timings)
+    def run_evaluate():
+        from evaluate import LABELS, evaluate_all, markdown_table, plot
+        base, _ = load_base()
+        sets = text_sets(None)
+        wte = base.wte.weight.detach()
+        static, net = torch.load(work / "static.pt"), load_hypernet()
+        results = {}
+        for split in ("val", "test"):
+            log(f"evaluating on {split}")
+            results[split] = evaluate_all(wte, {"M": sets[f"M_{split}"], "P": sets[f"P_{split}"]}, static, net, cfg, cfg["seed"])
+        test = results["test"]
+        ratio = test["chameleon_windows"]["M"]["overall"] / test["static"]["M"]["overall"]
+        report = {
+            "metric": "token-weighted perplexity of next-token prediction over every position of each text",
+            "texts": f"documents cut into texts of at most {cfg['model']['context']} tokens (BOS first)",
+            "eval": cfg["eval"],
+            "labels": LABELS,
+            "test": test,
+            "validation": results["val"],
+            "target": {"goal": "chameleon_windows <= 0.90 x static on M test", "ratio": round(ratio, 4), "met": ratio <= 0.90},
+            "table_markdown": markdown_table(test, cfg["adapt_domains"], cfg["pretrain_domains"]),
+        }
+        write_json(report, work / "eval.json")
+        plot(test, cfg["adapt_domains"], work / "eval.png")
+        print(report["table_markdown"])
+        log(f"chameleon_windows / static on M test: {ratio:.4f} (target 0.90)")
+
+    @stage("export", out / "manifest.json", timings)
+    def run_export():
+        from export import export_package
+        base, history = load_base()
+        sets = text_sets(None)
+        report = json.loads((work / "eval.json").read_text())
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(work / "eval.json", out / "eval.json")
+        shutil.copyfile(work / "eval.png", out / "eval.png")
+        test_ids = sets["M_test"].token_ids
+        prompts = [test_ids[0][:7], test_ids[len(test_ids) // 2][:4], test_ids[-1][:9]]
+        eos = bpe.Tokenizer(work / "tokenizer.json").eos_id
+        summary = json.loads((data_dir / "summary.json").read_text())
+        extra = {
+            "data": summary,
+            "training": {"config": cfg, "pretrain_history": history, "stage_seconds": timings},
+            "eval": {k: report[k] for k in ("metric", "eval", "test", "target")},
+        }
+        manifest = export_package(out, base, load_hypernet(), torch.load(work / "static.pt"), work / "tokenizer.json", cfg, eos, prompts, extra)
+        size = sum(p.stat().st_size for p in out.iterdir())
+        log(f"package written to {out}: {len(manifest['files'])} files, {size / 1e6:.1f} MB")
+
+    stages = [build_data, build_tokenizer, encode, run_pretrain, cache_hidden, run_static, run_hypernet, run_evaluate, run_export]
+    names = ["data", "tokenizer", "encode", "pretrain", "cache", "static", "hypernet", "evaluate", "export"]
     for name, fn in zip(names, stages):
         fn()
         write_json(timings, timings_path)

@@ -1,0 +1,143 @@
+"""LM-head adaptation on the frozen base: cached hidden states, static LoRA, ChameleonLLM hypernetwork.
+
+Only the LM head is adapted, so the base's final hidden states are computed once per text and cached; both
+the static LoRA and the hypernetwork then train on (hidden state, next token) pairs.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from common import log
+from model import HyperNetwork
+
+
+class TextSet:
+    """Texts of one split with their features and the base's cached hidden states (one row per predicted token)."""
+
+    def __init__(self, base, texts, domains, chunk=64):
+        self.domains = domains
+        self.features = text_features(base.wte.weight.detach(), texts)
+        lengths = [len(t) - 1 for t in texts]
+        self.offsets = torch.tensor([0] + lengths).cumsum(0)
+        hidden, targets = [], []
+        base.eval()
+        with torch.no_grad():
+            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+            store = [None] * len(texts)
+            for s in tqdm(range(0, len(order), chunk), desc="cache hidden", mininterval=10):
+                group = order[s:s + chunk]
+                by_len = {}
+                for i in group:
+                    by_len.setdefault(len(texts[i]), []).append(i)
+                for length, members in by_len.items():
+                    x = torch.tensor([texts[i] for i in members])
+                    h = base.hidden(x[:, :-1])
+                    for j, i in enumerate(members):
+                        store[i] = (h[j], x[j, 1:])
+            for h, y in store:
+                hidden.append(h)
+                targets.append(y)
+        self.hidden = torch.cat(hidden)
+        self.targets = torch.cat(targets)
+        self.text_of_token = torch.repeat_interleave(torch.arange(len(texts)), torch.tensor(lengths))
+
+    def __len__(self):
+        return len(self.features)
+
+    def token_rows(self, text_ids):
+        return torch.cat([torch.arange(self.offsets[i], self.offsets[i + 1]) for i in text_ids])
+
+
+def text_features(wte, texts):
+    """L2-normalised mean token embedding of each text, BOS excluded (what the service computes)."""
+    feats = torch.stack([wte[torch.tensor(t[1:])].mean(0) for t in texts])
+    return F.normalize(feats, dim=-1)
+
+
+def head_loss(wte, hidden, targets, a, b, scale, reduction="mean"):
+    """Next-token loss of the LM head with per-row factors a [N, r, d], b [N, V, r] (or shared [1, ...])."""
+    logits = hidden @ wte.T
+    if a is not None:
+        low = torch.einsum("nd,nrd->nr", hidden, a.expand(len(hidden), -1, -1))
+        logits = logits + scale * torch.einsum("nr,nvr->nv", low, b.expand(len(hidden), -1, -1))
+    return F.cross_entropy(logits, targets, reduction=reduction)
+
+
+def kmeans(x, k, seed, iters=50):
+    """Seeded k-means++ (the evaluation's stand-in for the service's ml-kmeans)."""
+    n = len(x)
+    k = max(1, min(k, n))
+    g = torch.Generator().manual_seed(seed)
+    centers = x[torch.randint(n, (1,), generator=g)]
+    for _ in range(1, k):
+        d = torch.cdist(x, centers).min(1).values ** 2
+        idx = torch.randint(n, (1,), generator=g) if d.sum() <= 0 else torch.multinomial(d / d.sum(), 1, generator=g)
+        centers = torch.cat([centers, x[idx]])
+    for _ in range(iters):
+        assign = torch.cdist(x, centers).argmin(1)
+        new = torch.stack([x[assign == j].mean(0) if (assign == j).any() else centers[j] for j in range(k)])
+        if torch.allclose(new, centers):
+            break
+        centers = new
+    return assign
+
+
+def train_static(wte, train, cfg, seed):
+    s = cfg["static"]
+    rank, d, vocab = cfg["lora"]["rank"], wte.shape[1], wte.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    a = torch.nn.Parameter(torch.randn(1, rank, d, generator=g) / math.sqrt(d))
+    b = torch.nn.Parameter(torch.zeros(1, vocab, rank))
+    opt = torch.optim.Adam([a, b], lr=s["lr"])
+    for step in tqdm(range(s["steps"]), desc="static lora", mininterval=10):
+        rows = torch.randint(len(train.targets), (s["tokens_per_step"],), generator=g)
+        loss = head_loss(wte, train.hidden[rows], train.targets[rows], a, b, cfg["lora"]["scale"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % max(1, s["steps"] // 5) == 0:
+            log(f"static lora step {step + 1}: loss {loss.item():.3f}")
+    return a.detach(), b.detach()
+
+
+def train_hypernet(wte, train, cfg, seed):
+    """Paper-style batches: offline k-means over training features, every group drawn from one cluster.
+
+    Group sizes vary so that the network also sees the small clusters (down to one text) that online
+    windows and per-request adaptation produce.
+    """
+    h = cfg["hypernet"]
+    rank, d, vocab = cfg["lora"]["rank"], wte.shape[1], wte.shape[0]
+    torch.manual_seed(seed)
+    net = HyperNetwork(d, vocab, rank, h["hidden"])
+    opt = torch.optim.AdamW(net.parameters(), lr=h["lr"], weight_decay=h.get("weight_decay", 0.0))
+    g = torch.Generator().manual_seed(seed)
+    assign = kmeans(train.features, h["train_clusters"], seed)
+    members = [torch.nonzero(assign == j).flatten() for j in range(int(assign.max()) + 1)]
+    members = [m for m in members if len(m) > 0]
+    log(f"hypernet: {len(members)} training clusters of sizes {[len(m) for m in members]}")
+    sizes = h["group_sizes"]
+    per_group = h["tokens_per_step"] // h["groups_per_step"]
+    for step in tqdm(range(h["steps"]), desc="hypernet", mininterval=10):
+        contexts, rows = [], []
+        for _ in range(h["groups_per_step"]):
+            cluster = members[torch.randint(len(members), (1,), generator=g).item()]
+            size = min(len(cluster), sizes[torch.randint(len(sizes), (1,), generator=g).item()])
+            texts = cluster[torch.randperm(len(cluster), generator=g)[:size]]
+            contexts.append(train.features[texts].mean(0))
+            tokens = train.token_rows(texts.tolist())
+            rows.append(tokens[torch.randint(len(tokens), (per_group,), generator=g)])
+        a, b = net(torch.stack(contexts))
+        group_of_row = torch.arange(len(rows)).repeat_interleave(per_group)
+        rows = torch.cat(rows)
+        loss = head_loss(wte, train.hidden[rows], train.targets[rows], a[group_of_row], b[group_of_row], cfg["lora"]["scale"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        if (step + 1) % max(1, h["steps"] // 5) == 0:
+            log(f"hypernet step {step + 1}: loss {loss.item():.3f}")
+    net.eval()
+    return net
