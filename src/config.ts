@@ -1,0 +1,107 @@
+/**
+ * Environment -> validated configuration. Every setting has a documented default (README, "Configuration");
+ * an invalid value stops the start with a message naming the variable and the problem.
+ */
+import { ConfigError } from './errors.js';
+
+export type Device = 'cpu' | 'cuda';
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+export interface Config {
+  /** Interface to listen on. */
+  host: string;
+  /** TCP port (0 picks a free one). */
+  port: number;
+  /** Model package folder (see docs/model-package.md). */
+  modelDir: string;
+  /** The model id served in /v1/models and accepted in `model`. */
+  modelName: string;
+  /** Most rows (prompts) in one batch. */
+  maxBatchSize: number;
+  /** Longest a batch window stays open after its first request, in ms. */
+  maxWaitMs: number;
+  /** Requests per cluster the k-means aims for: k = clamp(ceil(n / target), 1, maxClusters). */
+  targetClusterSize: number;
+  /** Most clusters (hypernetwork adapters) per batch. */
+  maxClusters: number;
+  /** Most requests waiting for a batch; one more is refused with 429. */
+  queueSize: number;
+  /** ONNX Runtime execution provider. */
+  device: Device;
+  /** ONNX Runtime intra-op threads (0 = ONNX Runtime's default). */
+  threads: number;
+  /** pino log level. */
+  logLevel: LogLevel;
+  /** Base seed of the per-batch k-means seeds (seed = base + batch number). */
+  kmeansSeed: number;
+  /** A request not finished after this many ms is answered with 504 (0 = no deadline). */
+  requestTimeoutMs: number;
+  /** Seconds a client is told to wait (Retry-After) when the queue is full. */
+  retryAfterSeconds: number;
+}
+
+interface Setting<K extends keyof Config> {
+  key: K;
+  env: string;
+  default: string;
+  describe: string;
+  parse: (raw: string) => Config[K] | undefined;
+  expect: string;
+}
+
+const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+function integer(min: number, max = Number.MAX_SAFE_INTEGER) {
+  return (raw: string): number | undefined => {
+    if (!/^-?\d+$/.test(raw.trim())) return undefined;
+    const value = Number(raw.trim());
+    return Number.isSafeInteger(value) && value >= min && value <= max ? value : undefined;
+  };
+}
+
+function oneOf<T extends string>(values: readonly T[]) {
+  return (raw: string): T | undefined => (values as readonly string[]).includes(raw.trim()) ? raw.trim() as T : undefined;
+}
+
+function nonEmpty(raw: string): string | undefined {
+  return raw.trim() === '' ? undefined : raw.trim();
+}
+
+/** The table of settings: the README's configuration table is written from it. */
+export const SETTINGS: ReadonlyArray<Setting<keyof Config>> = [
+  { key: 'host', env: 'HOST', default: '0.0.0.0', describe: 'interface to listen on', parse: nonEmpty, expect: 'a host name or address' },
+  { key: 'port', env: 'PORT', default: '8080', describe: 'TCP port (0 = any free port)', parse: integer(0, 65535), expect: 'an integer from 0 to 65535' },
+  { key: 'modelDir', env: 'MODEL_DIR', default: 'models/default', describe: 'model package folder', parse: nonEmpty, expect: 'a folder path' },
+  { key: 'modelName', env: 'MODEL_NAME', default: 'chameleon-default', describe: 'model id in /v1/models and in requests', parse: nonEmpty, expect: 'a non-empty name' },
+  { key: 'maxBatchSize', env: 'MAX_BATCH_SIZE', default: '32', describe: 'most prompts in one batch', parse: integer(1, 4096), expect: 'an integer from 1 to 4096' },
+  { key: 'maxWaitMs', env: 'MAX_WAIT_MS', default: '20', describe: 'batch window: longest wait after the first request, ms', parse: integer(0, 60_000), expect: 'an integer from 0 to 60000' },
+  { key: 'targetClusterSize', env: 'TARGET_CLUSTER_SIZE', default: '8', describe: 'requests per cluster the k-means aims for', parse: integer(1), expect: 'an integer >= 1' },
+  { key: 'maxClusters', env: 'MAX_CLUSTERS', default: '4', describe: 'most clusters (adapters) per batch', parse: integer(1, 1024), expect: 'an integer from 1 to 1024' },
+  { key: 'queueSize', env: 'QUEUE_SIZE', default: '256', describe: 'most waiting requests before 429', parse: integer(1), expect: 'an integer >= 1' },
+  { key: 'device', env: 'DEVICE', default: 'cpu', describe: 'execution provider: cpu or cuda (cuda falls back to cpu with a warning)', parse: oneOf(['cpu', 'cuda'] as const), expect: 'cpu or cuda' },
+  { key: 'threads', env: 'THREADS', default: '0', describe: 'ONNX Runtime intra-op threads (0 = its default)', parse: integer(0, 1024), expect: 'an integer from 0 to 1024' },
+  { key: 'logLevel', env: 'LOG_LEVEL', default: 'info', describe: 'log level (fatal, error, warn, info, debug, trace, silent)', parse: oneOf(LOG_LEVELS), expect: LOG_LEVELS.join(', ') },
+  { key: 'kmeansSeed', env: 'KMEANS_SEED', default: '0', describe: 'base seed of the per-batch k-means (seed = base + batch number)', parse: integer(0, 2 ** 31 - 1), expect: 'an integer from 0 to 2147483647' },
+  { key: 'requestTimeoutMs', env: 'REQUEST_TIMEOUT_MS', default: '0', describe: 'answer 504 when a request takes longer, ms (0 = no deadline)', parse: integer(0), expect: 'an integer >= 0' },
+  { key: 'retryAfterSeconds', env: 'RETRY_AFTER_SECONDS', default: '1', describe: 'Retry-After sent with 429 (queue full), s', parse: integer(0, 3600), expect: 'an integer from 0 to 3600' },
+];
+
+/** Reads the configuration from `env` (process.env by default); throws ConfigError listing every bad value. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const config: Record<string, unknown> = {};
+  const problems: string[] = [];
+  for (const setting of SETTINGS) {
+    const given = env[setting.env];
+    const raw = given === undefined || given === '' ? setting.default : given;
+    const value = setting.parse(raw);
+    if (value === undefined) problems.push(`${setting.env} must be ${setting.expect} (got ${JSON.stringify(raw)})`);
+    else config[setting.key] = value;
+  }
+  if (problems.length > 0) throw new ConfigError(`Invalid configuration: ${problems.join('; ')}`);
+  return config as unknown as Config;
+}
+
+/** The defaults, with overrides (tests and tools build configs this way). */
+export function configWith(overrides: Partial<Config> = {}): Config {
+  return { ...loadConfig({}), ...overrides };
+}

@@ -1,0 +1,182 @@
+/**
+ * The main thread's handle on the inference worker: starts it, waits for the warm-up, sends batches and
+ * routes the worker's events to each batch's sink. Nothing here blocks: the worker does the ONNX runs.
+ */
+import { Worker } from 'node:worker_threads';
+import type { Device } from '../config.js';
+import { EngineError, ModelPackageError } from '../errors.js';
+import type { BatchStats, FromWorker, GenerateMessage, RowSpec, StepMessage, ToWorker, TokenLogprob } from './protocol.js';
+
+export interface EngineLogger {
+  warn(obj: object, msg: string): void;
+  info(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
+}
+
+export interface EngineOptions {
+  modelDir: string;
+  device: Device;
+  threads: number;
+  logger: EngineLogger;
+}
+
+export interface BatchJob {
+  batchId: number;
+  rows: RowSpec[];
+  contexts: Float32Array;
+  contextCount: number;
+}
+
+/** Receives one batch's events, in order. */
+export interface BatchSink {
+  onAdapted?(hypernetMs: number, contexts: number): void;
+  onPrompt(row: number, logprobs: TokenLogprob[]): void;
+  onStep(step: StepMessage): void;
+}
+
+interface Pending {
+  sink: BatchSink;
+  resolve: (stats: BatchStats) => void;
+  reject: (error: Error) => void;
+}
+
+/**
+ * Starts the worker thread: dist/engine/worker.js once compiled; under tsx (tests, development) the worker
+ * first registers tsx's loader, which Node does not carry into worker threads, and then imports worker.ts.
+ */
+function spawnWorker(): Worker {
+  const here = import.meta.url;
+  if (!here.endsWith('.ts')) return new Worker(new URL('./worker.js', here), { name: 'chameleon-engine' });
+  const entry = new URL('./worker.ts', here).href;
+  const boot = `import('tsx/esm/api').then((tsx) => { tsx.register(); return import(${JSON.stringify(entry)}); })`;
+  return new Worker(boot, { eval: true, name: 'chameleon-engine' });
+}
+
+export class EngineClient {
+  private readonly pending = new Map<number, Pending>();
+  private failure: Error | null = null;
+  private closing = false;
+
+  private constructor(
+    private readonly worker: Worker,
+    readonly provider: string,
+    readonly warnings: string[],
+    private readonly logger: EngineLogger,
+  ) {
+    worker.on('message', (message: FromWorker) => this.dispatch(message));
+    worker.on('error', (error) => this.fail(new EngineError(`inference worker failed: ${error.message}`, { cause: error })));
+    worker.on('exit', (code) => {
+      if (!this.closing) this.fail(new EngineError(`inference worker exited (code ${code})`));
+    });
+  }
+
+  /** Starts the worker, loads the package and runs the warm-up; rejects with ModelPackageError or EngineError. */
+  static start(options: EngineOptions): Promise<EngineClient> {
+    return new Promise((resolve, reject) => {
+      const worker = spawnWorker();
+      let settled = false;
+      const settle = (fn: () => void) => {
+        if (!settled) {
+          settled = true;
+          worker.off('message', onMessage);
+          worker.off('error', onError);
+          worker.off('exit', onExit);
+          fn();
+        }
+      };
+      const onMessage = (message: FromWorker) => {
+        if (message.type === 'log') {
+          options.logger[message.level === 'debug' ? 'info' : message.level]({ ...message.data }, message.message);
+        } else if (message.type === 'ready') {
+          settle(() => resolve(new EngineClient(worker, message.provider, message.warnings, options.logger)));
+          options.logger.info({ provider: message.provider, warmupMs: Math.round(message.warmupMs) }, 'inference engine ready');
+        } else if (message.type === 'init-error') {
+          void worker.terminate();
+          settle(() => reject(message.kind === 'package' ? new ModelPackageError(message.message) : new EngineError(message.message)));
+        }
+      };
+      const onError = (error: Error) => settle(() => reject(new EngineError(`inference worker failed to start: ${error.message}`, { cause: error })));
+      const onExit = (code: number) => settle(() => reject(new EngineError(`inference worker exited during start (code ${code})`)));
+      worker.on('message', onMessage);
+      worker.on('error', onError);
+      worker.on('exit', onExit);
+      const init: ToWorker = { type: 'init', modelDir: options.modelDir, device: options.device, threads: options.threads };
+      worker.postMessage(init);
+    });
+  }
+
+  get healthy(): boolean {
+    return this.failure === null && !this.closing;
+  }
+
+  /** Runs one batch; resolves with its stats once every row has finished. */
+  run(job: BatchJob, sink: BatchSink): Promise<BatchStats> {
+    if (this.failure !== null) return Promise.reject(this.failure);
+    if (this.closing) return Promise.reject(new EngineError('inference engine is closed'));
+    return new Promise((resolve, reject) => {
+      this.pending.set(job.batchId, { sink, resolve, reject });
+      const message: GenerateMessage = { type: 'generate', ...job };
+      this.worker.postMessage(message, [job.contexts.buffer as ArrayBuffer]);
+    });
+  }
+
+  /** Stops generating for these rows of a running batch (they finish with reason 'cancelled'). */
+  cancel(batchId: number, rows: number[]): void {
+    if (this.pending.has(batchId)) this.worker.postMessage({ type: 'cancel', batchId, rows } satisfies ToWorker);
+  }
+
+  /** Lets queued batches finish, then stops the worker. */
+  async close(timeoutMs = 10_000): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    const exited = new Promise<void>((resolve) => this.worker.once('exit', () => resolve()));
+    this.worker.postMessage({ type: 'close' } satisfies ToWorker);
+    const timer = setTimeout(() => void this.worker.terminate(), timeoutMs);
+    await exited;
+    clearTimeout(timer);
+    this.fail(new EngineError('inference engine closed'));
+  }
+
+  private dispatch(message: FromWorker): void {
+    switch (message.type) {
+      case 'log':
+        this.logger[message.level === 'debug' ? 'info' : message.level]({ ...message.data }, message.message);
+        return;
+      case 'adapted':
+        this.pending.get(message.batchId)?.sink.onAdapted?.(message.hypernetMs, message.contexts);
+        return;
+      case 'prompt':
+        this.pending.get(message.batchId)?.sink.onPrompt(message.row, message.logprobs);
+        return;
+      case 'step':
+        this.pending.get(message.batchId)?.sink.onStep(message);
+        return;
+      case 'batch-done': {
+        const pending = this.pending.get(message.batchId);
+        this.pending.delete(message.batchId);
+        pending?.resolve(message.stats);
+        return;
+      }
+      case 'batch-error': {
+        const pending = this.pending.get(message.batchId);
+        this.pending.delete(message.batchId);
+        this.logger.error({ batchId: message.batchId }, `batch failed: ${message.message}`);
+        pending?.reject(new EngineError(message.message));
+        return;
+      }
+      default:
+        return;
+    }
+  }
+
+  private fail(error: Error): void {
+    if (this.failure === null && !(this.closing && error.message === 'inference engine closed')) {
+      this.logger.error({ err: error }, error.message);
+    }
+    this.failure ??= error;
+    for (const [id, pending] of this.pending) {
+      this.pending.delete(id);
+      pending.reject(error);
+    }
+  }
+}

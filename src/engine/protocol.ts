@@ -1,0 +1,154 @@
+/**
+ * Messages between the main thread (EngineClient) and the inference worker. Plain data only (structured
+ * clone); Float32Array payloads are transferred, not copied.
+ */
+import type { Device } from '../config.js';
+
+export type FinishReason = 'stop' | 'length' | 'cancelled';
+
+/** One row (prompt) of a batch, as the worker needs it. */
+export interface RowSpec {
+  /** Token ids fed to the model, BOS included when the package adds one. */
+  promptIds: number[];
+  /** True when promptIds[0] is a BOS the service added: it is not part of the text nor of the logprobs. */
+  bosAdded: boolean;
+  /** Adapter slot of this row (the decoder's cluster_index): see adaptation/slots.ts. */
+  slot: number;
+  maxTokens: number;
+  temperature: number;
+  topP: number;
+  topK: number;
+  seed: number;
+  stop: string[];
+  /** Alternatives per generated token to report; null = no logprobs. */
+  logprobs: number | null;
+  /** Report the prompt tokens' logprobs too (echo with logprobs). */
+  promptLogprobs: boolean;
+  /** Keep generating after the end-of-text token (benchmarks). */
+  ignoreEos: boolean;
+}
+
+export interface InitMessage {
+  type: 'init';
+  modelDir: string;
+  device: Device;
+  threads: number;
+}
+
+export interface GenerateMessage {
+  type: 'generate';
+  batchId: number;
+  rows: RowSpec[];
+  /** Hypernetwork inputs, [contextCount, d_model] row-major; adapter slot 2 + i is context i. */
+  contexts: Float32Array;
+  contextCount: number;
+}
+
+export interface CancelMessage {
+  type: 'cancel';
+  batchId: number;
+  rows: number[];
+}
+
+export interface CloseMessage {
+  type: 'close';
+}
+
+export type ToWorker = InitMessage | GenerateMessage | CancelMessage | CloseMessage;
+
+/** Log-probability of one token, with the top alternatives (token text -> logprob). */
+export interface TokenLogprob {
+  token: string;
+  logprob: number | null;
+  top: Array<[string, number]> | null;
+}
+
+export interface RowEvent {
+  row: number;
+  /** Text that became final (may be empty). */
+  text: string;
+  /** The generated token's logprob (only when the row asked for logprobs). */
+  logprob?: TokenLogprob;
+  /** Set on the row's last event. */
+  finish?: FinishReason;
+  /** Tokens generated so far (final count on the finishing event). */
+  completionTokens: number;
+}
+
+export interface BatchStats {
+  batchId: number;
+  rows: number;
+  hypernetMs: number;
+  prefillMs: number;
+  decodeSteps: number;
+  decodeMs: number;
+  tokens: number;
+}
+
+export interface ReadyMessage {
+  type: 'ready';
+  provider: string;
+  warnings: string[];
+  warmupMs: number;
+}
+
+export interface InitErrorMessage {
+  type: 'init-error';
+  message: string;
+  /** 'package' when the model package does not match its manifest. */
+  kind: 'package' | 'runtime';
+}
+
+export interface PromptMessage {
+  type: 'prompt';
+  batchId: number;
+  row: number;
+  logprobs: TokenLogprob[];
+}
+
+export interface StepMessage {
+  type: 'step';
+  batchId: number;
+  phase: 'prefill' | 'decode';
+  /** Wall time of the decoder run behind these events. */
+  forwardMs: number;
+  /** Rows in that run. */
+  batch: number;
+  events: RowEvent[];
+}
+
+export interface AdaptedMessage {
+  type: 'adapted';
+  batchId: number;
+  hypernetMs: number;
+  contexts: number;
+}
+
+export interface BatchDoneMessage {
+  type: 'batch-done';
+  batchId: number;
+  stats: BatchStats;
+}
+
+export interface BatchErrorMessage {
+  type: 'batch-error';
+  batchId: number;
+  message: string;
+}
+
+export interface LogMessage {
+  type: 'log';
+  level: 'warn' | 'info' | 'debug' | 'error';
+  message: string;
+  data?: Record<string, unknown>;
+}
+
+export type FromWorker =
+  | ReadyMessage
+  | InitErrorMessage
+  | PromptMessage
+  | StepMessage
+  | AdaptedMessage
+  | BatchDoneMessage
+  | BatchErrorMessage
+  | LogMessage;

@@ -1,0 +1,158 @@
+/**
+ * ONNX Runtime behind the generator's `Runtime` interface. Imported only by worker.ts: ONNX Runtime runs
+ * (synchronous native work) never touch the main thread's event loop.
+ */
+import * as ort from 'onnxruntime-node';
+import type { Device } from '../config.js';
+import { ModelPackageError } from '../errors.js';
+import { checkSignature, type RuntimeTensorInfo } from '../model/manifest.js';
+import type { ModelPackage } from '../model/package.js';
+import type { AdapterStack, KvCache, Runtime, StepFeeds, StepResult } from './generator.js';
+
+class OrtKv implements KvCache {
+  constructor(readonly keys: ort.Tensor, readonly values: ort.Tensor, readonly batch: number, readonly length: number) {}
+}
+
+class OrtAdapters implements AdapterStack {
+  constructor(readonly a: ort.Tensor, readonly b: ort.Tensor, readonly slots: number) {}
+}
+
+export interface RuntimeOptions {
+  device: Device;
+  threads: number;
+  warn: (message: string) => void;
+}
+
+function metadata(list: readonly ort.InferenceSession.ValueMetadata[]): RuntimeTensorInfo[] {
+  return list.map((m) => m.isTensor ? { name: m.name, type: m.type, shape: m.shape } : { name: m.name, type: 'non-tensor', shape: [] });
+}
+
+export class OrtRuntime implements Runtime {
+  readonly vocabSize: number;
+  private readonly dims: ModelPackage['dims'];
+  private readonly rank: number;
+  private readonly staticA: Float32Array;
+  private readonly staticB: Float32Array;
+  private baseStack: OrtAdapters | null = null;
+
+  private constructor(
+    readonly provider: string,
+    private readonly decoder: ort.InferenceSession,
+    private readonly hypernet: ort.InferenceSession,
+    pkg: ModelPackage,
+  ) {
+    this.dims = pkg.dims;
+    this.vocabSize = pkg.dims.vocab_size;
+    this.rank = pkg.manifest.lora.rank;
+    this.staticA = pkg.readTensor('static_lora_a');
+    this.staticB = pkg.readTensor('static_lora_b');
+  }
+
+  /** Opens both sessions (CUDA when asked, CPU when CUDA cannot start) and checks them against the manifest. */
+  static async create(pkg: ModelPackage, options: RuntimeOptions): Promise<OrtRuntime> {
+    const base: ort.InferenceSession.SessionOptions = { graphOptimizationLevel: 'all' };
+    if (options.threads > 0) base.intraOpNumThreads = options.threads;
+    const open = async (providers: ort.InferenceSession.ExecutionProviderConfig[]) => Promise.all([
+      ort.InferenceSession.create(pkg.paths.decoder, { ...base, executionProviders: providers }),
+      ort.InferenceSession.create(pkg.paths.hypernet, { ...base, executionProviders: providers }),
+    ]);
+    let provider = 'cpu';
+    let sessions: [ort.InferenceSession, ort.InferenceSession];
+    if (options.device === 'cuda') {
+      try {
+        sessions = await open([{ name: 'cuda', deviceId: 0 }, 'cpu']);
+        provider = 'cuda';
+      } catch (error) {
+        options.warn(`CUDA execution provider could not start (${(error as Error).message.split('\n')[0]}); falling back to CPU`);
+        sessions = await open(['cpu']);
+      }
+    } else {
+      sessions = await open(['cpu']);
+    }
+    const [decoder, hypernet] = sessions;
+    const problems = [
+      ...checkSignature('decoder.onnx', pkg.manifest.decoder, { inputs: metadata(decoder.inputMetadata), outputs: metadata(decoder.outputMetadata) }),
+      ...checkSignature('hypernet.onnx', pkg.manifest.hypernet, { inputs: metadata(hypernet.inputMetadata), outputs: metadata(hypernet.outputMetadata) }),
+    ];
+    if (problems.length > 0) {
+      await Promise.allSettled([decoder.release(), hypernet.release()]);
+      throw new ModelPackageError(`Model package ${pkg.dir} does not match its manifest: ${problems.join('; ')}`);
+    }
+    return new OrtRuntime(provider, decoder, hypernet, pkg);
+  }
+
+  async adapters(contexts: Float32Array, count: number): Promise<AdapterStack> {
+    const { d_model: D } = this.dims;
+    const V = this.vocabSize;
+    const R = this.rank;
+    if (count === 0 && this.baseStack !== null) return this.baseStack;
+    const slots = 2 + count;
+    const a = new Float32Array(slots * R * D);
+    const b = new Float32Array(slots * V * R);
+    a.set(this.staticA, R * D);
+    b.set(this.staticB, V * R);
+    if (count > 0) {
+      const out = await this.hypernet.run({ context: new ort.Tensor('float32', contexts.subarray(0, count * D), [count, D]) });
+      const la = out.lora_a.data as Float32Array;
+      const lb = out.lora_b.data as Float32Array;
+      if (la.length !== count * R * D || lb.length !== count * V * R) {
+        throw new Error(`hypernet.onnx returned lora_a [${out.lora_a.dims.join(', ')}] and lora_b [${out.lora_b.dims.join(', ')}] for ${count} contexts`);
+      }
+      a.set(la, 2 * R * D);
+      b.set(lb, 2 * V * R);
+    }
+    const stack = new OrtAdapters(new ort.Tensor('float32', a, [slots, R, D]), new ort.Tensor('float32', b, [slots, V, R]), slots);
+    if (count === 0) this.baseStack = stack;
+    return stack;
+  }
+
+  async step(feeds: StepFeeds, adapters: AdapterStack): Promise<StepResult> {
+    const { n_layer: L, n_head: H, head_dim: HD } = this.dims;
+    const stack = adapters as OrtAdapters;
+    const past = feeds.past as OrtKv | null;
+    const total = (past?.length ?? 0) + feeds.seq;
+    const emptyKv = () => new ort.Tensor('float32', new Float32Array(0), [L, feeds.batch, H, 0, HD]);
+    const out = await this.decoder.run({
+      input_ids: new ort.Tensor('int64', feeds.inputIds, [feeds.batch, feeds.seq]),
+      position_ids: new ort.Tensor('int64', feeds.positionIds, [feeds.batch, feeds.seq]),
+      attention_mask: new ort.Tensor('int64', feeds.attentionMask, [feeds.batch, total]),
+      past_keys: past?.keys ?? emptyKv(),
+      past_values: past?.values ?? emptyKv(),
+      lora_a: stack.a,
+      lora_b: stack.b,
+      cluster_index: new ort.Tensor('int64', feeds.clusterIndex, [feeds.batch]),
+    });
+    const logits = out.logits;
+    const want = [feeds.batch, feeds.seq, this.vocabSize];
+    if (logits.dims.length !== 3 || logits.dims.some((d, i) => d !== want[i])) {
+      throw new Error(`decoder.onnx returned logits [${logits.dims.join(', ')}], expected [${want.join(', ')}]`);
+    }
+    const kvDims = out.present_keys.dims;
+    if (kvDims[1] !== feeds.batch || kvDims[3] !== total) {
+      throw new Error(`decoder.onnx returned present_keys [${kvDims.join(', ')}], expected batch ${feeds.batch} and length ${total}`);
+    }
+    return { logits: logits.data as Float32Array, kv: new OrtKv(out.present_keys, out.present_values, feeds.batch, total) };
+  }
+
+  selectRows(kv: KvCache, rows: number[]): KvCache {
+    const cache = kv as OrtKv;
+    const { n_layer: L, n_head: H, head_dim: HD } = this.dims;
+    const block = H * cache.length * HD;
+    const pick = (tensor: ort.Tensor) => {
+      const src = tensor.data as Float32Array;
+      const dst = new Float32Array(L * rows.length * block);
+      for (let l = 0; l < L; l++) {
+        rows.forEach((r, i) => {
+          const from = (l * cache.batch + r) * block;
+          dst.set(src.subarray(from, from + block), (l * rows.length + i) * block);
+        });
+      }
+      return new ort.Tensor('float32', dst, [L, rows.length, H, cache.length, HD]);
+    };
+    return new OrtKv(pick(cache.keys), pick(cache.values), rows.length, cache.length);
+  }
+
+  async release(): Promise<void> {
+    await Promise.allSettled([this.decoder.release(), this.hypernet.release()]);
+  }
+}

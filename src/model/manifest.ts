@@ -1,0 +1,229 @@
+/**
+ * manifest.json of a model package (docs/model-package.md): its schema, loading, and the checks that do not
+ * need ONNX Runtime (files present, binary sizes, dimensions consistent). The ONNX signatures are checked
+ * against the same manifest by `checkSignature` once the worker has opened the sessions.
+ */
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import Type, { type Static } from 'typebox';
+import Value from 'typebox/value';
+import { ModelPackageError } from '../errors.js';
+
+export const MANIFEST_FORMAT = 'chameleon-package/1';
+
+const Dim = Type.Union([Type.Integer({ minimum: 0 }), Type.String({ minLength: 1 })]);
+const TensorSpec = Type.Object({
+  name: Type.String({ minLength: 1 }),
+  dtype: Type.String(),
+  shape: Type.Array(Dim),
+});
+const FileTensor = Type.Object({
+  file: Type.String({ minLength: 1 }),
+  dtype: Type.Literal('float32'),
+  shape: Type.Array(Type.Integer({ minimum: 1 })),
+});
+const Signature = Type.Object({ inputs: Type.Array(TensorSpec), outputs: Type.Array(TensorSpec) });
+const PositiveInt = Type.Integer({ minimum: 1 });
+
+export const ManifestSchema = Type.Object({
+  format: Type.Literal(MANIFEST_FORMAT),
+  name: Type.String(),
+  dims: Type.Object({
+    vocab_size: PositiveInt,
+    d_model: PositiveInt,
+    n_layer: PositiveInt,
+    n_head: PositiveInt,
+    head_dim: PositiveInt,
+    context: PositiveInt,
+  }),
+  lora: Type.Object({ rank: PositiveInt, scale: Type.Number() }),
+  tokenizer: Type.Object({
+    file: Type.String({ minLength: 1 }),
+    eos_token: Type.String(),
+    eos_token_id: Type.Integer({ minimum: 0 }),
+    bos_token_id: Type.Integer({ minimum: 0 }),
+    add_bos: Type.Boolean(),
+  }),
+  features: Type.Object({
+    kind: Type.Literal('l2_normalised_mean_token_embedding'),
+    exclude_token_ids: Type.Array(Type.Integer({ minimum: 0 })),
+  }),
+  files: Type.Record(Type.String(), Type.String()),
+  tensors: Type.Object({ embeddings: FileTensor, static_lora_a: FileTensor, static_lora_b: FileTensor }),
+  decoder: Signature,
+  hypernet: Signature,
+});
+
+export type Manifest = Static<typeof ManifestSchema>;
+export type TensorSignature = Static<typeof TensorSpec>;
+export type Dims = Manifest['dims'];
+
+/** Files the service itself reads (equivalence.json and eval.json are for tests and people). */
+const REQUIRED_FILES = ['decoder', 'hypernet', 'tokenizer', 'embeddings', 'static_lora_a', 'static_lora_b'] as const;
+
+const DECODER_INPUTS = ['input_ids', 'position_ids', 'attention_mask', 'past_keys', 'past_values', 'lora_a', 'lora_b', 'cluster_index'];
+const DECODER_OUTPUTS = ['logits', 'present_keys', 'present_values'];
+const HYPERNET_INPUTS = ['context'];
+const HYPERNET_OUTPUTS = ['lora_a', 'lora_b'];
+
+export interface LoadedManifest {
+  dir: string;
+  manifest: Manifest;
+  /** Absolute paths of the files named in `files`. */
+  paths: Record<(typeof REQUIRED_FILES)[number], string>;
+}
+
+function fail(dir: string, problem: string): never {
+  throw new ModelPackageError(`Model package ${dir} is not valid: ${problem}`);
+}
+
+/** Reads and checks `<dir>/manifest.json` and the files it names; throws ModelPackageError naming the problem. */
+export function loadManifest(dirIn: string): LoadedManifest {
+  const dir = resolve(dirIn);
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) fail(dirIn, `folder not found (MODEL_DIR=${dirIn})`);
+  const manifestPath = join(dir, 'manifest.json');
+  if (!existsSync(manifestPath)) fail(dirIn, 'manifest.json is missing');
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(manifestPath, 'utf8'));
+  } catch (error) {
+    fail(dirIn, `manifest.json is not valid JSON (${(error as Error).message})`);
+  }
+  if (!Value.Check(ManifestSchema, raw)) {
+    const first = [...Value.Errors(ManifestSchema, raw)].slice(0, 3)
+      .map((e) => `${e.instancePath || '/'} ${e.message}`).join('; ');
+    fail(dirIn, `manifest.json does not follow ${MANIFEST_FORMAT}: ${first}`);
+  }
+  const manifest = raw;
+  checkConsistency(dirIn, manifest);
+
+  const paths = {} as LoadedManifest['paths'];
+  for (const key of REQUIRED_FILES) {
+    const name = manifest.files[key];
+    if (name === undefined) fail(dirIn, `manifest.files.${key} is missing`);
+    const path = join(dir, name);
+    if (!existsSync(path)) fail(dirIn, `file ${name} (manifest.files.${key}) is missing`);
+    paths[key] = path;
+  }
+  for (const key of ['embeddings', 'static_lora_a', 'static_lora_b'] as const) {
+    const spec = manifest.tensors[key];
+    if (spec.file !== manifest.files[key]) fail(dirIn, `tensors.${key}.file (${spec.file}) differs from files.${key} (${manifest.files[key]})`);
+    const expected = spec.shape.reduce((a, b) => a * b, 1) * 4;
+    const actual = statSync(paths[key]).size;
+    if (actual !== expected) {
+      fail(dirIn, `${spec.file} has ${actual} bytes, but tensors.${key} says float32 [${spec.shape.join(', ')}] = ${expected} bytes`);
+    }
+  }
+  return { dir, manifest, paths };
+}
+
+function sameShape(actual: readonly (number | string)[], expected: readonly (number | string)[]): boolean {
+  return actual.length === expected.length && actual.every((d, i) => d === expected[i]);
+}
+
+function checkConsistency(dir: string, m: Manifest): void {
+  const { vocab_size: V, d_model: D, n_layer: L, n_head: H, head_dim: HD } = m.dims;
+  const R = m.lora.rank;
+  if (H * HD !== D) fail(dir, `dims.n_head (${H}) x dims.head_dim (${HD}) != dims.d_model (${D})`);
+  if (m.tokenizer.eos_token_id >= V) fail(dir, `tokenizer.eos_token_id ${m.tokenizer.eos_token_id} is outside the vocabulary (${V})`);
+  if (m.tokenizer.bos_token_id >= V) fail(dir, `tokenizer.bos_token_id ${m.tokenizer.bos_token_id} is outside the vocabulary (${V})`);
+  const expectTensor = (key: keyof Manifest['tensors'], shape: number[]) => {
+    if (!sameShape(m.tensors[key].shape, shape)) {
+      fail(dir, `tensors.${key}.shape is [${m.tensors[key].shape.join(', ')}], expected [${shape.join(', ')}] from dims and lora.rank`);
+    }
+  };
+  expectTensor('embeddings', [V, D]);
+  expectTensor('static_lora_a', [1, R, D]);
+  expectTensor('static_lora_b', [1, V, R]);
+
+  const expectNames = (where: string, specs: TensorSignature[], names: string[]) => {
+    const got = specs.map((s) => s.name);
+    const missing = names.filter((n) => !got.includes(n));
+    if (missing.length > 0) fail(dir, `${where} lacks ${missing.join(', ')} (the contract needs ${names.join(', ')})`);
+  };
+  expectNames('decoder.inputs', m.decoder.inputs, DECODER_INPUTS);
+  expectNames('decoder.outputs', m.decoder.outputs, DECODER_OUTPUTS);
+  expectNames('hypernet.inputs', m.hypernet.inputs, HYPERNET_INPUTS);
+  expectNames('hypernet.outputs', m.hypernet.outputs, HYPERNET_OUTPUTS);
+
+  // Fixed axes the service relies on, taken from dims (symbolic axes may carry any name).
+  const fixed: Array<[string, TensorSignature[], string, Array<number | null>]> = [
+    ['decoder.inputs', m.decoder.inputs, 'input_ids', [null, null]],
+    ['decoder.inputs', m.decoder.inputs, 'position_ids', [null, null]],
+    ['decoder.inputs', m.decoder.inputs, 'attention_mask', [null, null]],
+    ['decoder.inputs', m.decoder.inputs, 'past_keys', [L, null, H, null, HD]],
+    ['decoder.inputs', m.decoder.inputs, 'past_values', [L, null, H, null, HD]],
+    ['decoder.inputs', m.decoder.inputs, 'lora_a', [null, R, D]],
+    ['decoder.inputs', m.decoder.inputs, 'lora_b', [null, V, R]],
+    ['decoder.inputs', m.decoder.inputs, 'cluster_index', [null]],
+    ['decoder.outputs', m.decoder.outputs, 'logits', [null, null, V]],
+    ['decoder.outputs', m.decoder.outputs, 'present_keys', [L, null, H, null, HD]],
+    ['decoder.outputs', m.decoder.outputs, 'present_values', [L, null, H, null, HD]],
+    ['hypernet.inputs', m.hypernet.inputs, 'context', [null, D]],
+    ['hypernet.outputs', m.hypernet.outputs, 'lora_a', [null, R, D]],
+    ['hypernet.outputs', m.hypernet.outputs, 'lora_b', [null, V, R]],
+  ];
+  for (const [where, specs, name, shape] of fixed) {
+    const spec = specs.find((s) => s.name === name)!;
+    const ok = spec.shape.length === shape.length &&
+      shape.every((d, i) => d === null ? typeof spec.shape[i] === 'string' : spec.shape[i] === d);
+    if (!ok) {
+      const want = shape.map((d) => d === null ? '<axis name>' : String(d)).join(', ');
+      fail(dir, `${where} ${name} has shape [${spec.shape.join(', ')}], expected [${want}] from dims and lora.rank`);
+    }
+  }
+  const dtypes: Record<string, string> = {
+    input_ids: 'int64', position_ids: 'int64', attention_mask: 'int64', cluster_index: 'int64',
+  };
+  for (const spec of [...m.decoder.inputs, ...m.decoder.outputs, ...m.hypernet.inputs, ...m.hypernet.outputs]) {
+    const want = dtypes[spec.name] ?? 'float32';
+    if (spec.dtype !== want) fail(dir, `tensor ${spec.name} has dtype ${spec.dtype}, expected ${want}`);
+  }
+}
+
+/** What ONNX Runtime reports about one input or output of a session. */
+export interface RuntimeTensorInfo {
+  name: string;
+  type: string;
+  shape: ReadonlyArray<number | string>;
+}
+
+/**
+ * Compares a session's inputs/outputs with the manifest: same names, same dtypes, fixed axes equal, and axes the
+ * manifest calls symbolic not frozen to a number by the export. Returns the problems (empty = match).
+ */
+export function checkSignature(
+  what: string,
+  expected: { inputs: TensorSignature[]; outputs: TensorSignature[] },
+  actual: { inputs: RuntimeTensorInfo[]; outputs: RuntimeTensorInfo[] },
+): string[] {
+  const problems: string[] = [];
+  for (const side of ['inputs', 'outputs'] as const) {
+    const want = expected[side];
+    const got = actual[side];
+    const gotNames = got.map((t) => t.name);
+    const wantNames = want.map((t) => t.name);
+    for (const name of wantNames) if (!gotNames.includes(name)) problems.push(`${what} has no ${side.slice(0, -1)} named ${name} (it has ${gotNames.join(', ')})`);
+    for (const name of gotNames) if (!wantNames.includes(name)) problems.push(`${what} has an ${side.slice(0, -1)} ${name} that the manifest does not list`);
+    for (const spec of want) {
+      const info = got.find((t) => t.name === spec.name);
+      if (info === undefined) continue;
+      if (info.type !== spec.dtype) problems.push(`${what} ${spec.name} is ${info.type}, the manifest says ${spec.dtype}`);
+      if (info.shape.length === 0) continue; // the graph does not declare this shape
+      if (info.shape.length !== spec.shape.length) {
+        problems.push(`${what} ${spec.name} has rank ${info.shape.length} [${info.shape.join(', ')}], the manifest says [${spec.shape.join(', ')}]`);
+        continue;
+      }
+      spec.shape.forEach((dim, i) => {
+        const runtime = info.shape[i];
+        if (typeof dim === 'number' && typeof runtime === 'number' && runtime !== dim) {
+          problems.push(`${what} ${spec.name} axis ${i} is ${runtime}, the manifest says ${dim}`);
+        }
+        if (typeof dim === 'string' && typeof runtime === 'number' && runtime >= 0) {
+          problems.push(`${what} ${spec.name} axis ${i} is fixed to ${runtime}, the manifest says it varies (${dim})`);
+        }
+      });
+    }
+  }
+  return problems;
+}

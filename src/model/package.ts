@@ -1,0 +1,50 @@
+/**
+ * A model package opened for serving: the checked manifest, the tokenizer, and the raw float32 tensors.
+ * Both threads open it: the main thread for tokenising and features, the worker for the ONNX sessions.
+ */
+import { readFileSync } from 'node:fs';
+import { ModelPackageError } from '../errors.js';
+import { loadManifest, type LoadedManifest, type Manifest } from './manifest.js';
+import { TextTokenizer } from './tokenizer.js';
+
+export class ModelPackage {
+  readonly dir: string;
+  readonly manifest: Manifest;
+  readonly paths: LoadedManifest['paths'];
+  readonly tokenizer: TextTokenizer;
+
+  private constructor(loaded: LoadedManifest, tokenizer: TextTokenizer) {
+    this.dir = loaded.dir;
+    this.manifest = loaded.manifest;
+    this.paths = loaded.paths;
+    this.tokenizer = tokenizer;
+  }
+
+  /** Opens and checks the package in `dir`; throws ModelPackageError naming the problem. */
+  static open(dir: string): ModelPackage {
+    const loaded = loadManifest(dir);
+    return new ModelPackage(loaded, TextTokenizer.load(loaded.paths.tokenizer, loaded.manifest));
+  }
+
+  get dims(): Manifest['dims'] {
+    return this.manifest.dims;
+  }
+
+  /** A float32 tensor named in `manifest.tensors`, as a flat array (size already checked by loadManifest). */
+  readTensor(key: keyof Manifest['tensors']): Float32Array {
+    const spec = this.manifest.tensors[key];
+    return readFloat32(this.paths[key], spec.shape.reduce((a, b) => a * b, 1));
+  }
+}
+
+/** Reads `count` little-endian float32 values from a file. */
+export function readFloat32(path: string, count: number): Float32Array {
+  const bytes = readFileSync(path);
+  if (bytes.byteLength !== count * 4) {
+    throw new ModelPackageError(`${path} has ${bytes.byteLength} bytes, expected ${count * 4}`);
+  }
+  const out = new Float32Array(count);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let i = 0; i < count; i++) out[i] = view.getFloat32(i * 4, true);
+  return out;
+}
