@@ -57,12 +57,14 @@ def text_features(wte, texts):
 
 
 def head_loss(wte, hidden, targets, a, b, scale, reduction="mean"):
-    """Next-token loss of the LM head with per-row factors a [N, r, d], b [N, V, r] (or shared [1, ...])."""
+    """Next-token loss of the LM head for G groups of n rows: hidden [G, n, d], targets [G, n].
+
+    Group g uses factors a[g] [r, d] and b[g] [V, r]; a is None for the base head.
+    """
     logits = hidden @ wte.T
     if a is not None:
-        low = torch.einsum("nd,nrd->nr", hidden, a.expand(len(hidden), -1, -1))
-        logits = logits + scale * torch.einsum("nr,nvr->nv", low, b.expand(len(hidden), -1, -1))
-    return F.cross_entropy(logits, targets, reduction=reduction)
+        logits = logits + scale * (hidden @ a.transpose(1, 2)) @ b.transpose(1, 2)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction=reduction)
 
 
 def kmeans(x, k, seed, iters=50):
@@ -93,7 +95,7 @@ def train_static(wte, train, cfg, seed):
     opt = torch.optim.Adam([a, b], lr=s["lr"])
     for step in tqdm(range(s["steps"]), desc="static lora", mininterval=10):
         rows = torch.randint(len(train.targets), (s["tokens_per_step"],), generator=g)
-        loss = head_loss(wte, train.hidden[rows], train.targets[rows], a, b, cfg["lora"]["scale"])
+        loss = head_loss(wte, train.hidden[rows][None], train.targets[rows][None], a, b, cfg["lora"]["scale"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -130,9 +132,8 @@ def train_hypernet(wte, train, cfg, seed):
             tokens = train.token_rows(texts.tolist())
             rows.append(tokens[torch.randint(len(tokens), (per_group,), generator=g)])
         a, b = net(torch.stack(contexts))
-        group_of_row = torch.arange(len(rows)).repeat_interleave(per_group)
-        rows = torch.cat(rows)
-        loss = head_loss(wte, train.hidden[rows], train.targets[rows], a[group_of_row], b[group_of_row], cfg["lora"]["scale"])
+        rows = torch.stack(rows)
+        loss = head_loss(wte, train.hidden[rows], train.targets[rows], a, b, cfg["lora"]["scale"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

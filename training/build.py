@@ -21,10 +21,10 @@ import data  # noqa: E402
 from common import ROOT, log, save_atomic, setup_torch, write_json  # noqa: E402
 
 
-def stage(name, done_path, timings):
+def stage(name, done_path, timings, is_done=None):
     def wrap(fn):
         def run(*args):
-            if done_path.exists():
+            if is_done() if is_done else done_path.exists():
                 log(f"stage {name}: done already ({done_path.name})")
                 return
             log(f"stage {name}: start")
@@ -167,7 +167,13 @@ def main():
         print(report["table_markdown"])
         log(f"chameleon_windows / static on M test: {ratio:.4f} (target 0.90)")
 
-    @stage("export", out / "manifest.json", timings)
+    def exported():
+        manifest_path = out / "manifest.json"
+        if not manifest_path.exists():
+            return False
+        return json.loads(manifest_path.read_text()).get("training", {}).get("config") == cfg
+
+    @stage("export", out / "manifest.json", timings, exported)
     def run_export():
         from export import export_package
         base, history = load_base()

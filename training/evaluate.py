@@ -56,7 +56,7 @@ def perplexities(wte, texts, method, static, hypernet, cfg, seed):
         with torch.no_grad():
             for i in text_ids:
                 rows = texts.token_rows([i])
-                loss = head_loss(wte, texts.hidden[rows], texts.targets[rows], a, b, scale, reduction="sum").item()
+                loss = head_loss(wte, texts.hidden[rows][None], texts.targets[rows][None], a, b, scale, reduction="sum").item()
                 domain = texts.domains[i]
                 nll[domain] = nll.get(domain, 0.0) + loss
                 count[domain] = count.get(domain, 0) + len(rows)

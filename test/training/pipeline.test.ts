@@ -1,0 +1,45 @@
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { replayEquivalence } from '../model/equivalence.js';
+import { runPython } from './python.js';
+
+const scratch = mkdtempSync(join(tmpdir(), 'chameleon-pipeline-'));
+after(() => rmSync(scratch, { recursive: true, force: true }));
+
+test('the tiny configuration of the training pipeline builds a servable package end to end', { timeout: 240_000 }, () => {
+  const out = join(scratch, 'package');
+  const log = runPython(['training/build.py', '--config', 'training/configs/tiny.json', '--out', out, '--work', join(scratch, 'work')]);
+  for (const stage of ['data', 'tokenizer', 'encode', 'pretrain', 'cache', 'static', 'hypernet', 'evaluate', 'export']) {
+    assert.match(log, new RegExp(`stage ${stage}: [0-9.]+ s`), `stage ${stage} ran`);
+  }
+  const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8'));
+  for (const file of Object.values(manifest.files) as string[]) {
+    assert.ok(existsSync(join(out, file)), `${file} exists`);
+  }
+  const embeddingBytes = statSync(join(out, manifest.tensors.embeddings.file)).size;
+  assert.equal(embeddingBytes, manifest.dims.vocab_size * manifest.dims.d_model * 4);
+
+  const report = JSON.parse(readFileSync(join(out, 'eval.json'), 'utf8'));
+  for (const method of ['base', 'static', 'chameleon_windows', 'chameleon_oracle', 'chameleon_request']) {
+    const row = report.test[method];
+    assert.ok(Number.isFinite(row.M.overall) && row.M.overall > 1, `${method} has an M perplexity`);
+    assert.ok(Number.isFinite(row.P.overall) && row.P.overall > 1, `${method} has a P perplexity`);
+  }
+  assert.ok(report.test.static.M.overall < report.test.base.M.overall, 'static LoRA trained on M lowers M perplexity');
+  assert.equal(typeof report.target.ratio, 'number');
+});
+
+test('the tiny package passes the ONNX Runtime vs PyTorch equivalence check', async () => {
+  const differences = await replayEquivalence(join(scratch, 'package'));
+  assert.equal(differences.length, 4);
+  for (const difference of differences) assert.ok(difference < 1e-4, `max |Δlogit| = ${difference}`);
+});
+
+test('a rerun resumes: every finished stage is skipped', { timeout: 120_000 }, () => {
+  const log = runPython(['training/build.py', '--config', 'training/configs/tiny.json', '--out', join(scratch, 'package'), '--work', join(scratch, 'work')]);
+  assert.match(log, /stage pretrain: done already/);
+  assert.match(log, /stage export: done already/);
+});
