@@ -113,7 +113,7 @@ def train_hypernet(wte, train, cfg, seed):
     h = cfg["hypernet"]
     rank, d, vocab = cfg["lora"]["rank"], wte.shape[1], wte.shape[0]
     torch.manual_seed(seed)
-    net = HyperNetwork(d, vocab, rank, h["hidden"])
+    net = HyperNetwork(d, vocab, rank, h["hidden"], wte if h.get("embedding_basis") else None)
     opt = torch.optim.AdamW(net.parameters(), lr=h["lr"], weight_decay=h.get("weight_decay", 0.0))
     g = torch.Generator().manual_seed(seed)
     assign = kmeans(train.features, h["train_clusters"], seed)

@@ -134,7 +134,8 @@ def main():
     def load_hypernet():
         from model import HyperNetwork
         m = cfg["model"]
-        net = HyperNetwork(m["d_model"], m["vocab_size"], cfg["lora"]["rank"], cfg["hypernet"]["hidden"])
+        basis = load_base()[0].wte.weight if cfg["hypernet"].get("embedding_basis") else None
+        net = HyperNetwork(m["d_model"], m["vocab_size"], cfg["lora"]["rank"], cfg["hypernet"]["hidden"], basis)
         net.load_state_dict(torch.load(work / "hypernet.pt"))
         net.eval()
         return net

@@ -115,9 +115,14 @@ def lora_delta(h, a, b):
 
 
 class HyperNetwork(nn.Module):
-    """MLP from a cluster context [K, d] to LM-head LoRA factors A [K, r, d] and B [K, V, r]."""
+    """MLP from a cluster context [K, d] to LM-head LoRA factors A [K, r, d] and B [K, V, r].
 
-    def __init__(self, d_model, vocab_size, rank, hidden):
+    With an embedding basis, B also gets a term E·C(z) (E the frozen token embeddings, C(z) [d, r] generated):
+    the network can then raise or lower whole regions of the vocabulary that resemble the context with few
+    parameters, beside the free per-token part.
+    """
+
+    def __init__(self, d_model, vocab_size, rank, hidden, embedding_basis=None):
         super().__init__()
         self.d_model, self.vocab_size, self.rank = d_model, vocab_size, rank
         self.body = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.LayerNorm(hidden))
@@ -127,9 +132,18 @@ class HyperNetwork(nn.Module):
         nn.init.normal_(self.to_a.bias, std=1.0 / math.sqrt(d_model))
         nn.init.zeros_(self.to_b.weight)
         nn.init.zeros_(self.to_b.bias)
+        if embedding_basis is not None:
+            self.register_buffer("basis", embedding_basis.detach().clone())
+            self.to_c = nn.Linear(hidden, d_model * rank)
+            nn.init.zeros_(self.to_c.weight)
+            nn.init.zeros_(self.to_c.bias)
+        else:
+            self.basis = None
 
     def forward(self, context):
         z = self.body(context)
         a = self.to_a(z).view(-1, self.rank, self.d_model)
         b = self.to_b(z).view(-1, self.vocab_size, self.rank)
+        if self.basis is not None:
+            b = b + self.basis @ self.to_c(z).view(-1, self.d_model, self.rank)
         return a, b

@@ -29,6 +29,7 @@ def main():
     parser.add_argument("--ranks", default="4,8")
     parser.add_argument("--train-clusters", default="4,16")
     parser.add_argument("--hidden", default="128")
+    parser.add_argument("--embedding-basis", default="0", help="comma list of 0/1")
     parser.add_argument("--steps-fraction", type=float, default=0.5)
     parser.add_argument("--eval-clusters", default="2:16,4:8,8:4", help="max_clusters:target_cluster_size pairs")
     args = parser.parse_args()
@@ -44,16 +45,18 @@ def main():
     results_path = work / "sweep.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else []
     done = {json.dumps(r["setting"], sort_keys=True) for r in results}
-    for rank, clusters, hidden in itertools.product(
-        [int(x) for x in args.ranks.split(",")], [int(x) for x in args.train_clusters.split(",")], [int(x) for x in args.hidden.split(",")]
+    for rank, clusters, hidden, basis in itertools.product(
+        [int(x) for x in args.ranks.split(",")], [int(x) for x in args.train_clusters.split(",")], [int(x) for x in args.hidden.split(",")],
+        [bool(int(x)) for x in args.embedding_basis.split(",")],
     ):
         c = copy.deepcopy(cfg)
         c["lora"]["rank"] = rank
         c["hypernet"]["train_clusters"] = clusters
         c["hypernet"]["hidden"] = hidden
+        c["hypernet"]["embedding_basis"] = basis
         c["hypernet"]["steps"] = int(c["hypernet"]["steps"] * args.steps_fraction)
         c["static"]["steps"] = int(c["static"]["steps"] * args.steps_fraction)
-        setting = {"rank": rank, "train_clusters": clusters, "hidden": hidden, "steps": c["hypernet"]["steps"]}
+        setting = {"rank": rank, "train_clusters": clusters, "hidden": hidden, "embedding_basis": basis, "steps": c["hypernet"]["steps"]}
         if json.dumps(setting, sort_keys=True) in done:
             continue
         started = time.time()
