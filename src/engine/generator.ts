@@ -183,7 +183,7 @@ export async function generateBatch(
     s.generated++;
     stats.tokens++;
     s.lastToken = token;
-    const event: RowEvent = { row: s.row, text: '', completionTokens: s.generated };
+    const event: RowEvent = { row: s.row, token, text: '', completionTokens: s.generated };
     if (s.spec.logprobs !== null) {
       const lp = tokenLogprobs(logits, offset, size, token, s.spec.logprobs);
       event.logprob = { token: cdc.piece(token), logprob: lp.logprob, top: lp.top.map(([id, v]) => [cdc.piece(id), v]) };

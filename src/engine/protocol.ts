@@ -65,6 +65,8 @@ export interface TokenLogprob {
 
 export interface RowEvent {
   row: number;
+  /** The token generated in this step (absent when the row only finishes, e.g. at end of text). */
+  token?: number;
   /** Text that became final (may be empty). */
   text: string;
   /** The generated token's logprob (only when the row asked for logprobs). */

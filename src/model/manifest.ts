@@ -3,6 +3,7 @@
  * need ONNX Runtime (files present, binary sizes, dimensions consistent). The ONNX signatures are checked
  * against the same manifest by `checkSignature` once the worker has opened the sessions.
  */
+import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import Type, { type Static } from 'typebox';
@@ -49,6 +50,7 @@ export const ManifestSchema = Type.Object({
     exclude_token_ids: Type.Array(Type.Integer({ minimum: 0 })),
   }),
   files: Type.Record(Type.String(), Type.String()),
+  sha256: Type.Optional(Type.Record(Type.String(), Type.String({ pattern: '^[0-9a-f]{64}$' }))),
   tensors: Type.Object({ embeddings: FileTensor, static_lora_a: FileTensor, static_lora_b: FileTensor }),
   decoder: Signature,
   hypernet: Signature,
@@ -113,6 +115,14 @@ export function loadManifest(dirIn: string): LoadedManifest {
     if (actual !== expected) {
       fail(dirIn, `${spec.file} has ${actual} bytes, but tensors.${key} says float32 [${spec.shape.join(', ')}] = ${expected} bytes`);
     }
+  }
+  for (const [key, digest] of Object.entries(manifest.sha256 ?? {})) {
+    const name = manifest.files[key];
+    if (name === undefined) fail(dirIn, `sha256.${key} names no entry of files`);
+    const path = join(dir, name);
+    if (!existsSync(path)) continue; // only files the service reads must be present (checked above)
+    const actual = createHash('sha256').update(readFileSync(path)).digest('hex');
+    if (actual !== digest) fail(dirIn, `${name} does not match its sha256 in the manifest (${actual.slice(0, 12)}... != ${digest.slice(0, 12)}...)`);
   }
   return { dir, manifest, paths };
 }

@@ -1,0 +1,73 @@
+/**
+ * From a schema-valid request body to an admitted Completion: the checks JSON Schema cannot express
+ * (unsupported options, the model id, the context window), tokenisation, and defaults.
+ */
+import { Completion, type GenerationParams, type PromptInput } from '../../batching/completion.js';
+import { ServiceError } from '../../errors.js';
+import type { CompletionService } from '../../service.js';
+import type { CompletionRequest } from '../schemas/completions.js';
+
+export const DEFAULT_MAX_TOKENS = 16;
+
+function refuse(param: string, message: string): never {
+  throw new ServiceError('unsupported_parameter', message, { param });
+}
+
+/** Options the service does not implement are refused when set to anything but their neutral value. */
+function checkUnsupported(body: CompletionRequest): void {
+  if (body.n != null && body.n !== 1) refuse('n', `n must be 1: this server returns one choice per prompt (got ${body.n}). Send an array of prompts for several choices.`);
+  if (body.best_of != null && body.best_of !== 1) refuse('best_of', `best_of must be 1 (got ${body.best_of}).`);
+  if (body.suffix != null && body.suffix !== '') refuse('suffix', 'suffix is not supported.');
+  if (body.presence_penalty != null && body.presence_penalty !== 0) refuse('presence_penalty', 'presence_penalty is not supported (must be 0).');
+  if (body.frequency_penalty != null && body.frequency_penalty !== 0) refuse('frequency_penalty', 'frequency_penalty is not supported (must be 0).');
+  if (body.logit_bias != null && Object.keys(body.logit_bias).length > 0) refuse('logit_bias', 'logit_bias is not supported.');
+}
+
+export function admit(body: CompletionRequest, service: CompletionService, requestId: string): Completion {
+  if (body.model !== service.modelName) {
+    throw new ServiceError('model_not_found', `The model '${body.model}' does not exist; this server serves '${service.modelName}'.`, { param: 'model' });
+  }
+  checkUnsupported(body);
+  const tokenizer = service.tokenizer;
+  if (tokenizer === null || service.state !== 'ready') {
+    throw new ServiceError('not_ready', service.state === 'failed' ? `The model failed to load: ${service.failure?.message ?? ''}` : 'The model is still loading; retry shortly.', {
+      retryAfterSeconds: 1,
+    });
+  }
+  const maxTokens = body.max_tokens ?? DEFAULT_MAX_TOKENS;
+  const context = service.contextLength;
+  const texts = typeof body.prompt === 'string' ? [body.prompt] : body.prompt;
+  const prompts: PromptInput[] = texts.map((text, i) => {
+    const ids = tokenizer.encodePrompt(text);
+    const textTokens = tokenizer.addBos ? ids.length - 1 : ids.length;
+    const where = texts.length > 1 ? `prompt ${i}` : 'the prompt';
+    if (ids.length === 0) {
+      throw new ServiceError('invalid_request', `${where} is empty; this model needs at least one token.`, { param: 'prompt' });
+    }
+    if (ids.length > context) {
+      throw new ServiceError('context_length_exceeded',
+        `This model's maximum context length is ${context} tokens, however ${where} has ${ids.length} tokens${tokenizer.addBos ? ' (beginning-of-text token included)' : ''}.`,
+        { param: 'prompt' });
+    }
+    if (ids.length + maxTokens > context) {
+      throw new ServiceError('context_length_exceeded',
+        `This model's maximum context length is ${context} tokens, however you requested ${ids.length + maxTokens} tokens (${ids.length} in ${where}, ${maxTokens} for the completion). Reduce max_tokens or the prompt.`,
+        { param: 'max_tokens' });
+    }
+    return { text, ids, textTokens };
+  });
+  const stop = body.stop == null ? [] : (typeof body.stop === 'string' ? [body.stop] : body.stop).filter((s) => s !== '');
+  const params: GenerationParams = {
+    maxTokens,
+    temperature: body.temperature ?? 1,
+    topP: body.top_p ?? 1,
+    topK: body.top_k ?? 0,
+    seed: body.seed ?? null,
+    stop,
+    logprobs: body.logprobs ?? null,
+    echo: body.echo ?? false,
+    ignoreEos: body.ignore_eos ?? false,
+    mode: body.adaptation ?? 'batch',
+  };
+  return new Completion(requestId, prompts, params);
+}

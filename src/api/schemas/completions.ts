@@ -1,0 +1,100 @@
+/**
+ * POST /v1/completions: OpenAI's legacy completions request and response, plus the ChameleonLLM extensions
+ * (`adaptation`, `top_k`, `ignore_eos` in the request; `chameleon` in the response).
+ */
+import Type, { type Static } from 'typebox';
+
+const nullable = <T extends Type.TSchema>(schema: T) => Type.Optional(Type.Union([schema, Type.Null()]));
+
+export const AdaptationMode = Type.Union([Type.Literal('batch'), Type.Literal('request'), Type.Literal('static'), Type.Literal('none')], {
+  description:
+    'ChameleonLLM extension. batch (default): one hypernetwork adapter per k-means cluster of the batch window; ' +
+    'request: an adapter from this prompt alone; static: the static-LoRA baseline; none: the base model.',
+});
+
+export const CompletionRequest = Type.Object(
+  {
+    model: Type.String({ description: 'Model id, as listed by GET /v1/models' }),
+    prompt: Type.Union([Type.String(), Type.Array(Type.String(), { minItems: 1 })], {
+      description: 'A prompt, or an array of prompts (one choice each)',
+    }),
+    max_tokens: nullable(Type.Integer({ minimum: 0, description: 'Tokens to generate (default 16); 0 with echo scores the prompt' })),
+    temperature: nullable(Type.Number({ minimum: 0, maximum: 2, description: '0 = greedy (default 1)' })),
+    top_p: nullable(Type.Number({ exclusiveMinimum: 0, maximum: 1, description: 'Nucleus sampling mass (default 1)' })),
+    top_k: nullable(Type.Integer({ minimum: 0, description: 'Extension: sample among the k most likely tokens (0 = all, the default)' })),
+    seed: nullable(Type.Integer({ description: 'Seed of this request’s sampler; the same seed and prompt repeat the same tokens' })),
+    stop: nullable(Type.Union([Type.String(), Type.Array(Type.String(), { maxItems: 4 })], { description: 'Up to 4 stop strings (not included in the text)' })),
+    stream: nullable(Type.Boolean({ description: 'Server-sent events, ending with data: [DONE]' })),
+    stream_options: nullable(Type.Object({ include_usage: Type.Optional(Type.Boolean()) })),
+    logprobs: nullable(Type.Integer({ minimum: 0, maximum: 5, description: 'Return token logprobs and this many top alternatives per token' })),
+    echo: nullable(Type.Boolean({ description: 'Return the prompt before the completion (with logprobs: the prompt’s token logprobs)' })),
+    n: nullable(Type.Integer({ minimum: 1, description: 'Only 1 is supported' })),
+    best_of: nullable(Type.Integer({ minimum: 1, description: 'Only 1 is supported' })),
+    suffix: nullable(Type.String({ description: 'Not supported (must be empty)' })),
+    presence_penalty: nullable(Type.Number({ description: 'Not supported (must be 0)' })),
+    frequency_penalty: nullable(Type.Number({ description: 'Not supported (must be 0)' })),
+    logit_bias: nullable(Type.Record(Type.String(), Type.Number(), { description: 'Not supported (must be empty)' })),
+    user: nullable(Type.String({ description: 'End-user id (logged only)' })),
+    adaptation: Type.Optional(AdaptationMode),
+    ignore_eos: nullable(Type.Boolean({ description: 'Extension: keep generating past the end-of-text token (benchmarks)' })),
+  },
+  { $id: 'CompletionRequest' },
+);
+export type CompletionRequest = Static<typeof CompletionRequest>;
+
+const Logprobs = Type.Object(
+  {
+    tokens: Type.Array(Type.String()),
+    token_logprobs: Type.Array(Type.Union([Type.Number(), Type.Null()])),
+    top_logprobs: Type.Array(Type.Union([Type.Record(Type.String(), Type.Number()), Type.Null()])),
+    text_offset: Type.Array(Type.Integer()),
+  },
+  { $id: 'Logprobs' },
+);
+export type Logprobs = Static<typeof Logprobs>;
+
+export const FinishReason = Type.Union([Type.Literal('stop'), Type.Literal('length'), Type.Null()]);
+
+const Choice = Type.Object({
+  text: Type.String(),
+  index: Type.Integer(),
+  logprobs: Type.Union([Type.Ref('Logprobs'), Type.Null()]),
+  finish_reason: FinishReason,
+});
+
+export const Usage = Type.Object(
+  { prompt_tokens: Type.Integer(), completion_tokens: Type.Integer(), total_tokens: Type.Integer() },
+  { $id: 'Usage' },
+);
+export type Usage = Static<typeof Usage>;
+
+export const ChameleonInfo = Type.Object(
+  {
+    batch_id: Type.Integer({ description: 'The batch this request was served in (requests of one window share it)' }),
+    batch_size: Type.Integer({ description: 'Prompts in that batch' }),
+    cluster_index: Type.Integer({ description: 'k-means cluster of the (first) prompt within the batch' }),
+    cluster_indices: Type.Array(Type.Integer(), { description: 'Cluster of each prompt (choice), in choice order' }),
+    num_clusters: Type.Integer({ description: 'Clusters in the batch' }),
+    mode: AdaptationMode,
+  },
+  { $id: 'ChameleonInfo', description: 'ChameleonLLM extension: how this request was batched and adapted' },
+);
+export type ChameleonInfo = Static<typeof ChameleonInfo>;
+
+export const CompletionResponse = Type.Object(
+  {
+    id: Type.String(),
+    object: Type.Literal('text_completion'),
+    created: Type.Integer(),
+    model: Type.String(),
+    choices: Type.Array(Choice),
+    usage: Type.Ref('Usage'),
+    chameleon: Type.Ref('ChameleonInfo'),
+  },
+  { $id: 'CompletionResponse' },
+);
+export type CompletionResponse = Static<typeof CompletionResponse>;
+export type CompletionChoice = CompletionResponse['choices'][number];
+
+/** The shared schemas, registered once with fastify.addSchema. */
+export const completionSchemas = [Logprobs, Usage, ChameleonInfo, CompletionRequest, CompletionResponse];

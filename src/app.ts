@@ -1,0 +1,112 @@
+/**
+ * Builds the fastify app from its parts: logging with request ids, OpenAPI + Swagger UI, the shared schemas,
+ * OpenAI-shaped errors, the routes, and the inference service behind them. `buildApp(config)` is what the
+ * server and the tests use.
+ */
+import { readFileSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import { installErrorHandling } from './api/error-handler.js';
+import { completionRoutes } from './api/routes/completions.js';
+import { healthRoutes } from './api/routes/health.js';
+import { metricsRoutes } from './api/routes/metrics.js';
+import { modelRoutes } from './api/routes/models.js';
+import { ErrorResponse } from './api/schemas/common.js';
+import { completionSchemas } from './api/schemas/completions.js';
+import { Live, Ready } from './api/schemas/health.js';
+import { ModelList, ModelObject } from './api/schemas/models.js';
+import type { Config } from './config.js';
+import { Metrics } from './observability/metrics.js';
+import { InferenceService, type CompletionService } from './service.js';
+
+export interface ChameleonHandle {
+  service: CompletionService;
+  metrics: Metrics;
+  /** Resolves once the model is loaded and warmed up; rejects when it cannot be (the process should stop). */
+  started: Promise<void>;
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    chameleon: ChameleonHandle;
+  }
+}
+
+export interface AppOptions {
+  /** Replaces the inference service (tools such as the OpenAPI generator pass a stub). */
+  service?: CompletionService;
+  metrics?: Metrics;
+  /** fastify/pino logger options; default: JSON logs at config.logLevel. */
+  logger?: FastifyServerOptions['logger'];
+}
+
+const packageJson = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string; description: string };
+
+export const API_INFO = {
+  title: 'chameleon-serve',
+  description: `${packageJson.description}. OpenAI-compatible completions with batch-aware dynamic low-rank adaptation.`,
+  version: packageJson.version,
+};
+
+export async function buildApp(config: Config, options: AppOptions = {}): Promise<FastifyInstance> {
+  const metrics = options.metrics ?? new Metrics();
+  const app = Fastify({
+    logger: options.logger ?? { level: config.logLevel },
+    requestIdHeader: 'x-request-id',
+    genReqId: () => `req-${randomUUID()}`,
+    ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
+    forceCloseConnections: 'idle',
+  }).withTypeProvider<TypeBoxTypeProvider>();
+
+  // The service opens (and checks) the model package before anything listens.
+  let service: CompletionService;
+  let started: Promise<void>;
+  if (options.service !== undefined) {
+    service = options.service;
+    started = Promise.resolve();
+  } else {
+    const real = InferenceService.open(config, metrics, app.log);
+    service = real;
+    started = real.start();
+    started.catch((error: Error) => app.log.error({ err: error }, `model failed to start: ${error.message}`));
+    app.addHook('preClose', async () => {
+      app.log.info('draining: no new requests; finishing admitted ones');
+      await real.close();
+    });
+  }
+  app.decorate('chameleon', { service, metrics, started });
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: API_INFO,
+      tags: [
+        { name: 'completions', description: 'OpenAI-compatible text completions' },
+        { name: 'models', description: 'Served models' },
+        { name: 'health', description: 'Liveness and readiness probes' },
+        { name: 'observability', description: 'Prometheus metrics' },
+      ],
+    },
+    refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => (typeof json.$id === 'string' ? json.$id : `def-${i}`) },
+  });
+  await app.register(swaggerUi, { routePrefix: '/docs' });
+
+  for (const schema of [ErrorResponse, ...completionSchemas, ModelObject, ModelList, Live, Ready]) app.addSchema(schema);
+  installErrorHandling(app);
+
+  app.addHook('onSend', async (request, reply) => {
+    reply.header('x-request-id', request.id);
+  });
+  app.addHook('onResponse', async (request, reply) => {
+    if (request.routeOptions.url === '/v1/completions') metrics.requests.inc({ status: String(reply.statusCode) });
+  });
+
+  await app.register(completionRoutes, { service });
+  await app.register(modelRoutes, { service });
+  await app.register(healthRoutes, { service });
+  await app.register(metricsRoutes, { metrics });
+  return app;
+}

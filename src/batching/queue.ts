@@ -1,0 +1,96 @@
+/**
+ * The admission queue: bounded by the number of prompts (rows) waiting, FIFO, with a way to wait for the next
+ * arrival. Refusing (429) happens here, synchronously, before a request is accepted.
+ */
+import { ServiceError } from '../errors.js';
+
+export interface Queued {
+  /** Prompts this item brings to a batch. */
+  readonly rows: number;
+  /** performance.now() at admission. */
+  readonly arrivedAt: number;
+}
+
+export class BoundedQueue<T extends Queued> {
+  private items: T[] = [];
+  private waitingRows = 0;
+  private waiters: Array<() => void> = [];
+  private closed = false;
+
+  constructor(readonly capacity: number, private readonly retryAfterSeconds = 1) {}
+
+  get rows(): number {
+    return this.waitingRows;
+  }
+
+  get length(): number {
+    return this.items.length;
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Admits `item` or throws ServiceError queue_full (429) / shutting_down (503). */
+  push(item: T): void {
+    if (this.closed) throw new ServiceError('shutting_down', 'The server is shutting down and accepts no new requests.');
+    if (this.waitingRows + item.rows > this.capacity) {
+      throw new ServiceError('queue_full', `The request queue is full (${this.waitingRows} of ${this.capacity} prompts waiting); retry later.`, {
+        retryAfterSeconds: this.retryAfterSeconds,
+      });
+    }
+    this.items.push(item);
+    this.waitingRows += item.rows;
+    this.wake();
+  }
+
+  peek(): T | undefined {
+    return this.items[0];
+  }
+
+  shift(): T | undefined {
+    const item = this.items.shift();
+    if (item !== undefined) this.waitingRows -= item.rows;
+    return item;
+  }
+
+  /** Removes a waiting item (its caller gave up); false when it already left the queue. */
+  remove(item: T): boolean {
+    const index = this.items.indexOf(item);
+    if (index < 0) return false;
+    this.items.splice(index, 1);
+    this.waitingRows -= item.rows;
+    return true;
+  }
+
+  /** Resolves on the next push or close, or after `timeoutMs` (Infinity = no timeout). */
+  waitForChange(timeoutMs = Infinity): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    return new Promise((resolve) => {
+      let timer: NodeJS.Timeout | undefined;
+      const done = () => {
+        if (timer !== undefined) clearTimeout(timer);
+        resolve();
+      };
+      this.waiters.push(done);
+      if (Number.isFinite(timeoutMs)) {
+        timer = setTimeout(() => {
+          this.waiters = this.waiters.filter((w) => w !== done);
+          resolve();
+        }, Math.max(0, timeoutMs));
+      }
+    });
+  }
+
+  /** No more admissions; items already queued stay to be served. */
+  close(): void {
+    this.closed = true;
+    this.wake();
+  }
+
+  private wake(): void {
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w();
+  }
+}

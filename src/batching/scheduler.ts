@@ -1,0 +1,240 @@
+/**
+ * The pipeline, one batch at a time:
+ *
+ *   queue -> window batcher -> features -> k-means -> adapter slots -> engine (hypernetwork once, then the
+ *   decoder with the KV cache, one run for every row) -> per-row events routed back to each request.
+ *
+ * Each stage is its own module; this file only wires them and owns the per-batch bookkeeping.
+ */
+import { randomInt } from 'node:crypto';
+import { clusterContexts, clusterFeatures } from '../adaptation/clustering.js';
+import type { FeatureExtractor } from '../adaptation/features.js';
+import { planSlots } from '../adaptation/slots.js';
+import type { BatchJob, BatchSink } from '../engine/client.js';
+import type { BatchStats, RowSpec, StepMessage } from '../engine/protocol.js';
+import { ServiceError } from '../errors.js';
+import type { Metrics } from '../observability/metrics.js';
+import { WindowBatcher } from './batcher.js';
+import type { Completion } from './completion.js';
+import { BoundedQueue } from './queue.js';
+
+/** What the scheduler needs from the engine (EngineClient, or a fake in tests). */
+export interface Engine {
+  run(job: BatchJob, sink: BatchSink): Promise<BatchStats>;
+  cancel(batchId: number, rows: number[]): void;
+}
+
+export interface SchedulerOptions {
+  maxBatchSize: number;
+  maxWaitMs: number;
+  targetClusterSize: number;
+  maxClusters: number;
+  queueSize: number;
+  kmeansSeed: number;
+  requestTimeoutMs: number;
+  retryAfterSeconds: number;
+}
+
+export interface SchedulerLogger {
+  debug(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
+}
+
+interface Row {
+  completion: Completion;
+  choice: number;
+}
+
+export class Scheduler {
+  private readonly queue: BoundedQueue<Completion>;
+  private readonly batcher: WindowBatcher<Completion>;
+  private loop: Promise<void> | null = null;
+  private nextBatchId = 1;
+
+  constructor(
+    private readonly engine: Engine,
+    private readonly features: FeatureExtractor,
+    private readonly options: SchedulerOptions,
+    private readonly metrics: Metrics,
+    private readonly logger: SchedulerLogger,
+  ) {
+    this.queue = new BoundedQueue(options.queueSize, options.retryAfterSeconds);
+    this.batcher = new WindowBatcher(this.queue, options);
+    metrics.watchQueue(() => this.queue.rows);
+  }
+
+  /** Prompts waiting for a batch. */
+  get queued(): number {
+    return this.queue.rows;
+  }
+
+  start(): void {
+    this.loop ??= this.runLoop();
+  }
+
+  /**
+   * Admits a request (throws ServiceError 429 / 503 when it cannot be admitted). Its results arrive on
+   * `completion.events()`.
+   */
+  submit(completion: Completion): void {
+    if (completion.rows > this.options.maxBatchSize) {
+      throw new ServiceError('invalid_request', `At most ${this.options.maxBatchSize} prompts per request (MAX_BATCH_SIZE); got ${completion.rows}.`, { param: 'prompt' });
+    }
+    this.queue.push(completion);
+    let batchId: number | null = null;
+    let rows: number[] = [];
+    const stop = () => {
+      if (this.queue.remove(completion)) return;
+      if (batchId !== null) this.engine.cancel(batchId, rows);
+    };
+    let timer: NodeJS.Timeout | undefined;
+    if (this.options.requestTimeoutMs > 0) {
+      timer = setTimeout(() => {
+        stop();
+        completion.emit({ type: 'error', error: new ServiceError('timeout', `The request did not finish within ${this.options.requestTimeoutMs} ms (REQUEST_TIMEOUT_MS).`) });
+      }, this.options.requestTimeoutMs);
+      timer.unref();
+    }
+    completion.onCancel(() => {
+      if (timer !== undefined) clearTimeout(timer);
+      stop();
+      completion.emit({ type: 'error', error: new ServiceError('invalid_request', 'The request was cancelled by its client.') });
+    });
+    this.placed.set(completion, (id, assigned) => {
+      batchId = id;
+      rows = assigned;
+    });
+    this.finished.set(completion, () => {
+      if (timer !== undefined) clearTimeout(timer);
+    });
+  }
+
+  /** Stops admitting, serves everything already admitted, and resolves when the last batch has finished. */
+  async drain(): Promise<void> {
+    this.queue.close();
+    await this.loop;
+  }
+
+  private readonly placed = new WeakMap<Completion, (batchId: number, rows: number[]) => void>();
+  private readonly finished = new WeakMap<Completion, () => void>();
+
+  private async runLoop(): Promise<void> {
+    for (;;) {
+      const batch = await this.batcher.next();
+      if (batch === null) return;
+      try {
+        await this.runBatch(batch);
+      } catch (error) {
+        this.logger.error({ err: error }, 'batch failed');
+      }
+    }
+  }
+
+  private async runBatch(batch: Completion[]): Promise<void> {
+    const live = batch.filter((c) => !c.finished);
+    const rows: Row[] = live.flatMap((completion) => completion.prompts.map((_, choice) => ({ completion, choice })));
+    if (rows.length === 0) return;
+    const batchId = this.nextBatchId++;
+    const dim = this.features.dim;
+
+    let t = performance.now();
+    const features = rows.map((r) => this.features.feature(r.completion.prompts[r.choice].ids));
+    this.metrics.adaptationSeconds.observe({ stage: 'features' }, (performance.now() - t) / 1000);
+    t = performance.now();
+    const clustering = clusterFeatures(features, {
+      targetClusterSize: this.options.targetClusterSize,
+      maxClusters: this.options.maxClusters,
+      seed: (this.options.kmeansSeed + batchId) % 2 ** 31,
+    });
+    const contexts = clusterContexts(features, clustering, dim);
+    const plan = planSlots(rows.map((r, i) => ({ mode: r.completion.params.mode, feature: features[i], cluster: clustering.assignments[i] })), contexts, dim);
+    this.metrics.adaptationSeconds.observe({ stage: 'clustering' }, (performance.now() - t) / 1000);
+    this.metrics.batchSize.observe(rows.length);
+    this.metrics.clustersPerBatch.observe(clustering.k);
+    this.metrics.inFlight.set(rows.length);
+
+    const remaining = new Map<Completion, number>();
+    const firstToken = new Set<Completion>();
+    for (const completion of live) {
+      const indices = rows.flatMap((r, i) => r.completion === completion ? [i] : []);
+      remaining.set(completion, indices.length);
+      this.placed.get(completion)?.(batchId, indices);
+      completion.emit({
+        type: 'batched',
+        batch: {
+          batchId,
+          batchSize: rows.length,
+          clusters: clustering.k,
+          clusterIndices: indices.map((i) => clustering.assignments[i]),
+          mode: completion.params.mode,
+        },
+      });
+    }
+
+    const specs: RowSpec[] = rows.map((r, i) => {
+      const prompt = r.completion.prompts[r.choice];
+      const p = r.completion.params;
+      return {
+        promptIds: prompt.ids,
+        bosAdded: prompt.ids.length > prompt.textTokens,
+        slot: plan.slots[i],
+        maxTokens: p.maxTokens,
+        temperature: p.temperature,
+        topP: p.topP,
+        topK: p.topK,
+        seed: p.seed ?? randomInt(0, 2 ** 32),
+        stop: p.stop,
+        logprobs: p.logprobs,
+        promptLogprobs: p.echo && p.logprobs !== null,
+        ignoreEos: p.ignoreEos,
+      };
+    });
+
+    const onStep = (step: StepMessage) => {
+      this.metrics.forwardSeconds.observe({ phase: step.phase }, step.forwardMs / 1000);
+      for (const event of step.events) {
+        const { completion, choice } = rows[event.row];
+        if (event.token !== undefined) {
+          this.metrics.tokensGenerated.inc();
+          if (!firstToken.has(completion)) {
+            firstToken.add(completion);
+            this.metrics.timeToFirstToken.observe((performance.now() - completion.arrivedAt) / 1000);
+          }
+        }
+        if (event.token !== undefined || event.text !== '') {
+          completion.emit({ type: 'text', choice, text: event.text, ...(event.logprob ? { logprob: event.logprob } : {}) });
+        }
+        if (event.finish !== undefined) {
+          completion.emit({ type: 'finish', choice, reason: event.finish, completionTokens: event.completionTokens });
+          const left = remaining.get(completion)! - 1;
+          remaining.set(completion, left);
+          if (left === 0) this.complete(completion);
+        }
+      }
+    };
+
+    try {
+      const stats = await this.engine.run(
+        { batchId, rows: specs, contexts: plan.contexts, contextCount: plan.count },
+        {
+          onAdapted: (ms) => this.metrics.adaptationSeconds.observe({ stage: 'hypernet' }, ms / 1000),
+          onPrompt: (row, logprobs) => rows[row].completion.emit({ type: 'prompt', choice: rows[row].choice, logprobs }),
+          onStep,
+        },
+      );
+      this.logger.debug({ ...stats, clusters: clustering.k, adapters: plan.count }, 'batch done');
+    } catch (error) {
+      const failure = new ServiceError('engine_error', `Inference failed: ${(error as Error).message}`, { cause: error });
+      for (const completion of live) if (!completion.finished) completion.emit({ type: 'error', error: failure });
+      throw error;
+    } finally {
+      this.metrics.inFlight.set(0);
+      for (const completion of live) this.complete(completion);
+    }
+  }
+
+  private complete(completion: Completion): void {
+    this.finished.get(completion)?.();
+    completion.emit({ type: 'done' });
+  }
+}

@@ -1,0 +1,115 @@
+/**
+ * The inference service behind the HTTP API: opens the model package, starts the engine worker, runs the
+ * scheduler, and reports its state (loading -> ready -> draining -> closed, or failed).
+ */
+import { FeatureExtractor } from './adaptation/features.js';
+import { Scheduler } from './batching/scheduler.js';
+import type { Completion } from './batching/completion.js';
+import type { Config } from './config.js';
+import { EngineClient, type EngineLogger } from './engine/client.js';
+import { ServiceError } from './errors.js';
+import { ModelPackage } from './model/package.js';
+import type { TextTokenizer } from './model/tokenizer.js';
+import type { Metrics } from './observability/metrics.js';
+
+export type ServiceState = 'loading' | 'ready' | 'failed' | 'draining' | 'closed';
+
+export interface ServiceLogger extends EngineLogger {
+  debug(obj: object, msg: string): void;
+}
+
+/** What the API needs from the service (the real one below, or a stub for tools such as the OpenAPI script). */
+export interface CompletionService {
+  readonly state: ServiceState;
+  readonly failure: Error | null;
+  readonly provider: string | null;
+  readonly modelName: string;
+  /** Context length in tokens (BOS included). */
+  readonly contextLength: number;
+  readonly tokenizer: TextTokenizer | null;
+  readonly created: number;
+  submit(completion: Completion): void;
+}
+
+export class InferenceService implements CompletionService {
+  state: ServiceState = 'loading';
+  failure: Error | null = null;
+  provider: string | null = null;
+  readonly created = Math.floor(Date.now() / 1000);
+  private engine: EngineClient | null = null;
+  private scheduler: Scheduler | null = null;
+  private starting: Promise<void> | null = null;
+
+  private constructor(
+    private readonly config: Config,
+    readonly model: ModelPackage,
+    private readonly metrics: Metrics,
+    private readonly logger: ServiceLogger,
+  ) {}
+
+  /** Opens and checks the model package (synchronously: a bad package stops the start here). */
+  static open(config: Config, metrics: Metrics, logger: ServiceLogger): InferenceService {
+    return new InferenceService(config, ModelPackage.open(config.modelDir), metrics, logger);
+  }
+
+  get modelName(): string {
+    return this.config.modelName;
+  }
+
+  get contextLength(): number {
+    return this.model.dims.context;
+  }
+
+  get tokenizer(): TextTokenizer {
+    return this.model.tokenizer;
+  }
+
+  /** Starts the worker (sessions, signature checks, warm-up) and the scheduler; resolves when ready. */
+  start(): Promise<void> {
+    this.starting ??= this.boot();
+    return this.starting;
+  }
+
+  private async boot(): Promise<void> {
+    const m = this.model.manifest;
+    const features = new FeatureExtractor(this.model.readTensor('embeddings'), m.dims.vocab_size, m.dims.d_model, m.features.exclude_token_ids);
+    try {
+      this.engine = await EngineClient.start({ modelDir: this.model.dir, device: this.config.device, threads: this.config.threads, logger: this.logger });
+    } catch (error) {
+      this.state = 'failed';
+      this.failure = error as Error;
+      throw error;
+    }
+    this.provider = this.engine.provider;
+    this.scheduler = new Scheduler(this.engine, features, this.config, this.metrics, this.logger);
+    this.scheduler.start();
+    if (this.state === 'loading') this.state = 'ready';
+  }
+
+  get ready(): boolean {
+    return this.state === 'ready' && (this.engine?.healthy ?? false);
+  }
+
+  submit(completion: Completion): void {
+    if (this.state === 'draining' || this.state === 'closed') {
+      throw new ServiceError('shutting_down', 'The server is shutting down and accepts no new requests.');
+    }
+    if (!this.ready || this.scheduler === null) {
+      throw new ServiceError('not_ready', this.state === 'failed' ? `The model failed to load: ${this.failure?.message}` : 'The model is still loading; retry shortly.', {
+        retryAfterSeconds: 1,
+      });
+    }
+    this.scheduler.submit(completion);
+  }
+
+  /** Stops admitting, finishes every admitted request, then stops the worker. */
+  async close(): Promise<void> {
+    if (this.state === 'closed') return;
+    const wasStarting = this.starting;
+    this.state = 'draining';
+    if (wasStarting !== null) await wasStarting.catch(() => {});
+    await this.scheduler?.drain();
+    await this.engine?.close();
+    this.state = 'closed';
+  }
+}
