@@ -83,6 +83,21 @@ COPY --chown=root:root --from=deps /app/node_modules ./node_modules
 COPY --chown=root:root --from=build /app/dist ./dist
 COPY --chown=root:root models/default ./models/default
 
+# GPU variant: fail the build, not the first request, when the CUDA provider that onnxruntime-node fetched needs
+# CUDA/cuDNN libraries that BASE_IMAGE lacks (e.g. a CUDA major version mismatch). libcuda.so.1 comes from the
+# host driver at run time (NVIDIA Container Toolkit) and is not checked here.
+RUN provider="$(find node_modules/onnxruntime-node/bin -name libonnxruntime_providers_cuda.so | head -n 1)"; \
+    if [ -n "$provider" ]; then \
+      missing="$(ldd "$provider" | grep 'not found' | grep -v -E 'libcuda\.so|libnvidia' || true)"; \
+      if [ -n "$missing" ]; then \
+        echo "onnxruntime-node's CUDA provider needs libraries that BASE_IMAGE does not have:" >&2; \
+        echo "$missing" >&2; \
+        echo "Use a BASE_IMAGE with the CUDA major version and cuDNN 9 that the provider was built for." >&2; \
+        exit 1; \
+      fi; \
+      ldd "$provider" | grep -E 'libcudart|libcublas|libcudnn|libcufft|libcurand' || true; \
+    fi
+
 # Files stay root-owned and read-only for the service user.
 USER 10001:10001
 EXPOSE 8080
