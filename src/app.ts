@@ -106,7 +106,9 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
 
   await app.register(completionRoutes, { service });
   await app.register(modelRoutes, { service });
-  await app.register(healthRoutes, { service });
-  await app.register(metricsRoutes, { metrics });
+  // Probes and scrapes log only warnings, unless the whole app is quieter than that.
+  const quiet = ['fatal', 'error', 'silent'].includes(config.logLevel) ? config.logLevel : 'warn';
+  await app.register(healthRoutes, { service, logLevel: quiet });
+  await app.register(metricsRoutes, { metrics, logLevel: quiet });
   return app;
 }

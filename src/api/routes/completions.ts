@@ -25,7 +25,16 @@ export async function completionRoutes(app: FastifyInstance, options: { service:
           'together and adapted per cluster (ChameleonLLM); see the `adaptation` field and the `chameleon` object.',
         tags: ['completions'],
         body: Type.Ref('CompletionRequest'),
-        response: { 200: Type.Ref('CompletionResponse'), ...errorResponses(400, 404, 429, 500, 503, 504) },
+        response: {
+          200: {
+            description: 'The completion (JSON), or with `stream: true` an event stream of completion chunks',
+            content: {
+              'application/json': { schema: Type.Ref('CompletionResponse') },
+              'text/event-stream': { schema: Type.String({ description: 'Lines `data: <completion chunk JSON>`, ending with `data: [DONE]`' }) },
+            },
+          },
+          ...errorResponses(400, 404, 429, 500, 503, 504),
+        },
       },
     },
     async (request, reply) => {

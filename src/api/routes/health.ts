@@ -7,16 +7,14 @@ import { errorResponses } from '../schemas/common.js';
 export async function healthRoutes(app: FastifyInstance, options: { service: CompletionService }): Promise<void> {
   const { service } = options;
   app.get('/health/live', {
-    schema: { summary: 'Liveness: the process answers', tags: ['health'], response: { 200: Type.Ref('Live') } },
-    logLevel: 'warn',
+    schema: { summary: 'Liveness: the process answers', tags: ['health'], response: { 200: { description: 'OK', content: { 'application/json': { schema: Type.Ref('Live') } } } } },
   }, async () => ({ status: 'ok' as const }));
   app.get('/health/ready', {
     schema: {
       summary: 'Readiness: 200 once the model is loaded and the warm-up run passed',
       tags: ['health'],
-      response: { 200: Type.Ref('Ready'), ...errorResponses(503) },
+      response: { 200: { description: 'OK', content: { 'application/json': { schema: Type.Ref('Ready') } } }, ...errorResponses(503) },
     },
-    logLevel: 'warn',
   }, async () => {
     if (service.state !== 'ready') {
       const why = service.state === 'failed' ? `the model failed to load: ${service.failure?.message ?? 'unknown error'}`

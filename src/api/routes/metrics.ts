@@ -10,7 +10,6 @@ export async function metricsRoutes(app: FastifyInstance, options: { metrics: Me
       tags: ['observability'],
       produces: ['text/plain'],
     },
-    logLevel: 'warn',
   }, async (_request, reply) => {
     reply.header('content-type', registry.contentType);
     return registry.metrics();

@@ -8,14 +8,14 @@ export async function modelRoutes(app: FastifyInstance, options: { service: Comp
   const { service } = options;
   const model = () => ({ id: service.modelName, object: 'model' as const, created: service.created, owned_by: 'chameleon-serve' });
   app.get('/v1/models', {
-    schema: { summary: 'List the served models', tags: ['models'], response: { 200: Type.Ref('ModelList') } },
+    schema: { summary: 'List the served models', tags: ['models'], response: { 200: { description: 'OK', content: { 'application/json': { schema: Type.Ref('ModelList') } } } } },
   }, async () => ({ object: 'list' as const, data: [model()] }));
   app.get('/v1/models/:model', {
     schema: {
       summary: 'Describe a model',
       tags: ['models'],
       params: Type.Object({ model: Type.String() }),
-      response: { 200: Type.Ref('Model'), ...errorResponses(404) },
+      response: { 200: { description: 'OK', content: { 'application/json': { schema: Type.Ref('Model') } } }, ...errorResponses(404) },
     },
   }, async (request) => {
     const { model: id } = request.params as { model: string };

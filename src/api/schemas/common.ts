@@ -12,6 +12,18 @@ export const ErrorResponse = Type.Object(
   { $id: 'ErrorResponse', description: "OpenAI's error shape" },
 );
 
-/** Shared response entries of every route that can fail. */
+const ERROR_DESCRIPTIONS: Record<number, string> = {
+  400: 'Invalid input (including a prompt longer than the context allows, or an unsupported option)',
+  404: 'Unknown model or route',
+  429: 'Queue full: retry after the Retry-After header',
+  500: 'Inference failed',
+  503: 'Not ready (model loading or failed) or shutting down',
+  504: 'Deadline exceeded (REQUEST_TIMEOUT_MS)',
+};
+
+/** Response entries of the error statuses a route can answer with, all in OpenAI's error shape. */
 export const errorResponses = (...statuses: number[]) =>
-  Object.fromEntries(statuses.map((status) => [status, Type.Ref('ErrorResponse')]));
+  Object.fromEntries(statuses.map((status) => [
+    status,
+    { description: ERROR_DESCRIPTIONS[status] ?? 'Error', content: { 'application/json': { schema: Type.Ref('ErrorResponse') } } },
+  ]));
