@@ -52,15 +52,16 @@ export class OrtRuntime implements Runtime {
   static async create(pkg: ModelPackage, options: RuntimeOptions): Promise<OrtRuntime> {
     const base: ort.InferenceSession.SessionOptions = { graphOptimizationLevel: 'all' };
     if (options.threads > 0) base.intraOpNumThreads = options.threads;
-    const open = async (providers: ort.InferenceSession.ExecutionProviderConfig[]) => Promise.all([
-      ort.InferenceSession.create(pkg.paths.decoder, { ...base, executionProviders: providers }),
-      ort.InferenceSession.create(pkg.paths.hypernet, { ...base, executionProviders: providers }),
-    ]);
+    const open = async (providers: ort.InferenceSession.ExecutionProviderConfig[], quiet = false) => {
+      // A CUDA attempt that fails is reported once, by us (ONNX Runtime's own error lines would repeat it).
+      const options = { ...base, executionProviders: providers, ...(quiet ? { logSeverityLevel: 4 as const } : {}) };
+      return Promise.all([ort.InferenceSession.create(pkg.paths.decoder, options), ort.InferenceSession.create(pkg.paths.hypernet, options)]);
+    };
     let provider = 'cpu';
     let sessions: [ort.InferenceSession, ort.InferenceSession];
     if (options.device === 'cuda') {
       try {
-        sessions = await open([{ name: 'cuda', deviceId: 0 }, 'cpu']);
+        sessions = await open([{ name: 'cuda', deviceId: 0 }, 'cpu'], true);
         provider = 'cuda';
       } catch (error) {
         options.warn(`CUDA execution provider could not start (${(error as Error).message.split('\n')[0]}); falling back to CPU`);

@@ -1,0 +1,137 @@
+/**
+ * The scheduler with a scripted engine: routing (each caller gets exactly its own rows), batching,
+ * cancellation, deadlines, drain.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { FeatureExtractor } from '../../src/adaptation/features.js';
+import { Completion, type CompletionEvent, type GenerationParams } from '../../src/batching/completion.js';
+import { Scheduler, type Engine } from '../../src/batching/scheduler.js';
+import type { BatchJob, BatchSink } from '../../src/engine/client.js';
+import type { BatchStats } from '../../src/engine/protocol.js';
+import { ServiceError } from '../../src/errors.js';
+import { Metrics } from '../../src/observability/metrics.js';
+
+const VOCAB = 8;
+const DIM = 2;
+const features = new FeatureExtractor(Float32Array.from({ length: VOCAB * DIM }, (_, i) => (i % 3) + 1), VOCAB, DIM, [0]);
+
+/** Echoes each row's prompt ids back as text, one id per step, tagged with the row's slot. */
+class EchoEngine implements Engine {
+  jobs: BatchJob[] = [];
+  cancelled: number[] = [];
+  stepDelayMs = 0;
+  async run(job: BatchJob, sink: BatchSink): Promise<BatchStats> {
+    this.jobs.push(job);
+    const longest = Math.max(...job.rows.map((r) => r.maxTokens));
+    for (let step = 0; step < longest; step++) {
+      if (this.stepDelayMs > 0) await new Promise((r) => setTimeout(r, this.stepDelayMs));
+      const events = job.rows.flatMap((r, row) => {
+        if (step >= r.maxTokens || this.cancelled.includes(row)) return [];
+        const last = step === r.maxTokens - 1;
+        return [{ row, token: r.promptIds[step % r.promptIds.length], text: `${r.promptIds[step % r.promptIds.length]}`, completionTokens: step + 1, ...(last ? { finish: 'length' as const } : {}) }];
+      });
+      sink.onStep({ type: 'step', batchId: job.batchId, phase: step === 0 ? 'prefill' : 'decode', forwardMs: 1, batch: job.rows.length, events });
+    }
+    const cancelledEvents = this.cancelled.map((row) => ({ row, text: '', finish: 'cancelled' as const, completionTokens: 0 }));
+    if (cancelledEvents.length > 0) sink.onStep({ type: 'step', batchId: job.batchId, phase: 'decode', forwardMs: 1, batch: 1, events: cancelledEvents });
+    return { batchId: job.batchId, rows: job.rows.length, hypernetMs: 0, prefillMs: 0, decodeSteps: longest, decodeMs: 0, tokens: 0 };
+  }
+  cancel(_batchId: number, rows: number[]): void {
+    this.cancelled.push(...rows);
+  }
+}
+
+const params = (over: Partial<GenerationParams> = {}): GenerationParams => ({
+  maxTokens: 3, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: null, echo: false, ignoreEos: false, mode: 'batch', ...over,
+});
+
+function scheduler(engine: Engine, over: Partial<ConstructorParameters<typeof Scheduler>[2]> = {}) {
+  const s = new Scheduler(engine, features, {
+    maxBatchSize: 8, maxWaitMs: 30, targetClusterSize: 2, maxClusters: 4, queueSize: 16, kmeansSeed: 0, requestTimeoutMs: 0, retryAfterSeconds: 1, ...over,
+  }, new Metrics({ defaultMetrics: false }), { debug() {}, error() {} });
+  s.start();
+  return s;
+}
+
+async function collect(c: Completion): Promise<CompletionEvent[]> {
+  const events: CompletionEvent[] = [];
+  for await (const e of c.events()) events.push(e);
+  return events;
+}
+
+test('requests of one window share a batch; each caller gets exactly its own rows', async () => {
+  const engine = new EchoEngine();
+  const s = scheduler(engine);
+  const completions = [[0, 1, 2], [0, 3], [0, 5, 6, 7]].map((ids, i) => new Completion(`r${i}`, [{ text: `p${i}`, ids, textTokens: ids.length - 1 }], params({ maxTokens: i + 1 })));
+  for (const c of completions) s.submit(c);
+  const results = await Promise.all(completions.map(collect));
+  assert.equal(engine.jobs.length, 1);
+  results.forEach((events, i) => {
+    const batched = events[0];
+    assert.equal(batched.type, 'batched');
+    if (batched.type === 'batched') assert.equal(batched.batch.batchSize, 3);
+    const text = events.flatMap((e) => (e.type === 'text' ? [e.text] : [])).join('');
+    const ids = completions[i].prompts[0].ids;
+    assert.equal(text, ids.slice(0, i + 1).join(''), `request ${i} got its own tokens`);
+    assert.deepEqual(events.at(-1), { type: 'done' });
+    assert.deepEqual(events.at(-2), { type: 'finish', choice: 0, reason: 'length', completionTokens: i + 1 });
+  });
+  await s.drain();
+});
+
+test('modes map to slots; several prompts of one request stay in one batch', async () => {
+  const engine = new EchoEngine();
+  const s = scheduler(engine);
+  const multi = new Completion('m', [{ text: 'a', ids: [0, 1], textTokens: 1 }, { text: 'b', ids: [0, 2], textTokens: 1 }], params({ mode: 'request' }));
+  const none = new Completion('n', [{ text: 'c', ids: [0, 3], textTokens: 1 }], params({ mode: 'none' }));
+  const stat = new Completion('s', [{ text: 'd', ids: [0, 4], textTokens: 1 }], params({ mode: 'static' }));
+  for (const c of [multi, none, stat]) s.submit(c);
+  await Promise.all([multi, none, stat].map(collect));
+  const job = engine.jobs[0];
+  assert.deepEqual(job.rows.map((r) => r.slot), [2, 3, 0, 1]);
+  assert.equal(job.contextCount, 2);
+  await s.drain();
+});
+
+test('a request cancelled while queued never reaches the engine', async () => {
+  const engine = new EchoEngine();
+  const s = scheduler(engine, { maxWaitMs: 50 });
+  const gone = new Completion('gone', [{ text: 'x', ids: [0, 1], textTokens: 1 }], params());
+  const kept = new Completion('kept', [{ text: 'y', ids: [0, 2], textTokens: 1 }], params());
+  s.submit(gone);
+  s.submit(kept);
+  gone.cancel();
+  const events = await collect(kept);
+  assert.equal(events.at(-1)?.type, 'done');
+  assert.equal(engine.jobs[0].rows.length, 1);
+  await s.drain();
+});
+
+test('a request past REQUEST_TIMEOUT_MS gets a 504 error and its rows are cancelled', async () => {
+  const engine = new EchoEngine();
+  engine.stepDelayMs = 20;
+  const s = scheduler(engine, { requestTimeoutMs: 60, maxWaitMs: 0 });
+  const slow = new Completion('slow', [{ text: 'x', ids: [0, 1], textTokens: 1 }], params({ maxTokens: 50 }));
+  s.submit(slow);
+  const events = await collect(slow);
+  const last = events.at(-1);
+  assert.equal(last?.type, 'error');
+  if (last?.type === 'error') {
+    assert.ok(last.error instanceof ServiceError);
+    assert.equal(last.error.status, 504);
+  }
+  assert.deepEqual(engine.cancelled, [0]);
+  await s.drain();
+});
+
+test('drain serves what was admitted, then refuses newcomers with 503', async () => {
+  const engine = new EchoEngine();
+  const s = scheduler(engine, { maxWaitMs: 20 });
+  const admitted = new Completion('a', [{ text: 'x', ids: [0, 1], textTokens: 1 }], params());
+  s.submit(admitted);
+  const done = collect(admitted);
+  await s.drain();
+  assert.equal((await done).at(-1)?.type, 'done');
+  assert.throws(() => s.submit(new Completion('late', [{ text: 'y', ids: [0, 1], textTokens: 1 }], params())), (e: unknown) => e instanceof ServiceError && e.status === 503);
+});

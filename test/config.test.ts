@@ -1,0 +1,41 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { loadConfig, SETTINGS } from '../src/config.js';
+import { ConfigError } from '../src/errors.js';
+
+test('defaults', () => {
+  assert.deepEqual(loadConfig({}), {
+    host: '0.0.0.0', port: 8080, modelDir: 'models/default', modelName: 'chameleon-default', maxBatchSize: 32, maxWaitMs: 20,
+    targetClusterSize: 8, maxClusters: 4, queueSize: 256, device: 'cpu', threads: 0, logLevel: 'info', kmeansSeed: 0,
+    requestTimeoutMs: 0, retryAfterSeconds: 1,
+  });
+});
+
+test('environment values are parsed', () => {
+  const config = loadConfig({ PORT: '9000', DEVICE: 'cuda', MAX_BATCH_SIZE: '8', THREADS: '2', MODEL_NAME: 'x', LOG_LEVEL: 'debug' });
+  assert.equal(config.port, 9000);
+  assert.equal(config.device, 'cuda');
+  assert.equal(config.maxBatchSize, 8);
+  assert.equal(config.threads, 2);
+  assert.equal(config.modelName, 'x');
+  assert.equal(config.logLevel, 'debug');
+});
+
+test('invalid values stop the start, each one named', () => {
+  assert.throws(() => loadConfig({ MAX_BATCH_SIZE: 'abc', DEVICE: 'tpu', PORT: '70000', MAX_WAIT_MS: '1.5' }), (error: unknown) => {
+    assert.ok(error instanceof ConfigError);
+    assert.match(error.message, /MAX_BATCH_SIZE must be an integer from 1 to 4096 \(got "abc"\)/);
+    assert.match(error.message, /DEVICE must be cpu or cuda \(got "tpu"\)/);
+    assert.match(error.message, /PORT must be an integer from 0 to 65535/);
+    assert.match(error.message, /MAX_WAIT_MS must be an integer/);
+    return true;
+  });
+  assert.throws(() => loadConfig({ MAX_CLUSTERS: '0' }), /MAX_CLUSTERS/);
+  assert.throws(() => loadConfig({ LOG_LEVEL: 'loud' }), /LOG_LEVEL/);
+});
+
+test('every setting is documented in the README configuration table', async () => {
+  const { readFileSync } = await import('node:fs');
+  const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+  for (const s of SETTINGS) assert.match(readme, new RegExp(`\\| \`${s.env}\` \\| \`${s.default.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\` \\|`), `${s.env} in README`);
+});

@@ -1,0 +1,129 @@
+/**
+ * The worker engine on the real default package: one decoder run serves rows of different lengths and
+ * adapter slots exactly as if each ran alone.
+ */
+import assert from 'node:assert/strict';
+import { copyFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { EngineClient } from '../../src/engine/client.js';
+import type { RowSpec, StepMessage, TokenLogprob } from '../../src/engine/protocol.js';
+import { ModelPackageError } from '../../src/errors.js';
+import { ModelPackage } from '../../src/model/package.js';
+import { MODEL_DIR } from '../helpers/app.js';
+import { copyPackage } from '../helpers/package-copy.js';
+
+const logger = { warn() {}, info() {}, error() {} };
+const pkg = ModelPackage.open(MODEL_DIR);
+const D = pkg.dims.d_model;
+let engine: EngineClient;
+let nextBatch = 1;
+
+before(async () => {
+  engine = await EngineClient.start({ modelDir: MODEL_DIR, device: 'cpu', threads: 1, logger });
+});
+after(async () => {
+  await engine.close();
+});
+
+function row(text: string, slot: number, extra: Partial<RowSpec> = {}): RowSpec {
+  return {
+    promptIds: pkg.tokenizer.encodePrompt(text), bosAdded: pkg.tokenizer.addBos, slot, maxTokens: 5, temperature: 0, topP: 1, topK: 0,
+    seed: 1, stop: [], logprobs: 2, promptLogprobs: true, ignoreEos: true, ...extra,
+  };
+}
+
+interface RowResult { prompt: number[]; generated: number[]; text: string; finish?: string; tokens: string[] }
+
+async function run(rows: RowSpec[], contexts: Float32Array[] = [], cancelAfterFirstStep: number[] = []): Promise<RowResult[]> {
+  const out: RowResult[] = rows.map(() => ({ prompt: [], generated: [], text: '', tokens: [] }));
+  const batchId = nextBatch++;
+  const flat = new Float32Array(Math.max(1, contexts.length) * D);
+  contexts.forEach((c, i) => flat.set(c, i * D));
+  let steps = 0;
+  await engine.run({ batchId, rows, contexts: flat, contextCount: contexts.length }, {
+    onPrompt: (r, lps: TokenLogprob[]) => { out[r].prompt = lps.map((l) => l.logprob ?? NaN); },
+    onStep: (step: StepMessage) => {
+      if (steps++ === 0 && cancelAfterFirstStep.length > 0) engine.cancel(batchId, cancelAfterFirstStep);
+      for (const e of step.events) {
+        out[e.row].text += e.text;
+        if (e.logprob) {
+          out[e.row].generated.push(e.logprob.logprob!);
+          out[e.row].tokens.push(e.logprob.token);
+        }
+        if (e.finish) out[e.row].finish = e.finish;
+      }
+    },
+  });
+  return out;
+}
+
+const close = (a: number[], b: number[], tol = 1e-4) => a.length === b.length && a.every((x, i) => Math.abs(x - b[i]) < tol);
+
+describe('engine worker', () => {
+  test('a left-padded batch gives every row what it gets alone (prompt and generated logprobs)', async () => {
+    const texts = ['The whale', 'Permission is hereby granted, free of charge', 'A'];
+    const alone = [];
+    for (const [i, t] of texts.entries()) alone.push((await run([row(t, i % 2)]))[0]);
+    const together = await run(texts.map((t, i) => row(t, i % 2)));
+    together.forEach((r, i) => {
+      assert.ok(close(r.prompt, alone[i].prompt), `row ${i} prompt logprobs`);
+      assert.ok(close(r.generated, alone[i].generated), `row ${i} generated logprobs`);
+      assert.equal(r.text, alone[i].text);
+      assert.equal(r.finish, 'length');
+    });
+  });
+
+  test('each row reads its own adapter slot: zero, static, or one hypernetwork context', async () => {
+    const context = new Float32Array(D).map((_, j) => Math.sin(j + 1));
+    const [zero, stat, hyper] = await run([row('The whale', 0), row('The whale', 1), row('The whale', 2)], [context]);
+    assert.ok(!close(zero.prompt, stat.prompt, 1e-3), 'static differs from zero');
+    assert.ok(!close(zero.prompt, hyper.prompt, 1e-3), 'hypernetwork adapter differs from zero');
+    const [hyperAlone] = await run([row('The whale', 2)], [context]);
+    assert.ok(close(hyper.prompt, hyperAlone.prompt));
+  });
+
+  test('rows finish independently; a cancelled row stops, the others go on', async () => {
+    const results = await run([row('The whale', 0, { maxTokens: 2 }), row('The whale', 0, { maxTokens: 8 }), row('The ship', 0, { maxTokens: 8 })], [], [2]);
+    assert.equal(results[0].generated.length, 2);
+    assert.equal(results[1].generated.length, 8);
+    assert.equal(results[2].finish, 'cancelled');
+    assert.ok(results[2].generated.length < 8);
+  });
+
+  test('max_tokens 0 only scores the prompt', async () => {
+    const [r] = await run([row('The whale rose', 0, { maxTokens: 0 })]);
+    assert.equal(r.generated.length, 0);
+    assert.equal(r.finish, 'length');
+    assert.equal(r.prompt.length, pkg.tokenizer.encode('The whale rose').length);
+    assert.ok(r.prompt.every(Number.isFinite));
+  });
+
+  test('an ONNX graph that does not match the manifest stops the start, naming the problem', async () => {
+    const copy = copyPackage();
+    try {
+      copyFileSync(join(MODEL_DIR, copy.manifest.files.hypernet), join(copy.dir, copy.manifest.files.decoder));
+      const { sha256: _, ...manifest } = copy.manifest;
+      copy.writeManifest(manifest);
+      await assert.rejects(EngineClient.start({ modelDir: copy.dir, device: 'cpu', threads: 1, logger }), (error: unknown) => {
+        assert.ok(error instanceof ModelPackageError, String(error));
+        assert.match(error.message, /does not match its manifest: decoder\.onnx has no input named input_ids/);
+        return true;
+      });
+    } finally {
+      copy.remove();
+    }
+  });
+
+  test('DEVICE=cuda without a usable CUDA falls back to CPU with a warning', async () => {
+    const warnings: string[] = [];
+    const cuda = await EngineClient.start({ modelDir: MODEL_DIR, device: 'cuda', threads: 1, logger: { ...logger, warn: (_o: object, m: string) => warnings.push(m) } });
+    try {
+      if (cuda.provider === 'cuda') return; // a machine with CUDA: nothing to fall back from
+      assert.equal(cuda.provider, 'cpu');
+      assert.ok(warnings.some((w) => /CUDA execution provider could not start.*falling back to CPU/.test(w)), warnings.join('\n'));
+    } finally {
+      await cuda.close();
+    }
+  });
+});

@@ -1,0 +1,17 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { ServiceError, statusOf, type ErrorCode } from '../src/errors.js';
+
+test('each error code maps to one HTTP status, in one place', () => {
+  const expected: Record<ErrorCode, number> = {
+    invalid_request: 400, context_length_exceeded: 400, unsupported_parameter: 400, model_not_found: 404, not_found: 404,
+    queue_full: 429, not_ready: 503, shutting_down: 503, timeout: 504, engine_error: 500, internal_error: 500,
+  };
+  for (const [code, status] of Object.entries(expected)) assert.equal(statusOf(code as ErrorCode), status, code);
+});
+
+test("a ServiceError serialises to OpenAI's error shape", () => {
+  const error = new ServiceError('model_not_found', 'no such model', { param: 'model' });
+  assert.equal(error.status, 404);
+  assert.deepEqual(error.toJSON(), { error: { message: 'no such model', type: 'invalid_request_error', param: 'model', code: 'model_not_found' } });
+});

@@ -1,0 +1,84 @@
+/**
+ * The process: `src/server.ts` as a child process (config and package errors stop the start; SIGTERM drains).
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+import { MODEL, MODEL_DIR } from './helpers/app.js';
+import { copyPackage } from './helpers/package-copy.js';
+
+interface Run { child: ChildProcess; output: () => string; exit: Promise<number | null> }
+
+function start(env: Record<string, string>): Run {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/server.ts'], {
+    env: { ...process.env, HOST: '127.0.0.1', PORT: '0', MODEL_DIR, THREADS: '1', LOG_LEVEL: 'info', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout!.on('data', (d) => { output += d; });
+  child.stderr!.on('data', (d) => { output += d; });
+  const exit = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  return { child, output: () => output, exit };
+}
+
+async function waitFor(run: Run, pattern: RegExp, timeoutMs = 60_000): Promise<RegExpMatchArray> {
+  const started = Date.now();
+  for (;;) {
+    const match = run.output().match(pattern);
+    if (match) return match;
+    if (Date.now() - started > timeoutMs) throw new Error(`timed out waiting for ${pattern}; output:\n${run.output()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe('server process', () => {
+  test('an invalid setting stops the start with a message naming it', async () => {
+    const run = start({ MAX_BATCH_SIZE: 'lots' });
+    assert.equal(await run.exit, 1);
+    assert.match(run.output(), /chameleon-serve: Invalid configuration: MAX_BATCH_SIZE must be an integer from 1 to 4096 \(got "lots"\)/);
+  });
+
+  test('a package that does not match its manifest stops the start with a message naming the problem', async () => {
+    const copy = copyPackage();
+    try {
+      rmSync(join(copy.dir, copy.manifest.files.static_lora_b));
+      const run = start({ MODEL_DIR: copy.dir });
+      assert.equal(await run.exit, 1);
+      assert.match(run.output(), /chameleon-serve: Model package .* is not valid: file static_lora_b\.bin \(manifest\.files\.static_lora_b\) is missing/);
+    } finally {
+      copy.remove();
+    }
+  });
+
+  test('SIGTERM: stop accepting, finish the stream in flight, exit 0', async () => {
+    const run = start({});
+    try {
+      const [, url] = await waitFor(run, /Server listening at (http:\/\/127\.0\.0\.1:\d+)/);
+      await waitFor(run, /"msg":"ready"/);
+      const res = await fetch(`${url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: MODEL, prompt: 'The whale', max_tokens: 40, temperature: 0, ignore_eos: true, stream: true }),
+      });
+      assert.equal(res.status, 200);
+      const reader = res.body!.getReader();
+      const first = await reader.read(); // the batch is running
+      assert.ok(!first.done);
+      run.child.kill('SIGTERM');
+      let text = new TextDecoder().decode(first.value);
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        text += new TextDecoder().decode(value);
+      }
+      assert.ok(text.trimEnd().endsWith('data: [DONE]'), 'the stream in flight finished');
+      assert.equal(await run.exit, 0);
+      assert.match(run.output(), /"msg":"draining: no new requests; finishing admitted ones"/);
+      assert.match(run.output(), /"msg":"stopped"/);
+    } finally {
+      run.child.kill('SIGKILL');
+    }
+  });
+});
