@@ -77,7 +77,7 @@ export const SETTINGS: ReadonlyArray<Setting<keyof Config>> = [
   { key: 'maxWaitMs', env: 'MAX_WAIT_MS', default: '20', describe: 'batch window: longest wait after the first request, ms', parse: integer(0, 60_000), expect: 'an integer from 0 to 60000' },
   { key: 'targetClusterSize', env: 'TARGET_CLUSTER_SIZE', default: '8', describe: 'requests per cluster the k-means aims for', parse: integer(1), expect: 'an integer >= 1' },
   { key: 'maxClusters', env: 'MAX_CLUSTERS', default: '4', describe: 'most clusters (adapters) per batch', parse: integer(1, 1024), expect: 'an integer from 1 to 1024' },
-  { key: 'queueSize', env: 'QUEUE_SIZE', default: '256', describe: 'most waiting requests before 429', parse: integer(1), expect: 'an integer >= 1' },
+  { key: 'queueSize', env: 'QUEUE_SIZE', default: '256', describe: 'most prompts waiting for a batch; more are refused with 429', parse: integer(1), expect: 'an integer >= 1' },
   { key: 'device', env: 'DEVICE', default: 'cpu', describe: 'execution provider: cpu or cuda (cuda falls back to cpu with a warning)', parse: oneOf(['cpu', 'cuda'] as const), expect: 'cpu or cuda' },
   { key: 'threads', env: 'THREADS', default: '0', describe: 'ONNX Runtime intra-op threads (0 = its default)', parse: integer(0, 1024), expect: 'an integer from 0 to 1024' },
   { key: 'logLevel', env: 'LOG_LEVEL', default: 'info', describe: 'log level (fatal, error, warn, info, debug, trace, silent)', parse: oneOf(LOG_LEVELS), expect: LOG_LEVELS.join(', ') },
