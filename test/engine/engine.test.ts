@@ -63,7 +63,7 @@ const close = (a: number[], b: number[], tol = 1e-4) => a.length === b.length &&
 describe('engine worker', () => {
   test('a left-padded batch gives every row what it gets alone (prompt and generated logprobs)', async () => {
     const texts = ['The whale', 'Permission is hereby granted, free of charge', 'A'];
-    const alone = [];
+    const alone: RowResult[] = [];
     for (const [i, t] of texts.entries()) alone.push((await run([row(t, i % 2)]))[0]);
     const together = await run(texts.map((t, i) => row(t, i % 2)));
     together.forEach((r, i) => {
