@@ -3,7 +3,7 @@
 #
 # Builds the CPU variant of the Dockerfile with podman from a locally made base image (no image registry),
 # runs it on 127.0.0.1, waits for /health/ready, sends a completion, checks the answer, checks the image's
-# HEALTHCHECK and a graceful stop on SIGTERM, and removes the container.
+# HEALTHCHECK and a graceful stop on SIGTERM (a completion in flight finishes), and removes the container.
 # It never skips: when podman cannot be installed or cannot run, it fails with the reason.
 #
 # Environment (all optional):
@@ -178,7 +178,9 @@ info "image $IMAGE: $(( SIZE / 1000 / 1000 )) MB"
 step "6/9 run the container on 127.0.0.1 and wait for /health/ready"
 PORT=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
 # --health-interval=disable: no periodic health checks (podman schedules them with systemd); step 8 runs one.
-pod run -d --name "$NAME" -p "127.0.0.1:$PORT:8080" --health-interval=disable "$IMAGE" >/dev/null
+# MAX_WAIT_MS=1500: a request waits up to 1.5 s in the batch window, so that step 9 can send SIGTERM while one is
+# admitted and not yet answered, whatever the speed of the model.
+pod run -d --name "$NAME" -p "127.0.0.1:$PORT:8080" --health-interval=disable -e MAX_WAIT_MS=1500 "$IMAGE" >/dev/null
 info "container $NAME on 127.0.0.1:$PORT"
 URL="http://127.0.0.1:$PORT"
 deadline=$(( $(date +%s) + READY_TIMEOUT ))
@@ -231,14 +233,45 @@ podman healthcheck run "$NAME" >/dev/null 2>&1 || fail "HEALTHCHECK command fail
 info "healthy ($hc)"
 
 # ---------------------------------------------------------------------------------------------------------------
-step "9/9 graceful stop on SIGTERM"
+step "9/9 graceful stop on SIGTERM with a completion in flight"
+# SIGTERM goes out once the request is admitted (queued in the batch window or running); it must still be answered.
+# As many tokens as the package's context allows (prompt + completion <= dims.context).
+CONTEXT=$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1],"utf8")).dims.context)' "$ROOT/models/default/manifest.json")
+LONG_TOKENS=$(( CONTEXT > 48 ? CONTEXT - 24 : 24 ))
+LONG=$(printf '{"model":"%s","prompt":"Once upon a time","max_tokens":%d,"temperature":1,"seed":11}' "$MODEL" "$LONG_TOKENS")
+curl -sS -m 120 -o "$STATE/inflight.json" -w '%{http_code}' -H 'content-type: application/json' -d "$LONG" \
+  "$URL/v1/completions" >"$STATE/inflight.code" 2>"$STATE/inflight.err" &
+CURL_PID=$!
+inflight=0
+for _ in $(seq 1 300); do
+  if curl -fsS -m 2 "$URL/metrics" 2>/dev/null | grep -qE '^chameleon_(queue_depth|batch_rows_in_flight) [1-9]'; then inflight=1; break; fi
+  kill -0 "$CURL_PID" 2>/dev/null || break
+  sleep 0.02
+done
 s0=$(date +%s)
 pod stop -t 30 "$NAME" >/dev/null
 took=$(( $(date +%s) - s0 ))
+wait "$CURL_PID" || true
 EXIT=$(podman inspect -f '{{.State.ExitCode}}' "$NAME")
-podman logs --tail 5 "$NAME" 2>&1 | sed 's/^/    log: /'
+podman logs --tail 4 "$NAME" 2>&1 | cut -c1-200 | sed 's/^/    log: /'
 [ "$EXIT" = 0 ] || fail "container exited with code $EXIT after SIGTERM (0 expected; 137 means it had to be killed)"
 info "stopped in ${took}s, exit code 0"
+code=$(cat "$STATE/inflight.code" 2>/dev/null || true)
+[ "$code" = 200 ] || fail "the completion sent before SIGTERM was not answered (HTTP ${code:-none}: $(cat "$STATE/inflight.err" "$STATE/inflight.json" 2>/dev/null | head -c 300))"
+# Did it finish after SIGTERM, i.e. was it drained? The server's JSON log tells the order.
+podman logs "$NAME" >"$STATE/container.log" 2>&1 || true
+DRAINED=$(node -e '
+  const lines = require("fs").readFileSync(process.argv[1], "utf8").split("\n").flatMap((l) => { try { return [JSON.parse(l)] } catch { return [] } });
+  const term = lines.findIndex((l) => l.msg === "shutting down");
+  const ids = new Set(lines.filter((l) => l.req && l.req.url === "/v1/completions").map((l) => l.reqId));
+  console.log(term < 0 ? -1 : lines.slice(term).filter((l) => ids.has(l.reqId) && l.res && l.res.statusCode === 200).length);
+' "$STATE/container.log")
+n=$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1],"utf8")).usage.completion_tokens)' "$STATE/inflight.json")
+case "$DRAINED" in
+  -1) fail "the server did not log its shutdown after SIGTERM" ;;
+  0) fail "the completion finished before SIGTERM arrived, so the drain was not tested" ;;
+  *) info "drained: the completion admitted before SIGTERM was answered after it (HTTP 200, $n tokens)" ;;
+esac
 pod rm -f -t 2 "$NAME" >/dev/null
 if [ "${SMOKE_KEEP_IMAGE:-1}" = 0 ]; then podman rmi -f "$IMAGE" >/dev/null || true; fi
 
