@@ -27,6 +27,8 @@ export interface ChameleonHandle {
   metrics: Metrics;
   /** Resolves once the model is loaded and warmed up; rejects when it cannot be (the process should stop). */
   started: Promise<void>;
+  /** Registers a callback for an engine that dies after the start (the process should stop). */
+  onFailure(listener: (error: Error) => void): void;
 }
 
 declare module 'fastify' {
@@ -64,6 +66,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   // The service opens (and checks) the model package before anything listens.
   let service: CompletionService;
   let started: Promise<void>;
+  let onFailure: ChameleonHandle['onFailure'] = () => {};
   if (options.service !== undefined) {
     service = options.service;
     started = Promise.resolve();
@@ -71,13 +74,14 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     const real = InferenceService.open(config, metrics, app.log);
     service = real;
     started = real.start();
+    onFailure = (listener) => real.onFailure(listener);
     started.catch((error: Error) => app.log.error({ err: error }, `model failed to start: ${error.message}`));
     app.addHook('preClose', async () => {
       app.log.info('draining: no new requests; finishing admitted ones');
       await real.close();
     });
   }
-  app.decorate('chameleon', { service, metrics, started });
+  app.decorate('chameleon', { service, metrics, started, onFailure });
 
   await app.register(swagger, {
     openapi: {

@@ -34,6 +34,11 @@ async function main(): Promise<void> {
   process.once('SIGTERM', () => shutdown('SIGTERM'));
   process.once('SIGINT', () => shutdown('SIGINT'));
 
+  app.chameleon.onFailure((error) => {
+    app.log.fatal({ err: error }, `inference engine failed: ${error.message}; stopping`);
+    process.exitCode = 1;
+    void app.close().finally(() => process.exit(1));
+  });
   await app.listen({ host: config.host, port: config.port });
   app.chameleon.started.then(
     () => app.log.info({ model: config.modelName, modelDir: config.modelDir, provider: app.chameleon.service.provider }, 'ready'),

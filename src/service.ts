@@ -33,6 +33,7 @@ export interface CompletionService {
 
 export class InferenceService implements CompletionService {
   state: ServiceState = 'loading';
+  private failureListeners: Array<(error: Error) => void> = [];
   failure: Error | null = null;
   provider: string | null = null;
   readonly created = Math.floor(Date.now() / 1000);
@@ -81,9 +82,19 @@ export class InferenceService implements CompletionService {
       throw error;
     }
     this.provider = this.engine.provider;
+    this.engine.onFailure((error) => {
+      this.state = 'failed';
+      this.failure = error;
+      for (const listener of this.failureListeners) listener(error);
+    });
     this.scheduler = new Scheduler(this.engine, features, this.config, this.metrics, this.logger);
     this.scheduler.start();
     if (this.state === 'loading') this.state = 'ready';
+  }
+
+  /** Called if the engine dies after a successful start (the process should restart). */
+  onFailure(listener: (error: Error) => void): void {
+    this.failureListeners.push(listener);
   }
 
   get ready(): boolean {
@@ -106,7 +117,7 @@ export class InferenceService implements CompletionService {
   async close(): Promise<void> {
     if (this.state === 'closed') return;
     const wasStarting = this.starting;
-    this.state = 'draining';
+    if (this.state !== 'failed') this.state = 'draining';
     if (wasStarting !== null) await wasStarting.catch(() => {});
     await this.scheduler?.drain();
     await this.engine?.close();

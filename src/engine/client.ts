@@ -56,6 +56,8 @@ export class EngineClient {
   private readonly pending = new Map<number, Pending>();
   private failure: Error | null = null;
   private closing = false;
+  private failureListeners: Array<(error: Error) => void> = [];
+  private exited = false;
 
   private constructor(
     private readonly worker: Worker,
@@ -66,6 +68,7 @@ export class EngineClient {
     worker.on('message', (message: FromWorker) => this.dispatch(message));
     worker.on('error', (error) => this.fail(new EngineError(`inference worker failed: ${error.message}`, { cause: error })));
     worker.on('exit', (code) => {
+      this.exited = true;
       if (!this.closing) this.fail(new EngineError(`inference worker exited (code ${code})`));
     });
   }
@@ -105,6 +108,11 @@ export class EngineClient {
     });
   }
 
+  /** Called once if the worker dies (crash, or exit) while not being closed. */
+  onFailure(listener: (error: Error) => void): void {
+    this.failureListeners.push(listener);
+  }
+
   get healthy(): boolean {
     return this.failure === null && !this.closing;
   }
@@ -129,6 +137,7 @@ export class EngineClient {
   async close(timeoutMs = 10_000): Promise<void> {
     if (this.closing) return;
     this.closing = true;
+    if (this.exited) return;
     const exited = new Promise<void>((resolve) => this.worker.once('exit', () => resolve()));
     this.worker.postMessage({ type: 'close' } satisfies ToWorker);
     const timer = setTimeout(() => void this.worker.terminate(), timeoutMs);
@@ -173,7 +182,9 @@ export class EngineClient {
     if (this.failure === null && !(this.closing && error.message === 'inference engine closed')) {
       this.logger.error({ err: error }, error.message);
     }
+    const first = this.failure === null;
     this.failure ??= error;
+    if (first && !this.closing) for (const listener of this.failureListeners) listener(error);
     for (const [id, pending] of this.pending) {
       this.pending.delete(id);
       pending.reject(error);

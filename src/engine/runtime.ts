@@ -60,6 +60,9 @@ export class OrtRuntime implements Runtime {
     let provider = 'cpu';
     let sessions: [ort.InferenceSession, ort.InferenceSession];
     if (options.device === 'cuda') {
+      // A failed CUDA start surfaces as an exception, reported once as a warning below; ONNX Runtime's own
+      // error lines for it (logged by its process-wide logger, set up by the first session) would repeat it.
+      ort.env.logLevel = 'fatal';
       try {
         sessions = await open([{ name: 'cuda', deviceId: 0 }, 'cpu'], true);
         provider = 'cuda';

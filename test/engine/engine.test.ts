@@ -127,3 +127,17 @@ describe('engine worker', () => {
     }
   });
 });
+
+describe('engine failure', () => {
+  test('a worker that dies fails its batch, reports once, and closes without hanging', async () => {
+    const dying = await EngineClient.start({ modelDir: MODEL_DIR, device: 'cpu', threads: 1, logger });
+    const failures: Error[] = [];
+    dying.onFailure((error) => failures.push(error));
+    const running = dying.run({ batchId: 1, rows: [row('The whale', 0, { maxTokens: 40 })], contexts: new Float32Array(D), contextCount: 0 }, { onPrompt() {}, onStep() {} });
+    await (dying as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
+    await assert.rejects(running, /inference worker exited/);
+    assert.equal(failures.length, 1);
+    assert.equal(dying.healthy, false);
+    await dying.close();
+  });
+});
