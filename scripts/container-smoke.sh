@@ -15,6 +15,7 @@
 #   SMOKE_REBUILD_BASE=1  rebuild the cached base images
 set -Eeuo pipefail
 
+export PATH="$PATH:/usr/sbin:/sbin"  # debootstrap and friends live there
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE=${CONTAINER_STATE_DIR:-${TMPDIR:-/tmp}/chameleon-podman}
 IMAGE=${SMOKE_IMAGE:-localhost/chameleon-serve:cpu-smoke}
@@ -68,7 +69,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${PKGS[@]}" >/dev/null \
     || fail "apt-get install ${PKGS[*]} failed"
 fi
-[ "$(id -u)" -eq 0 ] || fail "rootful podman is needed here (rootless lacks the id mappings on these machines); run as root"
+[ "$(id -u)" -eq 0 ] || fail "this test runs rootful podman (debootstrap and podman import need root); run it as root"
 info "$(podman --version), runc $(runc --version | head -n1 | awk '{print $3}')"
 
 # ---------------------------------------------------------------------------------------------------------------
