@@ -10,6 +10,7 @@
 #
 # Stages: deps (production node_modules) and build (tsc, with dev dependencies) run on NODE_IMAGE; the runtime
 # stage starts from BASE_IMAGE and receives only the production node_modules, dist/ and models/default.
+# Needs BuildKit (Docker's default builder since 23.0) or podman/buildah: one step uses RUN --mount.
 
 # Runtime base. GPU default: CUDA 12 + cuDNN 9 runtime (onnxruntime-node 1.30's CUDA 12 build needs cuDNN 9).
 ARG BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
