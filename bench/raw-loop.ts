@@ -23,9 +23,16 @@ export class RawLoop {
     private readonly rank: number,
   ) {}
 
-  static async open(modelDir: string, threads: number): Promise<RawLoop> {
+  /** Same session options as the service (threads, spinning). */
+  static async open(modelDir: string, threads: number, spinning: boolean): Promise<RawLoop> {
     const manifest = JSON.parse(readFileSync(join(modelDir, 'manifest.json'), 'utf8'));
-    const options: ort.InferenceSession.SessionOptions = { graphOptimizationLevel: 'all', executionProviders: ['cpu'], ...(threads > 0 ? { intraOpNumThreads: threads } : {}) };
+    const spin = spinning ? '1' : '0';
+    const options: ort.InferenceSession.SessionOptions = {
+      graphOptimizationLevel: 'all',
+      executionProviders: ['cpu'],
+      extra: { session: { intra_op: { allow_spinning: spin }, inter_op: { allow_spinning: spin } } },
+      ...(threads > 0 ? { intraOpNumThreads: threads } : {}),
+    };
     const decoder = await ort.InferenceSession.create(join(modelDir, manifest.files.decoder), options);
     const hypernet = await ort.InferenceSession.create(join(modelDir, manifest.files.hypernet), options);
     return new RawLoop(decoder, hypernet, manifest.dims, manifest.lora.rank);

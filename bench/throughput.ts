@@ -19,6 +19,7 @@ const maxTokens = Number(process.env.BENCH_MAX_TOKENS ?? 32);
 const levels = (process.env.BENCH_CONCURRENCY ?? '1,8,32').split(',').map(Number);
 const modelDir = process.env.MODEL_DIR ?? 'models/default';
 const threads = Number(process.env.THREADS ?? 0);
+const spinning = process.env.ORT_SPINNING === '1';
 
 const SUBJECTS = ['The ship', 'A letter', 'The license', 'Our nation', 'The whale', 'My friend', 'The court', 'This email'];
 const prompt = (i: number) => `${SUBJECTS[i % SUBJECTS.length]} of day ${i}`;
@@ -64,36 +65,52 @@ async function rawLoad(loop: RawLoop, pkg: ModelPackage, batch: number, clusters
   return { tokens, elapsed: (performance.now() - started) / 1000, batches };
 }
 
+/** Sum and count of a histogram's series for one phase (prom-client's own values). */
+async function histogram(metric: { get(): Promise<{ values: Array<{ metricName?: string; labels: Record<string, unknown>; value: number }> }> }, phase: string) {
+  const { values } = await metric.get();
+  const pick = (suffix: string) => values.find((v) => v.metricName?.endsWith(suffix) && v.labels.phase === phase)?.value ?? 0;
+  return { sum: pick('_sum'), count: pick('_count') };
+}
+
 const percentile = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))] ?? NaN;
 const mean = (xs: number[]) => xs.reduce((s, x) => s + x, 0) / Math.max(1, xs.length);
 
-const config = configWith({ modelDir, logLevel: 'warn', host: '127.0.0.1', port: 0, threads, maxBatchSize: Math.max(...levels), queueSize: 1024 });
+const config = configWith({ modelDir, logLevel: 'warn', host: '127.0.0.1', port: 0, threads, ortSpinning: spinning, maxBatchSize: Math.max(...levels), queueSize: 1024 });
 const pkg = ModelPackage.open(modelDir);
 const app = await buildApp(config, { logger: false });
 await app.chameleon.started;
 const url = await app.listen({ host: config.host, port: 0 });
-const loop = await RawLoop.open(modelDir, threads);
+const loop = await RawLoop.open(modelDir, threads, spinning);
 
 console.log(`chameleon-serve benchmark: model ${pkg.manifest.name} (${pkg.dims.n_layer} layers, d=${pkg.dims.d_model}, vocab ${pkg.dims.vocab_size}), ` +
-  `${maxTokens} greedy tokens per request, ${seconds} s per level, ${cpus().length} CPUs, THREADS=${threads || 'default'}, ` +
+  `${maxTokens} greedy tokens per request, ${seconds} s per level, ${cpus().length} CPUs, THREADS=${threads || 'default'}, ORT_SPINNING=${spinning ? 1 : 0}, ` +
   `MAX_WAIT_MS=${config.maxWaitMs}, TARGET_CLUSTER_SIZE=${config.targetClusterSize}, MAX_CLUSTERS=${config.maxClusters}`);
-const rows: string[][] = [['clients', 'HTTP tok/s', 'raw ORT tok/s', 'ratio', 'mean batch', 'p50 latency ms', 'p95 latency ms', 'requests']];
+const rows: string[][] = [['clients', 'HTTP tok/s', 'raw ORT tok/s', 'ratio', 'rows/decode run', 'batch (window)', 'engine busy', 'p50 latency ms', 'p95 latency ms', 'requests']];
+const { metrics } = app.chameleon;
 // Warm-up: one request through every stage.
 await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: config.modelName, prompt: prompt(0), max_tokens: maxTokens }) });
 for (const clients of levels) {
+  const rowsBefore = await histogram(metrics.forwardRows, 'decode');
+  const busyBefore = [await histogram(metrics.forwardSeconds, 'decode'), await histogram(metrics.forwardSeconds, 'prefill')];
   const http = await httpLoad(url, config.modelName, clients);
-  const batch = Math.max(1, Math.round(mean(http.batchSizes)));
+  const rowsAfter = await histogram(metrics.forwardRows, 'decode');
+  const busyAfter = [await histogram(metrics.forwardSeconds, 'decode'), await histogram(metrics.forwardSeconds, 'prefill')];
+  const decodeRows = (rowsAfter.sum - rowsBefore.sum) / Math.max(1, rowsAfter.count - rowsBefore.count);
+  const busy = busyAfter.reduce((s, h, i) => s + h.sum - busyBefore[i].sum, 0) / http.elapsed;
+  // The raw loop runs the batch shape the decoder actually saw: the mean rows per decode run.
+  const batch = Math.max(1, Math.round(decodeRows));
   const raw = await rawLoad(loop, pkg, batch, chooseK(batch, config.targetClusterSize, config.maxClusters));
   const httpRate = http.tokens / http.elapsed;
   const rawRate = raw.tokens / raw.elapsed;
-  rows.push([String(clients), httpRate.toFixed(0), rawRate.toFixed(0), (httpRate / rawRate).toFixed(2), mean(http.batchSizes).toFixed(1),
-    percentile(http.latencies, 0.5).toFixed(0), percentile(http.latencies, 0.95).toFixed(0), String(http.requests)]);
+  rows.push([String(clients), httpRate.toFixed(0), rawRate.toFixed(0), (httpRate / rawRate).toFixed(2), decodeRows.toFixed(1), mean(http.batchSizes).toFixed(1),
+    `${(100 * busy).toFixed(0)}%`, percentile(http.latencies, 0.5).toFixed(0), percentile(http.latencies, 0.95).toFixed(0), String(http.requests)]);
 }
 const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
 for (const [i, r] of rows.entries()) {
   console.log(r.map((cell, c) => cell.padStart(widths[c])).join('  '));
   if (i === 0) console.log(widths.map((w) => '-'.repeat(w)).join('  '));
 }
-console.log('ratio = HTTP tokens/s over raw ONNX Runtime tokens/s for the same batch shape (batch = mean batch size seen over HTTP)');
+console.log('ratio = HTTP tokens/s over raw ONNX Runtime tokens/s for the same batch shape (batch = the mean rows per decode run over HTTP);');
+console.log('batch (window) = mean size of the batching windows; engine busy = share of the wall time spent in decoder runs');
 await loop.close();
 await app.close();

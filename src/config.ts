@@ -30,6 +30,8 @@ export interface Config {
   device: Device;
   /** ONNX Runtime intra-op threads (0 = ONNX Runtime's default). */
   threads: number;
+  /** Let ONNX Runtime's intra-op threads spin while waiting for work (lower latency, but they compete with the event loop for CPU). */
+  ortSpinning: boolean;
   /** pino log level. */
   logLevel: LogLevel;
   /** Base seed of the per-batch k-means seeds (seed = base + batch number). */
@@ -80,6 +82,7 @@ export const SETTINGS: ReadonlyArray<Setting<keyof Config>> = [
   { key: 'queueSize', env: 'QUEUE_SIZE', default: '256', describe: 'most prompts waiting for a batch; more are refused with 429', parse: integer(1), expect: 'an integer >= 1' },
   { key: 'device', env: 'DEVICE', default: 'cpu', describe: 'execution provider: cpu or cuda (cuda falls back to cpu with a warning)', parse: oneOf(['cpu', 'cuda'] as const), expect: 'cpu or cuda' },
   { key: 'threads', env: 'THREADS', default: '0', describe: 'ONNX Runtime intra-op threads (0 = its default)', parse: integer(0, 1024), expect: 'an integer from 0 to 1024' },
+  { key: 'ortSpinning', env: 'ORT_SPINNING', default: '0', describe: 'let ONNX Runtime threads spin while idle (1) or sleep (0)', parse: (raw) => (raw.trim() === '1' ? true : raw.trim() === '0' ? false : undefined), expect: '0 or 1' },
   { key: 'logLevel', env: 'LOG_LEVEL', default: 'info', describe: 'log level (fatal, error, warn, info, debug, trace, silent)', parse: oneOf(LOG_LEVELS), expect: LOG_LEVELS.join(', ') },
   { key: 'kmeansSeed', env: 'KMEANS_SEED', default: '0', describe: 'base seed of the per-batch k-means (seed = base + batch number)', parse: integer(0, 2 ** 31 - 1), expect: 'an integer from 0 to 2147483647' },
   { key: 'requestTimeoutMs', env: 'REQUEST_TIMEOUT_MS', default: '0', describe: 'answer 504 when a request takes longer, ms (0 = no deadline)', parse: integer(0), expect: 'an integer >= 0' },

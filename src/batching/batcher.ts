@@ -1,7 +1,8 @@
 /**
- * The time-window batcher. A window opens with the oldest waiting request and closes when it holds
- * maxBatchSize prompts or maxWaitMs after that request arrived, whichever comes first. The scheduler pulls
- * the next batch when the engine is free, so requests that waited behind a running batch leave at once.
+ * The time-window batcher. A window opens with the oldest waiting request and closes when it holds as many
+ * prompts as the engine has room for (at most maxBatchSize) or maxWaitMs after that request arrived, whichever
+ * comes first. The scheduler pulls the next batch when the engine has room, so requests that waited for room
+ * leave at once.
  */
 import type { BoundedQueue, Queued } from './queue.js';
 
@@ -17,23 +18,28 @@ export class WindowBatcher<T extends Queued> {
     private readonly now: () => number = () => performance.now(),
   ) {}
 
-  /** The next batch (whole requests, at most maxBatchSize prompts), or null once the queue is closed and empty. */
-  async next(): Promise<T[] | null> {
+  /**
+   * The next batch: whole requests, at most `room()` prompts (and never more than maxBatchSize); empty when the
+   * oldest request alone needs more room than there is; null once the queue is closed and empty.
+   */
+  async next(room: () => number = () => this.options.maxBatchSize): Promise<T[] | null> {
+    const limit = () => Math.min(room(), this.options.maxBatchSize);
     while (this.queue.length === 0) {
       if (this.queue.isClosed) return null;
       await this.queue.waitForChange();
     }
     const deadline = this.queue.peek()!.arrivedAt + this.options.maxWaitMs;
-    while (this.queue.rows < this.options.maxBatchSize && !this.queue.isClosed) {
+    while (this.queue.rows < limit() && !this.queue.isClosed) {
       const left = deadline - this.now();
       if (left <= 0) break;
       await this.queue.waitForChange(left);
-      if (this.queue.length === 0) return this.next(); // everything waiting was withdrawn
+      if (this.queue.length === 0) return this.next(room); // everything waiting was withdrawn
     }
     const batch: T[] = [];
     let rows = 0;
+    const max = limit();
     for (let item = this.queue.peek(); item !== undefined; item = this.queue.peek()) {
-      if (batch.length > 0 && rows + item.rows > this.options.maxBatchSize) break;
+      if (rows + item.rows > max) break;
       batch.push(this.queue.shift()!);
       rows += item.rows;
     }

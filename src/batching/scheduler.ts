@@ -1,9 +1,12 @@
 /**
- * The pipeline, one batch at a time:
+ * The pipeline:
  *
- *   queue -> window batcher -> features -> k-means -> adapter slots -> engine (hypernetwork once, then the
- *   decoder with the KV cache, one run for every row) -> per-row events routed back to each request.
+ *   queue -> window batcher -> features -> k-means -> adapter slots -> engine (hypernetwork once per batch,
+ *   a prefill, then decode steps with the KV cache, one decoder run for every live row) -> per-row events
+ *   routed back to each request.
  *
+ * A batch (one window) is sent to the engine as soon as it closes, while earlier batches are still decoding:
+ * its rows join the running decode at the next step, as long as at most MAX_BATCH_SIZE rows are in flight.
  * Each stage is its own module; this file only wires them and owns the per-batch bookkeeping.
  */
 import { randomInt } from 'node:crypto';
@@ -11,7 +14,7 @@ import { clusterContexts, clusterFeatures } from '../adaptation/clustering.js';
 import type { FeatureExtractor } from '../adaptation/features.js';
 import { planSlots } from '../adaptation/slots.js';
 import type { BatchJob, BatchSink } from '../engine/client.js';
-import type { BatchStats, RowSpec, StepMessage } from '../engine/protocol.js';
+import type { BatchStats, RowEvent, RowSpec } from '../engine/protocol.js';
 import { ServiceError } from '../errors.js';
 import type { Metrics } from '../observability/metrics.js';
 import { WindowBatcher } from './batcher.js';
@@ -50,6 +53,8 @@ export class Scheduler {
   private readonly batcher: WindowBatcher<Completion>;
   private loop: Promise<void> | null = null;
   private nextBatchId = 1;
+  private inFlightRows = 0;
+  private capacityWaiters: Array<() => void> = [];
 
   constructor(
     private readonly engine: Engine,
@@ -66,6 +71,11 @@ export class Scheduler {
   /** Prompts waiting for a batch. */
   get queued(): number {
     return this.queue.rows;
+  }
+
+  /** Prompts the engine is working on. */
+  get inFlight(): number {
+    return this.inFlightRows;
   }
 
   start(): void {
@@ -119,15 +129,35 @@ export class Scheduler {
   private readonly finished = new WeakMap<Completion, () => void>();
 
   private async runLoop(): Promise<void> {
+    const running = new Set<Promise<void>>();
+    const max = this.options.maxBatchSize;
     for (;;) {
-      const batch = await this.batcher.next();
-      if (batch === null) return;
-      try {
-        await this.runBatch(batch);
-      } catch (error) {
-        this.logger.error({ err: error }, 'batch failed');
+      while (this.inFlightRows >= max) await this.capacityChanged();
+      const batch = await this.batcher.next(() => max - this.inFlightRows);
+      if (batch === null) break;
+      if (batch.length === 0) {
+        await this.capacityChanged(); // the oldest request needs more free rows than there are
+        continue;
       }
+      const run: Promise<void> = this.runBatch(batch)
+        .catch((error: unknown) => this.logger.error({ err: error }, 'batch failed'))
+        .finally(() => running.delete(run));
+      running.add(run);
     }
+    await Promise.all(running);
+  }
+
+  private capacityChanged(): Promise<void> {
+    return new Promise((resolve) => this.capacityWaiters.push(resolve));
+  }
+
+  private release(rows: number): void {
+    if (rows === 0) return;
+    this.inFlightRows -= rows;
+    this.metrics.inFlight.set(this.inFlightRows);
+    const waiters = this.capacityWaiters;
+    this.capacityWaiters = [];
+    for (const wake of waiters) wake();
   }
 
   private async runBatch(batch: Completion[]): Promise<void> {
@@ -151,7 +181,9 @@ export class Scheduler {
     this.metrics.adaptationSeconds.observe({ stage: 'clustering' }, (performance.now() - t) / 1000);
     this.metrics.batchSize.observe(rows.length);
     this.metrics.clustersPerBatch.observe(clustering.k);
-    this.metrics.inFlight.set(rows.length);
+    this.inFlightRows += rows.length;
+    this.metrics.inFlight.set(this.inFlightRows);
+    let released = 0;
 
     const remaining = new Map<Completion, number>();
     const firstToken = new Set<Completion>();
@@ -190,9 +222,8 @@ export class Scheduler {
       };
     });
 
-    const onStep = (step: StepMessage) => {
-      this.metrics.forwardSeconds.observe({ phase: step.phase }, step.forwardMs / 1000);
-      for (const event of step.events) {
+    const onEvents = (events: RowEvent[]) => {
+      for (const event of events) {
         const { completion, choice } = rows[event.row];
         if (event.token !== undefined) {
           this.metrics.tokensGenerated.inc();
@@ -206,6 +237,8 @@ export class Scheduler {
         }
         if (event.finish !== undefined) {
           completion.emit({ type: 'finish', choice, reason: event.finish, completionTokens: event.completionTokens });
+          released++;
+          this.release(1);
           const left = remaining.get(completion)! - 1;
           remaining.set(completion, left);
           if (left === 0) this.complete(completion);
@@ -219,7 +252,7 @@ export class Scheduler {
         {
           onAdapted: (ms) => this.metrics.adaptationSeconds.observe({ stage: 'hypernet' }, ms / 1000),
           onPrompt: (row, logprobs) => rows[row].completion.emit({ type: 'prompt', choice: rows[row].choice, logprobs }),
-          onStep,
+          onEvents,
         },
       );
       this.logger.debug({ ...stats, clusters: clustering.k, adapters: plan.count }, 'batch done');
@@ -228,7 +261,7 @@ export class Scheduler {
       for (const completion of live) if (!completion.finished) completion.emit({ type: 'error', error: failure });
       throw error;
     } finally {
-      this.metrics.inFlight.set(0);
+      this.release(rows.length - released);
       for (const completion of live) this.complete(completion);
     }
   }

@@ -5,7 +5,7 @@
 import { Worker } from 'node:worker_threads';
 import type { Device } from '../config.js';
 import { EngineError, ModelPackageError } from '../errors.js';
-import type { BatchStats, FromWorker, GenerateMessage, RowSpec, StepMessage, ToWorker, TokenLogprob } from './protocol.js';
+import type { BatchStats, FromWorker, GenerateMessage, RowEvent, RowSpec, ToWorker, TokenLogprob } from './protocol.js';
 
 export interface EngineLogger {
   warn(obj: object, msg: string): void;
@@ -17,6 +17,8 @@ export interface EngineOptions {
   modelDir: string;
   device: Device;
   threads: number;
+  /** ONNX Runtime threads spin while idle (default off). */
+  spinning?: boolean;
   logger: EngineLogger;
 }
 
@@ -31,8 +33,12 @@ export interface BatchJob {
 export interface BatchSink {
   onAdapted?(hypernetMs: number, contexts: number): void;
   onPrompt(row: number, logprobs: TokenLogprob[]): void;
-  onStep(step: StepMessage): void;
+  /** The batch's rows' events of one decoder run. */
+  onEvents(events: RowEvent[]): void;
 }
+
+/** Called once per decoder run (prefill of one batch, or a decode step over every live row). */
+export type ForwardListener = (phase: 'prefill' | 'decode', ms: number, rows: number) => void;
 
 interface Pending {
   sink: BatchSink;
@@ -58,6 +64,7 @@ export class EngineClient {
   private closing = false;
   private failureListeners: Array<(error: Error) => void> = [];
   private exited = false;
+  private forwardListeners: ForwardListener[] = [];
 
   private constructor(
     private readonly worker: Worker,
@@ -103,9 +110,13 @@ export class EngineClient {
       worker.on('message', onMessage);
       worker.on('error', onError);
       worker.on('exit', onExit);
-      const init: ToWorker = { type: 'init', modelDir: options.modelDir, device: options.device, threads: options.threads };
+      const init: ToWorker = { type: 'init', modelDir: options.modelDir, device: options.device, threads: options.threads, spinning: options.spinning ?? false };
       worker.postMessage(init);
     });
+  }
+
+  onForward(listener: ForwardListener): void {
+    this.forwardListeners.push(listener);
   }
 
   /** Called once if the worker dies (crash, or exit) while not being closed. */
@@ -117,7 +128,10 @@ export class EngineClient {
     return this.failure === null && !this.closing;
   }
 
-  /** Runs one batch; resolves with its stats once every row has finished. */
+  /**
+   * Sends one batch; its rows join the running decode at the next step (batches run concurrently, up to what
+   * the caller admits). Resolves with its stats once every row has finished.
+   */
   run(job: BatchJob, sink: BatchSink): Promise<BatchStats> {
     if (this.failure !== null) return Promise.reject(this.failure);
     if (this.closing) return Promise.reject(new EngineError('inference engine is closed'));
@@ -157,8 +171,11 @@ export class EngineClient {
       case 'prompt':
         this.pending.get(message.batchId)?.sink.onPrompt(message.row, message.logprobs);
         return;
-      case 'step':
-        this.pending.get(message.batchId)?.sink.onStep(message);
+      case 'events':
+        this.pending.get(message.batchId)?.sink.onEvents(message.events);
+        return;
+      case 'forward':
+        for (const listener of this.forwardListeners) listener(message.phase, message.forwardMs, message.rows);
         return;
       case 'batch-done': {
         const pending = this.pending.get(message.batchId);

@@ -33,6 +33,7 @@ export interface InitMessage {
   modelDir: string;
   device: Device;
   threads: number;
+  spinning: boolean;
 }
 
 export interface GenerateMessage {
@@ -108,15 +109,19 @@ export interface PromptMessage {
   logprobs: TokenLogprob[];
 }
 
-export interface StepMessage {
-  type: 'step';
+/** One job's events of one decoder run. */
+export interface EventsMessage {
+  type: 'events';
   batchId: number;
-  phase: 'prefill' | 'decode';
-  /** Wall time of the decoder run behind these events. */
-  forwardMs: number;
-  /** Rows in that run. */
-  batch: number;
   events: RowEvent[];
+}
+
+/** One decoder run (it may serve rows of several jobs). */
+export interface ForwardMessage {
+  type: 'forward';
+  phase: 'prefill' | 'decode';
+  forwardMs: number;
+  rows: number;
 }
 
 export interface AdaptedMessage {
@@ -149,7 +154,8 @@ export type FromWorker =
   | ReadyMessage
   | InitErrorMessage
   | PromptMessage
-  | StepMessage
+  | EventsMessage
+  | ForwardMessage
   | AdaptedMessage
   | BatchDoneMessage
   | BatchErrorMessage

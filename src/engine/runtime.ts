@@ -7,7 +7,7 @@ import type { Device } from '../config.js';
 import { ModelPackageError } from '../errors.js';
 import { checkSignature, type RuntimeTensorInfo } from '../model/manifest.js';
 import type { ModelPackage } from '../model/package.js';
-import type { AdapterStack, KvCache, Runtime, StepFeeds, StepResult } from './generator.js';
+import type { AdapterPart, AdapterStack, KvCache, Runtime, StepFeeds, StepResult } from './decode-loop.js';
 
 class OrtKv implements KvCache {
   constructor(readonly keys: ort.Tensor, readonly values: ort.Tensor, readonly batch: number, readonly length: number) {}
@@ -17,9 +17,15 @@ class OrtAdapters implements AdapterStack {
   constructor(readonly a: ort.Tensor, readonly b: ort.Tensor, readonly slots: number) {}
 }
 
+class OrtPart implements AdapterPart {
+  constructor(readonly a: Float32Array, readonly b: Float32Array, readonly count: number) {}
+}
+
 export interface RuntimeOptions {
   device: Device;
   threads: number;
+  /** Intra-op threads spin while idle (off by default: they share the CPU with the event loop). */
+  spinning: boolean;
   warn: (message: string) => void;
 }
 
@@ -38,7 +44,7 @@ export class OrtRuntime implements Runtime {
   private constructor(
     readonly provider: string,
     private readonly decoder: ort.InferenceSession,
-    private readonly hypernet: ort.InferenceSession,
+    private readonly hypernetSession: ort.InferenceSession,
     pkg: ModelPackage,
   ) {
     this.dims = pkg.dims;
@@ -50,7 +56,10 @@ export class OrtRuntime implements Runtime {
 
   /** Opens both sessions (CUDA when asked, CPU when CUDA cannot start) and checks them against the manifest. */
   static async create(pkg: ModelPackage, options: RuntimeOptions): Promise<OrtRuntime> {
-    const base: ort.InferenceSession.SessionOptions = { graphOptimizationLevel: 'all' };
+    const base: ort.InferenceSession.SessionOptions = {
+      graphOptimizationLevel: 'all',
+      extra: { session: { intra_op: { allow_spinning: options.spinning ? '1' : '0' }, inter_op: { allow_spinning: options.spinning ? '1' : '0' } } },
+    };
     if (options.threads > 0) base.intraOpNumThreads = options.threads;
     const open = async (providers: ort.InferenceSession.ExecutionProviderConfig[], quiet = false) => {
       // A CUDA attempt that fails is reported once, by us (ONNX Runtime's own error lines would repeat it).
@@ -85,28 +94,37 @@ export class OrtRuntime implements Runtime {
     return new OrtRuntime(provider, decoder, hypernet, pkg);
   }
 
-  async adapters(contexts: Float32Array, count: number): Promise<AdapterStack> {
-    const { d_model: D } = this.dims;
+  async hypernet(contexts: Float32Array, count: number): Promise<AdapterPart> {
+    const D = this.dims.d_model;
     const V = this.vocabSize;
     const R = this.rank;
-    if (count === 0 && this.baseStack !== null) return this.baseStack;
-    const slots = 2 + count;
+    const out = await this.hypernetSession.run({ context: new ort.Tensor('float32', contexts.subarray(0, count * D), [count, D]) });
+    const a = out.lora_a.data as Float32Array;
+    const b = out.lora_b.data as Float32Array;
+    if (a.length !== count * R * D || b.length !== count * V * R) {
+      throw new Error(`hypernet.onnx returned lora_a [${out.lora_a.dims.join(', ')}] and lora_b [${out.lora_b.dims.join(', ')}] for ${count} contexts`);
+    }
+    return new OrtPart(a, b, count);
+  }
+
+  stack(parts: readonly AdapterPart[]): AdapterStack {
+    if (parts.length === 0 && this.baseStack !== null) return this.baseStack;
+    const D = this.dims.d_model;
+    const V = this.vocabSize;
+    const R = this.rank;
+    const slots = 2 + parts.reduce((n, p) => n + p.count, 0);
     const a = new Float32Array(slots * R * D);
     const b = new Float32Array(slots * V * R);
     a.set(this.staticA, R * D);
     b.set(this.staticB, V * R);
-    if (count > 0) {
-      const out = await this.hypernet.run({ context: new ort.Tensor('float32', contexts.subarray(0, count * D), [count, D]) });
-      const la = out.lora_a.data as Float32Array;
-      const lb = out.lora_b.data as Float32Array;
-      if (la.length !== count * R * D || lb.length !== count * V * R) {
-        throw new Error(`hypernet.onnx returned lora_a [${out.lora_a.dims.join(', ')}] and lora_b [${out.lora_b.dims.join(', ')}] for ${count} contexts`);
-      }
-      a.set(la, 2 * R * D);
-      b.set(lb, 2 * V * R);
+    let slot = 2;
+    for (const part of parts as readonly OrtPart[]) {
+      a.set(part.a, slot * R * D);
+      b.set(part.b, slot * V * R);
+      slot += part.count;
     }
     const stack = new OrtAdapters(new ort.Tensor('float32', a, [slots, R, D]), new ort.Tensor('float32', b, [slots, V, R]), slots);
-    if (count === 0) this.baseStack = stack;
+    if (parts.length === 0) this.baseStack = stack;
     return stack;
   }
 
@@ -138,25 +156,52 @@ export class OrtRuntime implements Runtime {
     return { logits: logits.data as Float32Array, kv: new OrtKv(out.present_keys, out.present_values, feeds.batch, total) };
   }
 
-  selectRows(kv: KvCache, rows: number[]): KvCache {
+  selectRows(kv: KvCache, rows: readonly number[], trim: number): KvCache {
     const cache = kv as OrtKv;
     const { n_layer: L, n_head: H, head_dim: HD } = this.dims;
-    const block = H * cache.length * HD;
+    const length = cache.length - trim;
     const pick = (tensor: ort.Tensor) => {
       const src = tensor.data as Float32Array;
-      const dst = new Float32Array(L * rows.length * block);
+      const dst = new Float32Array(L * rows.length * H * length * HD);
       for (let l = 0; l < L; l++) {
         rows.forEach((r, i) => {
-          const from = (l * cache.batch + r) * block;
-          dst.set(src.subarray(from, from + block), (l * rows.length + i) * block);
+          for (let h = 0; h < H; h++) {
+            const from = (((l * cache.batch + r) * H + h) * cache.length + trim) * HD;
+            dst.set(src.subarray(from, from + length * HD), (((l * rows.length + i) * H + h) * length) * HD);
+          }
         });
       }
-      return new ort.Tensor('float32', dst, [L, rows.length, H, cache.length, HD]);
+      return new ort.Tensor('float32', dst, [L, rows.length, H, length, HD]);
     };
-    return new OrtKv(pick(cache.keys), pick(cache.values), rows.length, cache.length);
+    return new OrtKv(pick(cache.keys), pick(cache.values), rows.length, length);
+  }
+
+  concat(first: KvCache, second: KvCache): KvCache {
+    const x = first as OrtKv;
+    const y = second as OrtKv;
+    const { n_layer: L, n_head: H, head_dim: HD } = this.dims;
+    const length = Math.max(x.length, y.length);
+    const batch = x.batch + y.batch;
+    const join = (tx: ort.Tensor, ty: ort.Tensor) => {
+      const dst = new Float32Array(L * batch * H * length * HD); // left padding stays zero (and masked)
+      for (const [cache, data, offset] of [[x, tx.data, 0], [y, ty.data, x.batch]] as const) {
+        const src = data as Float32Array;
+        const shift = length - cache.length;
+        for (let l = 0; l < L; l++) {
+          for (let r = 0; r < cache.batch; r++) {
+            for (let h = 0; h < H; h++) {
+              const from = ((l * cache.batch + r) * H + h) * cache.length * HD;
+              dst.set(src.subarray(from, from + cache.length * HD), (((l * batch + offset + r) * H + h) * length + shift) * HD);
+            }
+          }
+        }
+      }
+      return new ort.Tensor('float32', dst, [L, batch, H, length, HD]);
+    };
+    return new OrtKv(join(x.keys, y.keys), join(x.values, y.values), batch, length);
   }
 
   async release(): Promise<void> {
-    await Promise.allSettled([this.decoder.release(), this.hypernet.release()]);
+    await Promise.allSettled([this.decoder.release(), this.hypernetSession.release()]);
   }
 }

@@ -1,11 +1,12 @@
 /**
- * Entry of the inference worker thread: owns the ONNX Runtime sessions and runs one batch at a time.
- * Talks to the main thread only through the messages in protocol.ts.
+ * Entry of the inference worker thread: owns the ONNX Runtime sessions and the decode loop. Batches arrive as
+ * 'generate' messages and join the running decode at its next step; results go back as messages
+ * (protocol.ts), the only link with the main thread.
  */
 import { parentPort } from 'node:worker_threads';
 import { ModelPackageError } from '../errors.js';
 import { ModelPackage } from '../model/package.js';
-import { generateBatch, type GenerateHooks } from './generator.js';
+import { DecodeLoop, type JobHooks } from './decode-loop.js';
 import type { FromWorker, GenerateMessage, InitMessage, ToWorker } from './protocol.js';
 import { OrtRuntime } from './runtime.js';
 
@@ -13,28 +14,30 @@ if (parentPort === null) throw new Error('engine/worker must run in a worker thr
 const port = parentPort;
 
 let runtime: OrtRuntime | null = null;
-let pkg: ModelPackage | null = null;
-let queue: Promise<void> = Promise.resolve();
+let loop: DecodeLoop | null = null;
+let ready: Promise<void> = Promise.resolve();
 const cancelled = new Map<number, Set<number>>();
 
-function post(message: FromWorker, transfer: ArrayBuffer[] = []): void {
-  port.postMessage(message, transfer);
+function post(message: FromWorker): void {
+  port.postMessage(message);
 }
 
 async function init(message: InitMessage): Promise<void> {
   const warnings: string[] = [];
   try {
-    pkg = ModelPackage.open(message.modelDir);
+    const pkg = ModelPackage.open(message.modelDir);
     runtime = await OrtRuntime.create(pkg, {
       device: message.device,
       threads: message.threads,
+      spinning: message.spinning,
       warn: (text) => {
         warnings.push(text);
         post({ type: 'log', level: 'warn', message: text });
       },
     });
     const started = performance.now();
-    await warmUp(runtime, pkg);
+    await warmUp(new DecodeLoop(runtime, pkg.tokenizer), pkg);
+    loop = new DecodeLoop(runtime, pkg.tokenizer, (phase, forwardMs, rows) => post({ type: 'forward', phase, forwardMs, rows }));
     post({ type: 'ready', provider: runtime.provider, warnings, warmupMs: performance.now() - started });
   } catch (error) {
     const kind = error instanceof ModelPackageError ? 'package' : 'runtime';
@@ -42,74 +45,56 @@ async function init(message: InitMessage): Promise<void> {
   }
 }
 
-/** One tiny batch through every path (hypernetwork, prefill, a decode step, sampling). */
-async function warmUp(rt: OrtRuntime, model: ModelPackage): Promise<void> {
-  const tok = model.tokenizer;
+/** Two small jobs through every path: hypernetwork, prefill, joining a running decode, sampling, logprobs. */
+async function warmUp(warm: DecodeLoop, pkg: ModelPackage): Promise<void> {
+  const tok = pkg.tokenizer;
   const ids = tok.encodePrompt('Hello');
-  const rows = [0, 1, 2].map((slot) => ({
-    promptIds: slot === 2 ? ids.slice(0, 1) : ids,
-    bosAdded: tok.addBos,
-    slot,
-    maxTokens: 2,
-    temperature: slot === 0 ? 0 : 1,
-    topP: 0.9,
-    topK: 5,
-    seed: slot,
-    stop: [],
-    logprobs: 1,
-    promptLogprobs: true,
-    ignoreEos: true,
-  }));
-  if (rows[2].promptIds.length === 0) rows.pop();
-  const contexts = new Float32Array(model.dims.d_model);
+  const spec = (slot: number, promptIds: number[]) => ({
+    promptIds, bosAdded: tok.addBos, slot, maxTokens: 3, temperature: slot === 0 ? 0 : 1, topP: 0.9, topK: 5, seed: slot,
+    stop: [], logprobs: 1, promptLogprobs: true, ignoreEos: true,
+  });
   let events = 0;
-  const hooks: GenerateHooks = {
-    onAdapted: () => {},
-    onPrompt: () => {},
-    onStep: (_phase, _ms, _batch, list) => { events += list.length; },
-    isCancelled: () => false,
-  };
-  await generateBatch(rt, tok, -1, rows, contexts, 1, hooks);
-  if (events < rows.length * 2) throw new Error(`warm-up produced ${events} token events for ${rows.length} rows x 2 tokens`);
+  const hooks: JobHooks = { onAdapted() {}, onPrompt() {}, onEvents: (list) => { events += list.length; }, isCancelled: () => false };
+  const contexts = new Float32Array(pkg.dims.d_model);
+  const first = warm.submit({ batchId: -1, rows: [spec(0, ids), spec(1, ids), spec(2, ids)], contexts, contextCount: 1 }, hooks);
+  const second = warm.submit({ batchId: -2, rows: [spec(2, [...ids, ...ids])], contexts, contextCount: 1 }, hooks);
+  await Promise.all([first, second]);
+  if (events !== 4 * 3) throw new Error(`warm-up produced ${events} token events, expected 12`);
 }
 
-async function generate(message: GenerateMessage): Promise<void> {
+function generate(message: GenerateMessage): void {
   const { batchId } = message;
-  const rt = runtime;
-  const model = pkg;
-  try {
-    if (rt === null || model === null) throw new Error('engine is not initialised');
-    const hooks: GenerateHooks = {
-      onAdapted: (hypernetMs) => post({ type: 'adapted', batchId, hypernetMs, contexts: message.contextCount }),
-      onPrompt: (row, logprobs) => post({ type: 'prompt', batchId, row, logprobs }),
-      onStep: (phase, forwardMs, batch, events) => post({ type: 'step', batchId, phase, forwardMs, batch, events }),
-      isCancelled: (row) => cancelled.get(batchId)?.has(row) ?? false,
-    };
-    const stats = await generateBatch(rt, model.tokenizer, batchId, message.rows, message.contexts, message.contextCount, hooks);
-    post({ type: 'batch-done', batchId, stats });
-  } catch (error) {
-    post({ type: 'batch-error', batchId, message: (error as Error).message });
-  } finally {
-    cancelled.delete(batchId);
+  if (loop === null) {
+    post({ type: 'batch-error', batchId, message: 'engine is not initialised' });
+    return;
   }
+  const hooks: JobHooks = {
+    onAdapted: (hypernetMs) => post({ type: 'adapted', batchId, hypernetMs, contexts: message.contextCount }),
+    onPrompt: (row, logprobs) => post({ type: 'prompt', batchId, row, logprobs }),
+    onEvents: (events) => post({ type: 'events', batchId, events }),
+    isCancelled: (row) => cancelled.get(batchId)?.has(row) ?? false,
+  };
+  loop.submit({ batchId, rows: message.rows, contexts: message.contexts, contextCount: message.contextCount }, hooks).then(
+    (stats) => post({ type: 'batch-done', batchId, stats }),
+    (error: Error) => post({ type: 'batch-error', batchId, message: error.message }),
+  ).finally(() => cancelled.delete(batchId));
 }
 
 port.on('message', (message: ToWorker) => {
   switch (message.type) {
     case 'init':
-      queue = queue.then(() => init(message));
+      ready = init(message);
       break;
     case 'generate':
-      if (!cancelled.has(message.batchId)) cancelled.set(message.batchId, new Set());
-      queue = queue.then(() => generate(message));
+      cancelled.set(message.batchId, new Set());
+      void ready.then(() => generate(message));
       break;
-    case 'cancel': {
-      const set = cancelled.get(message.batchId);
-      if (set !== undefined) for (const row of message.rows) set.add(row);
+    case 'cancel':
+      for (const row of message.rows) cancelled.get(message.batchId)?.add(row);
       break;
-    }
     case 'close':
-      queue = queue.then(async () => {
+      void ready.then(async () => {
+        await loop?.drained();
         await runtime?.release();
         runtime = null;
         port.close();

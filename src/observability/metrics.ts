@@ -14,6 +14,7 @@ export class Metrics {
   readonly clustersPerBatch: Histogram;
   readonly adaptationSeconds: Histogram<'stage'>;
   readonly forwardSeconds: Histogram<'phase'>;
+  readonly forwardRows: Histogram<'phase'>;
   readonly timeToFirstToken: Histogram;
   readonly tokensGenerated: Counter;
   readonly requests: Counter<'status'>;
@@ -46,6 +47,13 @@ export class Metrics {
       help: 'Decoder run time per step (prefill = the prompt pass, decode = one token for every live row)',
       labelNames: ['phase'],
       buckets: SECONDS,
+      registers,
+    });
+    this.forwardRows = new Histogram({
+      name: 'chameleon_forward_rows',
+      help: 'Rows served by one decoder run (a decode step serves the live rows of every batch in flight)',
+      labelNames: ['phase'],
+      buckets: SIZES,
       registers,
     });
     this.timeToFirstToken = new Histogram({ name: 'chameleon_time_to_first_token_seconds', help: 'From admission to the first generated token', buckets: SECONDS, registers });

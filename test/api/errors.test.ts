@@ -131,8 +131,7 @@ class HeldEngine implements Engine {
   run(job: BatchJob, sink: BatchSink): Promise<BatchStats> {
     return new Promise((resolve) => {
       this.releases.push(() => {
-        sink.onStep({ type: 'step', batchId: job.batchId, phase: 'prefill', forwardMs: 1, batch: job.rows.length,
-          events: job.rows.map((_, row) => ({ row, text: '', finish: 'length' as const, completionTokens: 0 })) });
+        sink.onEvents(job.rows.map((_, row) => ({ row, text: '', finish: 'length' as const, completionTokens: 0 })));
         resolve({ batchId: job.batchId, rows: job.rows.length, hypernetMs: 0, prefillMs: 0, decodeSteps: 0, decodeMs: 0, tokens: 0 });
       });
     });

@@ -31,10 +31,10 @@ class EchoEngine implements Engine {
         const last = step === r.maxTokens - 1;
         return [{ row, token: r.promptIds[step % r.promptIds.length], text: `${r.promptIds[step % r.promptIds.length]}`, completionTokens: step + 1, ...(last ? { finish: 'length' as const } : {}) }];
       });
-      sink.onStep({ type: 'step', batchId: job.batchId, phase: step === 0 ? 'prefill' : 'decode', forwardMs: 1, batch: job.rows.length, events });
+      sink.onEvents(events);
     }
     const cancelledEvents = this.cancelled.map((row) => ({ row, text: '', finish: 'cancelled' as const, completionTokens: 0 }));
-    if (cancelledEvents.length > 0) sink.onStep({ type: 'step', batchId: job.batchId, phase: 'decode', forwardMs: 1, batch: 1, events: cancelledEvents });
+    if (cancelledEvents.length > 0) sink.onEvents(cancelledEvents);
     return { batchId: job.batchId, rows: job.rows.length, hypernetMs: 0, prefillMs: 0, decodeSteps: longest, decodeMs: 0, tokens: 0 };
   }
   cancel(_batchId: number, rows: number[]): void {
