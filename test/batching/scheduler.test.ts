@@ -135,3 +135,27 @@ test('drain serves what was admitted, then refuses newcomers with 503', async ()
   assert.equal((await done).at(-1)?.type, 'done');
   assert.throws(() => s.submit(new Completion('late', [{ text: 'y', ids: [0, 1], textTokens: 1 }], params())), (e: unknown) => e instanceof ServiceError && e.status === 503);
 });
+
+test('windows run concurrently, never more than MAX_BATCH_SIZE prompts in flight', async () => {
+  const engine = new EchoEngine();
+  engine.stepDelayMs = 5;
+  let peak = 0;
+  const run = engine.run.bind(engine);
+  let inFlight = 0;
+  engine.run = (job, sink) => {
+    inFlight += job.rows.length; // unfinished rows
+    peak = Math.max(peak, inFlight);
+    return run(job, { ...sink, onEvents: (events) => {
+      inFlight -= events.filter((e) => e.finish !== undefined).length;
+      sink.onEvents(events);
+    } });
+  };
+  const s = scheduler(engine, { maxBatchSize: 4, maxWaitMs: 1 });
+  const completions = Array.from({ length: 10 }, (_, i) => new Completion(`r${i}`, [{ text: 'x', ids: [0, 1 + (i % 5)], textTokens: 1 }], params({ maxTokens: 2 + (i % 4) })));
+  for (const c of completions) s.submit(c);
+  const results = await Promise.all(completions.map(collect));
+  for (const events of results) assert.equal(events.at(-1)?.type, 'done');
+  assert.ok(peak <= 4, `peak ${peak} prompts in flight`);
+  assert.ok(engine.jobs.length >= 3, 'several windows');
+  await s.drain();
+});
