@@ -55,6 +55,9 @@ export class Scheduler {
   private nextBatchId = 1;
   private inFlightRows = 0;
   private capacityWaiters: Array<() => void> = [];
+  /** Per admitted request: told its batch and rows once placed (for cancellation), and when it is done. */
+  private readonly placed = new WeakMap<Completion, (batchId: number, rows: number[]) => void>();
+  private readonly finished = new WeakMap<Completion, () => void>();
 
   constructor(
     private readonly engine: Engine,
@@ -108,7 +111,7 @@ export class Scheduler {
     completion.onCancel(() => {
       if (timer !== undefined) clearTimeout(timer);
       stop();
-      completion.emit({ type: 'error', error: new ServiceError('invalid_request', 'The request was cancelled by its client.') });
+      completion.emit({ type: 'error', error: new ServiceError('invalid_request', 'The request was cancelled by its client (connection closed).') });
     });
     this.placed.set(completion, (id, assigned) => {
       batchId = id;
@@ -124,9 +127,6 @@ export class Scheduler {
     this.queue.close();
     await this.loop;
   }
-
-  private readonly placed = new WeakMap<Completion, (batchId: number, rows: number[]) => void>();
-  private readonly finished = new WeakMap<Completion, () => void>();
 
   private async runLoop(): Promise<void> {
     const running = new Set<Promise<void>>();
