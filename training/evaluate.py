@@ -114,3 +114,49 @@ def plot(results, domains_m, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def held_out_context(wte, texts, static, hypernet, cfg, seed):
+    """The generation setting: the adapter sees only the first half of each text, the second half is scored.
+
+    Unlike the main table (where, as in the paper, a text's own tokens are part of its cluster context), no
+    scored token is visible to the hypernetwork here.
+    """
+    from adapt import text_features
+
+    halves = [max(1, (len(ids) - 1) // 2) for ids in texts.token_ids]
+    prefix_features = text_features(wte, [ids[:1 + h] for ids, h in zip(texts.token_ids, halves)])
+    scale = cfg["lora"]["scale"]
+    window, eval_cfg = cfg["eval"]["window"], cfg["eval"]
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
+    window_groups = []
+    for w, start in enumerate(range(0, len(order), window)):
+        ids = order[start:start + window]
+        assign = kmeans(prefix_features[ids], window_size_clusters(len(ids), eval_cfg), seed + w)
+        window_groups += [[ids[m] for m in torch.nonzero(assign == j).flatten().tolist()] for j in range(int(assign.max()) + 1)]
+    window_groups = [g for g in window_groups if g]
+    plans = {
+        "static": [(list(range(len(texts))), None)],
+        "chameleon_windows": [(g, prefix_features[g].mean(0)) for g in window_groups],
+        "chameleon_request": [([i], prefix_features[i]) for i in range(len(texts))],
+    }
+    results = {}
+    with torch.no_grad():
+        for method, plan in plans.items():
+            if method == "static":
+                adapters = [static]
+            else:
+                a_all, b_all = hypernet(torch.stack([c for _, c in plan]))
+                adapters = [(a_all[k:k + 1], b_all[k:k + 1]) for k in range(len(plan))]
+            nll, count = {}, {}
+            for (group, _), (a, b) in zip(plan, adapters):
+                for i in group:
+                    rows = texts.token_rows([i])[halves[i]:]
+                    loss = head_loss(wte, texts.hidden[rows][None], texts.targets[rows][None], a, b, scale, reduction="sum").item()
+                    d = texts.domains[i]
+                    nll[d] = nll.get(d, 0.0) + loss
+                    count[d] = count.get(d, 0) + len(rows)
+            table = {d: math.exp(nll[d] / count[d]) for d in sorted(nll)}
+            table["overall"] = math.exp(sum(nll.values()) / sum(count.values()))
+            results[method] = table
+    return results
