@@ -61,6 +61,8 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     genReqId: () => `req-${randomUUID()}`,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
     forceCloseConnections: 'idle',
+    // While draining, newcomers reach the routes and get a 503 in OpenAI's error shape, not fastify's own body.
+    return503OnClosing: false,
   }).withTypeProvider<TypeBoxTypeProvider>();
 
   // The service opens (and checks) the model package before anything listens.

@@ -29,6 +29,9 @@ export function admit(body: CompletionRequest, service: CompletionService, reque
   }
   checkUnsupported(body);
   const tokenizer = service.tokenizer;
+  if (service.state === 'draining' || service.state === 'closed') {
+    throw new ServiceError('shutting_down', 'The server is shutting down and accepts no new requests.');
+  }
   if (tokenizer === null || service.state !== 'ready') {
     throw new ServiceError('not_ready', service.state === 'failed' ? `The model failed to load: ${service.failure?.message ?? ''}` : 'The model is still loading; retry shortly.', {
       retryAfterSeconds: 1,
