@@ -8,7 +8,6 @@
  */
 export type AdaptationMode = 'batch' | 'request' | 'static' | 'none';
 
-export const ADAPTATION_MODES: readonly AdaptationMode[] = ['batch', 'request', 'static', 'none'];
 export const ZERO_SLOT = 0;
 export const STATIC_SLOT = 1;
 export const FIRST_HYPERNET_SLOT = 2;

@@ -76,11 +76,6 @@ export class Scheduler {
     return this.queue.rows;
   }
 
-  /** Prompts the engine is working on. */
-  get inFlight(): number {
-    return this.inFlightRows;
-  }
-
   start(): void {
     this.loop ??= this.runLoop();
   }

@@ -138,11 +138,6 @@ export class DecodeLoop {
     while (this.running !== null) await this.running;
   }
 
-  /** Rows currently being decoded. */
-  get liveRows(): number {
-    return this.rows.length;
-  }
-
   /** Adds a job; its rows join the running decode at the next step. Resolves when all its rows have finished. */
   submit(job: Job, hooks: JobHooks): Promise<BatchStats> {
     return new Promise((resolve, reject) => {

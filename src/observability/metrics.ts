@@ -32,7 +32,7 @@ export class Metrics {
         this.set(source());
       },
     });
-    this.inFlight = new Gauge({ name: 'chameleon_batch_rows_in_flight', help: 'Prompts in the batch the engine is running', registers });
+    this.inFlight = new Gauge({ name: 'chameleon_batch_rows_in_flight', help: 'Prompts the engine is working on (every batch in flight)', registers });
     this.batchSize = new Histogram({ name: 'chameleon_batch_size', help: 'Prompts per batch', buckets: SIZES, registers });
     this.clustersPerBatch = new Histogram({ name: 'chameleon_clusters_per_batch', help: 'k-means clusters per batch', buckets: [1, 2, 3, 4, 6, 8, 12, 16, 32], registers });
     this.adaptationSeconds = new Histogram({
