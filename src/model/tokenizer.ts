@@ -30,7 +30,9 @@ export class TextTokenizer {
     } catch (error) {
       throw new ModelPackageError(`Tokenizer ${path} cannot be read: ${(error as Error).message}`);
     }
-    const tokenizer = new Tokenizer(json, {});
+    // No clean-up of "tokenization spaces" (" ," -> ","): byte-level BPE decodes exactly, and the clean-up
+    // rewrites text already streamed when the next token arrives, which would drop characters from deltas.
+    const tokenizer = new Tokenizer(json, { clean_up_tokenization_spaces: false });
     const text = new TextTokenizer(tokenizer, manifest);
     const eos = tokenizer.token_to_id(manifest.tokenizer.eos_token);
     if (eos !== manifest.tokenizer.eos_token_id) {
