@@ -1,8 +1,9 @@
 /**
- * The time-window batcher. A window opens with the oldest waiting request and closes when it holds as many
- * prompts as the engine has room for (at most maxBatchSize) or maxWaitMs after that request arrived, whichever
- * comes first. The scheduler pulls the next batch when the engine has room, so requests that waited for room
- * leave at once.
+ * The time-window batcher. A window opens with the oldest waiting request and closes when it holds
+ * maxBatchSize prompts or maxWaitMs after that request arrived, whichever comes first; it then hands over as
+ * many whole requests as the engine has room for. The window does not close early just because the engine's
+ * free room is small: under steady load rows finish one at a time, and closing at once would shrink every
+ * window to a single request, turning batch adaptation into per-request adaptation.
  */
 import type { BoundedQueue, Queued } from './queue.js';
 
@@ -29,7 +30,7 @@ export class WindowBatcher<T extends Queued> {
       await this.queue.waitForChange();
     }
     const deadline = this.queue.peek()!.arrivedAt + this.options.maxWaitMs;
-    while (this.queue.rows < limit() && !this.queue.isClosed) {
+    while (this.queue.rows < this.options.maxBatchSize && !this.queue.isClosed) {
       const left = deadline - this.now();
       if (left <= 0) break;
       await this.queue.waitForChange(left);

@@ -48,3 +48,18 @@ test('next() returns null once closed and drained', async () => {
   assert.deepEqual(names(await batcher.next()), ['last']);
   assert.equal(await batcher.next(), null);
 });
+
+test('little free room in the engine does not close the window early (batches stay batches under load)', async () => {
+  const q = new BoundedQueue<Item>(100);
+  const batcher = new WindowBatcher(q, { maxBatchSize: 8, maxWaitMs: 60 });
+  let room = 1;
+  q.push(item('a'));
+  setTimeout(() => {
+    q.push(item('b'));
+    q.push(item('c'));
+    room = 3;
+  }, 15);
+  const started = performance.now();
+  assert.deepEqual(names(await batcher.next(() => room)), ['a', 'b', 'c']);
+  assert.ok(performance.now() - started >= 55, 'the window stayed open for max wait');
+});
