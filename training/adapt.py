@@ -104,6 +104,21 @@ def train_static(wte, train, cfg, seed):
     return a.detach(), b.detach()
 
 
+def group_context(wte, train, texts, prefix_context, g):
+    """The mean member feature. With prefix_context, each member's feature comes from a random prefix of it
+    (at least prefix_context["min_tokens"] tokens), as a served prompt would: the network then cannot count on
+    seeing every token it is scored on, and learns what short prompts imply."""
+    if not prefix_context:
+        return train.features[texts].mean(0)
+    feats = []
+    for i in texts.tolist():
+        ids = train.token_ids[i]
+        low = min(prefix_context["min_tokens"], len(ids) - 1)
+        length = int(torch.randint(low, len(ids), (1,), generator=g).item())
+        feats.append(text_features(wte, [ids[:1 + length]])[0])
+    return torch.stack(feats).mean(0)
+
+
 def train_hypernet(wte, train, cfg, seed):
     """Paper-style batches: offline k-means over training features, every group drawn from one cluster.
 
@@ -128,7 +143,7 @@ def train_hypernet(wte, train, cfg, seed):
             cluster = members[torch.randint(len(members), (1,), generator=g).item()]
             size = min(len(cluster), sizes[torch.randint(len(sizes), (1,), generator=g).item()])
             texts = cluster[torch.randperm(len(cluster), generator=g)[:size]]
-            contexts.append(train.features[texts].mean(0))
+            contexts.append(group_context(wte, train, texts, h.get("prefix_context"), g))
             tokens = train.token_rows(texts.tolist())
             rows.append(tokens[torch.randint(len(tokens), (per_group,), generator=g)])
         a, b = net(torch.stack(contexts))

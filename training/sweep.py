@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from adapt import train_hypernet, train_static  # noqa: E402
 from common import ROOT, log, setup_torch, write_json  # noqa: E402
-from evaluate import perplexities  # noqa: E402
+from evaluate import held_out_context, perplexities  # noqa: E402
 from model import GPT  # noqa: E402
 
 
@@ -30,6 +30,7 @@ def main():
     parser.add_argument("--train-clusters", default="4,16")
     parser.add_argument("--hidden", default="128")
     parser.add_argument("--embedding-basis", default="0", help="comma list of 0/1")
+    parser.add_argument("--prefix-context", type=int, default=0, help="train on contexts from random prefixes of at least this many tokens (0: whole texts)")
     parser.add_argument("--steps-fraction", type=float, default=0.5)
     parser.add_argument("--eval-clusters", default="2:16,4:8,8:4", help="max_clusters:target_cluster_size pairs")
     args = parser.parse_args()
@@ -54,9 +55,12 @@ def main():
         c["hypernet"]["train_clusters"] = clusters
         c["hypernet"]["hidden"] = hidden
         c["hypernet"]["embedding_basis"] = basis
+        if args.prefix_context:
+            c["hypernet"]["prefix_context"] = {"min_tokens": args.prefix_context}
         c["hypernet"]["steps"] = int(c["hypernet"]["steps"] * args.steps_fraction)
         c["static"]["steps"] = int(c["static"]["steps"] * args.steps_fraction)
-        setting = {"rank": rank, "train_clusters": clusters, "hidden": hidden, "embedding_basis": basis, "steps": c["hypernet"]["steps"]}
+        setting = {"rank": rank, "train_clusters": clusters, "hidden": hidden, "embedding_basis": basis, "steps": c["hypernet"]["steps"],
+                   "prefix_context": args.prefix_context}
         if json.dumps(setting, sort_keys=True) in done:
             continue
         started = time.time()
@@ -71,12 +75,14 @@ def main():
                 if key in row:
                     continue
                 row[key] = {k: perplexities(wte, ts, method, static, net, c, c["seed"]) for k, ts in val.items()}
+        row["held_out_context"] = held_out_context(wte, sets["M_val"], static, net, c, c["seed"])
         row["seconds"] = round(time.time() - started, 1)
         results.append(row)
         write_json(results, results_path)
         s = row["static"]["M"]["overall"]
         log(f"{setting}: static {s:.2f} | " + " | ".join(
-            f"{k} {v['M']['overall']:.2f} ({v['M']['overall'] / s:.3f}x) P {v['P']['overall']:.2f}" for k, v in row.items() if k.startswith("chameleon")))
+            f"{k} {v['M']['overall']:.2f} ({v['M']['overall'] / s:.3f}x) P {v['P']['overall']:.2f}" for k, v in row.items() if k.startswith("chameleon"))
+            + " | held-out context: " + ", ".join(f"{k} {v['overall']:.2f}" for k, v in row["held_out_context"].items()))
 
 
 if __name__ == "__main__":
