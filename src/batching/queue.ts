@@ -31,9 +31,12 @@ export class BoundedQueue<T extends Queued> {
     return this.closed;
   }
 
-  /** Admits `item` or throws ServiceError queue_full (429) / shutting_down (503). */
+  /** Admits `item` or throws ServiceError invalid_request (400: it could never fit) / queue_full (429) / shutting_down (503). */
   push(item: T): void {
     if (this.closed) throw new ServiceError('shutting_down', 'The server is shutting down and accepts no new requests.');
+    if (item.rows > this.capacity) {
+      throw new ServiceError('invalid_request', `At most ${this.capacity} prompts per request (QUEUE_SIZE); got ${item.rows}.`, { param: 'prompt' });
+    }
     if (this.waitingRows + item.rows > this.capacity) {
       throw new ServiceError('queue_full', `The request queue is full (${this.waitingRows} of ${this.capacity} prompts waiting); retry later.`, {
         retryAfterSeconds: this.retryAfterSeconds,

@@ -40,3 +40,9 @@ test('waitForChange wakes on push, or times out', async () => {
   q.push(item(1));
   await waiting;
 });
+
+test('a request with more prompts than the whole queue holds is refused with 400, not a 429 that retrying never cures', () => {
+  const q = new BoundedQueue(3, 2);
+  assert.throws(() => q.push(item(4)), (e: unknown) => e instanceof ServiceError && e.code === 'invalid_request' && e.status === 400 && e.param === 'prompt');
+  assert.equal(q.rows, 0);
+});
