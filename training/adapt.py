@@ -17,6 +17,7 @@ class TextSet:
     """Texts of one split with their features and the base's cached hidden states (one row per predicted token)."""
 
     def __init__(self, base, texts, domains, chunk=64):
+        self.token_ids = texts
         self.domains = domains
         self.features = text_features(base.wte.weight.detach(), texts)
         lengths = [len(t) - 1 for t in texts]
@@ -41,7 +42,6 @@ class TextSet:
                 targets.append(y)
         self.hidden = torch.cat(hidden)
         self.targets = torch.cat(targets)
-        self.text_of_token = torch.repeat_interleave(torch.arange(len(texts)), torch.tensor(lengths))
 
     def __len__(self):
         return len(self.features)

@@ -93,7 +93,7 @@ def main():
         model.eval()
         return model, ckpt["history"]
 
-    def text_sets(names):
+    def text_sets():
         return torch.load(work / "textsets.pt")  # {name: TextSet}
 
     @stage("cache", work / "textsets.pt", timings)
@@ -113,21 +113,20 @@ def main():
                     labels += [d] * len(chunks)
                 log(f"caching hidden states of {role}/{split}: {len(texts)} texts")
                 sets[f"{role}_{split}"] = TextSet(base, texts, labels)
-                sets[f"{role}_{split}"].token_ids = texts
         save_atomic(sets, work / "textsets.pt")
 
     @stage("static", work / "static.pt", timings)
     def run_static():
         from adapt import train_static
         base, _ = load_base()
-        sets = text_sets(None)
+        sets = text_sets()
         save_atomic(train_static(base.wte.weight.detach(), sets["M_train"], cfg, cfg["seed"]), work / "static.pt")
 
     @stage("hypernet", work / "hypernet.pt", timings)
     def run_hypernet():
         from adapt import train_hypernet
         base, _ = load_base()
-        sets = text_sets(None)
+        sets = text_sets()
         net = train_hypernet(base.wte.weight.detach(), sets["M_train"], cfg, cfg["seed"])
         save_atomic(net.state_dict(), work / "hypernet.pt")
 
@@ -144,7 +143,7 @@ def main():
     def run_evaluate():
         from evaluate import LABELS, evaluate_all, held_out_context, markdown_table, plot
         base, _ = load_base()
-        sets = text_sets(None)
+        sets = text_sets()
         wte = base.wte.weight.detach()
         static, net = torch.load(work / "static.pt"), load_hypernet()
         results, held_out = {}, {}
@@ -185,7 +184,7 @@ def main():
     def run_export():
         from export import export_package
         base, history = load_base()
-        sets = text_sets(None)
+        sets = text_sets()
         report = json.loads((work / "eval.json").read_text())
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(work / "eval.json", out / "eval.json")
