@@ -19,6 +19,18 @@ def window_size_clusters(n, eval_cfg):
     return max(1, min(math.ceil(n / eval_cfg["target_cluster_size"]), eval_cfg["max_clusters"]))
 
 
+def window_clusters(features, eval_cfg, seed):
+    """Windows of the shuffled stream, each split by seeded k-means on the given features (what the service does)."""
+    order = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed)).tolist()
+    window = eval_cfg["window"]
+    groups = []
+    for w, start in enumerate(range(0, len(order), window)):
+        ids = order[start:start + window]
+        assign = kmeans(features[ids], window_size_clusters(len(ids), eval_cfg), seed + w)
+        groups += [[ids[m] for m in torch.nonzero(assign == j).flatten().tolist()] for j in range(int(assign.max()) + 1)]
+    return [g for g in groups if g]
+
+
 def groups_for(method, texts, eval_cfg, seed):
     """Lists of text indices that share one adapter, as the service (or an oracle) would form them."""
     n = len(texts)
@@ -26,16 +38,7 @@ def groups_for(method, texts, eval_cfg, seed):
     if method == "chameleon_request":
         return [[i] for i in range(n)]
     if method == "chameleon_windows":
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-        groups = []
-        for w, start in enumerate(range(0, n, window)):
-            ids = order[start:start + window]
-            assign = kmeans(texts.features[ids], window_size_clusters(len(ids), eval_cfg), seed + w)
-            for j in range(int(assign.max()) + 1):
-                members = [ids[m] for m in torch.nonzero(assign == j).flatten().tolist()]
-                if members:
-                    groups.append(members)
-        return groups
+        return window_clusters(texts.features, eval_cfg, seed)
     if method == "chameleon_oracle":
         groups = []
         g = torch.Generator().manual_seed(seed)
@@ -47,35 +50,40 @@ def groups_for(method, texts, eval_cfg, seed):
     raise ValueError(method)
 
 
-def perplexities(wte, texts, method, static, hypernet, cfg, seed):
-    nll = {}
-    count = {}
-    scale = cfg["lora"]["scale"]
-
-    def add(text_ids, a, b):
-        with torch.no_grad():
-            for i in text_ids:
-                rows = texts.token_rows([i])
+def perplexity_table(wte, texts, assignments, scale, scored_rows=None):
+    """assignments: (text ids, a, b) triples sharing one adapter; scored_rows(i): the token rows of text i to score."""
+    scored_rows = scored_rows or (lambda i: texts.token_rows([i]))
+    nll, count = {}, {}
+    with torch.no_grad():
+        for group, a, b in assignments:
+            for i in group:
+                rows = scored_rows(i)
                 loss = head_loss(wte, texts.hidden[rows][None], texts.targets[rows][None], a, b, scale, reduction="sum").item()
                 domain = texts.domains[i]
                 nll[domain] = nll.get(domain, 0.0) + loss
                 count[domain] = count.get(domain, 0) + len(rows)
-
-    if method == "base":
-        add(range(len(texts)), None, None)
-    elif method == "static":
-        add(range(len(texts)), *static)
-    else:
-        groups = groups_for(method, texts, cfg["eval"], seed)
-        with torch.no_grad():
-            contexts = torch.stack([texts.features[g].mean(0) for g in groups])
-            a_all, b_all = hypernet(contexts)
-        for k, group in enumerate(groups):
-            add(group, a_all[k:k + 1], b_all[k:k + 1])
     table = {d: math.exp(nll[d] / count[d]) for d in sorted(nll)}
     table["overall"] = math.exp(sum(nll.values()) / sum(count.values()))
     table["tokens"] = sum(count.values())
     return table
+
+
+def hypernet_assignments(hypernet, groups, contexts):
+    with torch.no_grad():
+        a_all, b_all = hypernet(contexts)
+    return [(group, a_all[k:k + 1], b_all[k:k + 1]) for k, group in enumerate(groups)]
+
+
+def perplexities(wte, texts, method, static, hypernet, cfg, seed):
+    everything = list(range(len(texts)))
+    if method == "base":
+        assignments = [(everything, None, None)]
+    elif method == "static":
+        assignments = [(everything, *static)]
+    else:
+        groups = groups_for(method, texts, cfg["eval"], seed)
+        assignments = hypernet_assignments(hypernet, groups, torch.stack([texts.features[g].mean(0) for g in groups]))
+    return perplexity_table(wte, texts, assignments, cfg["lora"]["scale"])
 
 
 def evaluate_all(wte, sets, static, hypernet, cfg, seed):
@@ -126,37 +134,15 @@ def held_out_context(wte, texts, static, hypernet, cfg, seed):
 
     halves = [max(1, (len(ids) - 1) // 2) for ids in texts.token_ids]
     prefix_features = text_features(wte, [ids[:1 + h] for ids, h in zip(texts.token_ids, halves)])
-    scale = cfg["lora"]["scale"]
-    window, eval_cfg = cfg["eval"]["window"], cfg["eval"]
-    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
-    window_groups = []
-    for w, start in enumerate(range(0, len(order), window)):
-        ids = order[start:start + window]
-        assign = kmeans(prefix_features[ids], window_size_clusters(len(ids), eval_cfg), seed + w)
-        window_groups += [[ids[m] for m in torch.nonzero(assign == j).flatten().tolist()] for j in range(int(assign.max()) + 1)]
-    window_groups = [g for g in window_groups if g]
+    window_groups = window_clusters(prefix_features, cfg["eval"], seed)
+    requests = [[i] for i in range(len(texts))]
     plans = {
-        "static": [(list(range(len(texts))), None)],
-        "chameleon_windows": [(g, prefix_features[g].mean(0)) for g in window_groups],
-        "chameleon_request": [([i], prefix_features[i]) for i in range(len(texts))],
+        "static": [(list(range(len(texts))), *static)],
+        "chameleon_windows": hypernet_assignments(hypernet, window_groups, torch.stack([prefix_features[g].mean(0) for g in window_groups])),
+        "chameleon_request": hypernet_assignments(hypernet, requests, prefix_features),
     }
-    results = {}
-    with torch.no_grad():
-        for method, plan in plans.items():
-            if method == "static":
-                adapters = [static]
-            else:
-                a_all, b_all = hypernet(torch.stack([c for _, c in plan]))
-                adapters = [(a_all[k:k + 1], b_all[k:k + 1]) for k in range(len(plan))]
-            nll, count = {}, {}
-            for (group, _), (a, b) in zip(plan, adapters):
-                for i in group:
-                    rows = texts.token_rows([i])[halves[i]:]
-                    loss = head_loss(wte, texts.hidden[rows][None], texts.targets[rows][None], a, b, scale, reduction="sum").item()
-                    d = texts.domains[i]
-                    nll[d] = nll.get(d, 0.0) + loss
-                    count[d] = count.get(d, 0) + len(rows)
-            table = {d: math.exp(nll[d] / count[d]) for d in sorted(nll)}
-            table["overall"] = math.exp(sum(nll.values()) / sum(count.values()))
-            results[method] = table
-    return results
+
+    def second_half(i):
+        return texts.token_rows([i])[halves[i]:]
+
+    return {method: perplexity_table(wte, texts, plan, cfg["lora"]["scale"], second_half) for method, plan in plans.items()}
