@@ -67,8 +67,10 @@ def dynamic_axes(signature):
 
 
 def export_onnx(module, args, signature, path):
+    """Constant folding stays off: it would store a transposed copy of the tied embedding for the LM head (4 MB
+    more on disk); ONNX Runtime folds that transpose in memory when it loads the session."""
     torch.onnx.export(
-        module, args, str(path), opset_version=OPSET, do_constant_folding=True,
+        module, args, str(path), opset_version=OPSET, do_constant_folding=False,
         input_names=[s["name"] for s in signature["inputs"]],
         output_names=[s["name"] for s in signature["outputs"]],
         dynamic_axes=dynamic_axes(signature),
