@@ -75,7 +75,10 @@ export class InferenceService implements CompletionService {
     const m = this.model.manifest;
     const features = new FeatureExtractor(this.model.readTensor('embeddings'), m.dims.vocab_size, m.dims.d_model, m.features.exclude_token_ids);
     try {
-      this.engine = await EngineClient.start({ modelDir: this.model.dir, device: this.config.device, threads: this.config.threads, spinning: this.config.ortSpinning, logger: this.logger });
+      this.engine = await EngineClient.start({
+        modelDir: this.model.dir, device: this.config.device, threads: this.config.threads, spinning: this.config.ortSpinning,
+        slots: this.config.maxBatchSize, prefillChunkTokens: this.config.prefillChunkTokens, logger: this.logger,
+      });
     } catch (error) {
       this.state = 'failed';
       this.failure = error as Error;

@@ -14,15 +14,26 @@ from common import write_json
 OPSET = 14
 
 
+FORMAT = "chameleon-package/2"
+
+
 class DecoderGraph(torch.nn.Module):
+    """forward_slots with the per-layer caches as separate inputs (past_key_0, past_value_0, ...), so that the
+    server can hand ONNX Runtime a contiguous run of cache slots of each layer without copying it."""
+
     def __init__(self, model, scale):
         super().__init__()
         self.model = model
         self.scale = scale
 
-    def forward(self, input_ids, position_ids, attention_mask, past_keys, past_values, lora_a, lora_b, cluster_index):
-        return self.model.forward_cached(input_ids, position_ids, attention_mask, past_keys, past_values,
-                                         lora_a, lora_b, cluster_index, self.scale)
+    def forward(self, input_ids, position_ids, past_length, lora_a, lora_b, cluster_index, logits_index, *caches):
+        pairs = [(caches[2 * i], caches[2 * i + 1]) for i in range(len(caches) // 2)]
+        return self.model.forward_slots(input_ids, position_ids, past_length, pairs, lora_a, lora_b, cluster_index,
+                                        logits_index, self.scale)
+
+
+def cache_input_names(n_layer):
+    return [name for i in range(n_layer) for name in (f"past_key_{i}", f"past_value_{i}")]
 
 
 def decoder_signature(dims, rank):
@@ -31,17 +42,16 @@ def decoder_signature(dims, rank):
         "inputs": [
             {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"]},
             {"name": "position_ids", "dtype": "int64", "shape": ["batch", "seq"]},
-            {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "total"]},
-            {"name": "past_keys", "dtype": "float32", "shape": [L, "batch", H, "past", Dh]},
-            {"name": "past_values", "dtype": "float32", "shape": [L, "batch", H, "past", Dh]},
+            {"name": "past_length", "dtype": "int64", "shape": ["batch"]},
             {"name": "lora_a", "dtype": "float32", "shape": ["clusters", rank, d]},
             {"name": "lora_b", "dtype": "float32", "shape": ["clusters", V, rank]},
             {"name": "cluster_index", "dtype": "int64", "shape": ["batch"]},
-        ],
+            {"name": "logits_index", "dtype": "int64", "shape": ["positions"]},
+        ] + [{"name": name, "dtype": "float32", "shape": ["batch", H, "cache", Dh]} for name in cache_input_names(L)],
         "outputs": [
-            {"name": "logits", "dtype": "float32", "shape": ["batch", "seq", V]},
-            {"name": "present_keys", "dtype": "float32", "shape": [L, "batch", H, "total", Dh]},
-            {"name": "present_values", "dtype": "float32", "shape": [L, "batch", H, "total", Dh]},
+            {"name": "logits", "dtype": "float32", "shape": ["positions", V]},
+            {"name": "present_keys", "dtype": "float32", "shape": [L, "batch", H, "seq", Dh]},
+            {"name": "present_values", "dtype": "float32", "shape": [L, "batch", H, "seq", Dh]},
         ],
     }
 
@@ -82,34 +92,61 @@ def write_tensor(tensor, path):
     path.write_bytes(tensor.detach().contiguous().numpy().astype("<f4").tobytes())
 
 
-def empty_cache(dims, batch):
-    return torch.zeros(dims["n_layer"], batch, dims["n_head"], 0, dims["head_dim"])
-
-
 def encode_array(t):
     return {"shape": list(t.shape), "data_base64": base64.b64encode(t.detach().numpy().astype("<f4").tobytes()).decode()}
 
 
-def equivalence_fixture(model, dims, adapters, scale, prompts, decode_steps):
-    """A left-padded batch mixing adapters: prefill, then greedy KV-cache steps; PyTorch logits for each run."""
+def equivalence_fixture(model, dims, adapters, scale, prompts, decode_steps, chunk=4):
+    """What the server does, in PyTorch: each row owns a cache slot; prompts are prefilled in right-padded chunks
+    of at most `chunk` tokens (rows with nothing left carry one pad token), the new keys and values are written
+    into the slots, then greedy decode steps follow. Chunks ask for the logits of every real position of row 0
+    (prompt logprobs) and of each row's last position; decode steps for one position per row."""
     lora_a, lora_b = adapters
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    positions = torch.tensor([[0] * (width - len(p)) + list(range(len(p))) for p in prompts])
-    cluster_index = torch.arange(len(prompts)) % lora_a.shape[0]
-    keys = values = empty_cache(dims, len(prompts))
+    rows = len(prompts)
+    capacity = dims["context"]
+    cache = [torch.zeros(rows, dims["n_head"], capacity, dims["head_dim"]) for _ in range(2 * dims["n_layer"])]
+    cluster_index = torch.arange(rows) % lora_a.shape[0]
+    lengths = [0] * rows
+    pending = [list(p) for p in prompts]
     steps, expected = [], []
-    with torch.no_grad():
-        for step in range(decode_steps + 1):
-            logits, keys, values = model.forward_cached(ids, positions, mask, keys, values, lora_a, lora_b, cluster_index, scale)
-            steps.append({"input_ids": ids.tolist(), "position_ids": positions.tolist(), "attention_mask": mask.tolist(),
-                          "cluster_index": cluster_index.tolist()})
-            expected.append(encode_array(logits))
-            ids = logits[:, -1].argmax(-1, keepdim=True)
-            positions = positions[:, -1:] + 1
-            mask = torch.cat([mask, torch.ones(len(prompts), 1, dtype=mask.dtype)], dim=1)
-    return {"steps": steps, "lora_a": encode_array(lora_a), "lora_b": encode_array(lora_b), "expected_logits": expected}
+
+    def run(new_tokens, want):
+        width = max(len(n) for n in new_tokens)
+        ids = torch.tensor([n + [0] * (width - len(n)) for n in new_tokens])
+        positions = torch.tensor([[min(lengths[r] + j, capacity - 1) for j in range(width)] for r in range(rows)])
+        past = torch.tensor(lengths)
+        logits_index = torch.tensor([r * width + j for r, js in enumerate(want) for j in js])
+        with torch.no_grad():
+            logits, keys, values = model.forward_slots(ids, positions, past, [(cache[2 * i], cache[2 * i + 1]) for i in range(dims["n_layer"])],
+                                                       lora_a, lora_b, cluster_index, logits_index, scale)
+        for r, n in enumerate(new_tokens):
+            for i in range(dims["n_layer"]):
+                cache[2 * i][r, :, lengths[r]:lengths[r] + len(n)] = keys[i, r, :, :len(n)]
+                cache[2 * i + 1][r, :, lengths[r]:lengths[r] + len(n)] = values[i, r, :, :len(n)]
+            lengths[r] += len(n)
+        steps.append({"input_ids": ids.tolist(), "position_ids": positions.tolist(), "past_length": past.tolist(),
+                      "new_tokens": [len(n) for n in new_tokens], "cluster_index": cluster_index.tolist(),
+                      "logits_index": logits_index.tolist()})
+        expected.append(encode_array(logits))
+        return logits
+
+    last = [None] * rows
+    while any(pending):
+        new = [p[:chunk] for p in pending]
+        pending = [p[chunk:] for p in pending]
+        want = [list(range(len(n))) if r == 0 else ([len(n) - 1] if n else []) for r, n in enumerate(new)]
+        logits = run(new, want)
+        at = 0
+        for r, js in enumerate(want):
+            if js:
+                last[r] = logits[at + len(js) - 1]
+            at += len(js)
+    tokens = [int(l.argmax()) for l in last]
+    for _ in range(decode_steps):
+        logits = run([[t] for t in tokens], [[0]] * rows)
+        tokens = logits.argmax(-1).tolist()
+    return {"prompts": [list(p) for p in prompts], "cache_capacity": capacity, "steps": steps, "lora_a": encode_array(lora_a), "lora_b": encode_array(lora_b),
+            "expected_logits": expected}
 
 
 def sha256(path):
@@ -125,13 +162,12 @@ def export_package(out, model, hypernet, static, tokenizer_path, cfg, eos_id, fi
     hypernet.eval()
     dec_sig, hyp_sig = decoder_signature(dims, rank), hypernet_signature(dims, rank)
 
-    batch, seq, past = 2, 3, 2
+    batch, seq, capacity = 2, 3, 5
+    cache = [torch.zeros(batch, m["n_head"], capacity, dims["head_dim"]) for _ in range(2 * m["n_layer"])]
     dummy = (
-        torch.randint(0, m["vocab_size"], (batch, seq)), torch.arange(seq).repeat(batch, 1) + past,
-        torch.ones(batch, past + seq, dtype=torch.long),
-        torch.zeros(m["n_layer"], batch, m["n_head"], past, dims["head_dim"]),
-        torch.zeros(m["n_layer"], batch, m["n_head"], past, dims["head_dim"]),
+        torch.randint(0, m["vocab_size"], (batch, seq)), torch.arange(seq).repeat(batch, 1) + 2, torch.tensor([2, 1]),
         torch.zeros(3, rank, m["d_model"]), torch.zeros(3, m["vocab_size"], rank), torch.tensor([0, 2]),
+        torch.tensor([2, 5]), *cache,
     )
     export_onnx(DecoderGraph(model, scale), dummy, dec_sig, out / "decoder.onnx")
     export_onnx(hypernet, (torch.randn(2, m["d_model"]),), hyp_sig, out / "hypernet.onnx")
@@ -151,7 +187,7 @@ def export_package(out, model, hypernet, static, tokenizer_path, cfg, eos_id, fi
              "embeddings": "embeddings.bin", "static_lora_a": "static_lora_a.bin", "static_lora_b": "static_lora_b.bin",
              "equivalence": "equivalence.json", "eval": "eval.json"}
     manifest = {
-        "format": "chameleon-package/1",
+        "format": FORMAT,
         "name": cfg["name"],
         "dims": dims,
         "lora": {"rank": rank, "scale": scale, "adapted": "lm_head"},

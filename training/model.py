@@ -1,7 +1,8 @@
 """GPT-2 style decoder (pre-LN, learned positions, tied embeddings, GELU) with an adaptable LM head.
 
-The same module serves training (no cache, no adapter) and export (KV cache in, KV cache out, per-cluster
-LoRA factors gathered per row), so the exported graph is the trained network and nothing else.
+The same module serves training (no cache, no adapter) and export (a slot KV cache read in place, only the new
+positions' keys and values returned, per-cluster LoRA factors gathered per row), so the exported graph is the
+trained network and nothing else.
 """
 import math
 
@@ -33,6 +34,24 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).reshape(b, t, d)
         return self.dropout(self.proj(y)), k, v
 
+    def forward_slots(self, x, cache_k, cache_v, cache_bias, causal):
+        """Attention over a row's cached positions (read in place, never concatenated) and its new ones.
+
+        cache_k / cache_v [B, H, C, Dh] hold C positions per row, of which cache_bias masks those past the
+        row's own length; the scores of cached and new keys share one softmax.
+        """
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        q, k, v = (z.view(b, t, self.n_head, self.head_dim).transpose(1, 2) for z in (q, k, v))
+        q = q * (1.0 / math.sqrt(self.head_dim))
+        cached = q @ cache_k.transpose(-2, -1) + cache_bias
+        new = q @ k.transpose(-2, -1) + causal
+        p = F.softmax(torch.cat([cached, new], dim=-1), dim=-1)
+        c = cache_k.shape[2]
+        y = p[..., :c] @ cache_v + p[..., c:] @ v
+        y = y.transpose(1, 2).reshape(b, t, d)
+        return self.proj(y), k, v
+
 
 class Block(nn.Module):
     def __init__(self, d_model, n_head, dropout):
@@ -48,6 +67,12 @@ class Block(nn.Module):
         a, k, v = self.attn(self.ln1(x), bias, past_k, past_v)
         x = x + a
         x = x + self.dropout(self.out(F.gelu(self.fc(self.ln2(x)))))
+        return x, k, v
+
+    def forward_slots(self, x, cache_k, cache_v, cache_bias, causal):
+        a, k, v = self.attn.forward_slots(self.ln1(x), cache_k, cache_v, cache_bias, causal)
+        x = x + a
+        x = x + self.out(F.gelu(self.fc(self.ln2(x))))
         return x, k, v
 
 
@@ -85,33 +110,32 @@ class GPT(nn.Module):
     def forward(self, input_ids):
         return self.hidden(input_ids) @ self.wte.weight.T
 
-    def forward_cached(self, input_ids, position_ids, attention_mask, past_keys, past_values, lora_a, lora_b, cluster_index, lora_scale):
-        """One decoder step over a padded batch: the graph that `decoder.onnx` holds.
+    def forward_slots(self, input_ids, position_ids, past_length, caches, lora_a, lora_b, cluster_index, logits_index, lora_scale):
+        """One decoder run over rows that each own a cache slot: the graph that `decoder.onnx` holds.
 
-        attention_mask covers past and current positions ([B, P+T], 1 = real token). Each row's LM head gets
-        its own cluster's factors: logits = h Wᵀ + scale · B_k (A_k h).
+        Rows are right-padded: row b has past_length[b] cached positions and its new tokens start at the
+        left of input_ids (padding after them is never attended by a real token, by causality). caches holds
+        (keys, values) per layer, [B, H, C, Dh]. Only the positions named by logits_index (flat indices into
+        [B * T]) get logits, each with its row's cluster factors: logits = h Wᵀ + scale · B_k (A_k h).
+        Returns logits [N, V] and the new positions' keys and values [L, B, H, T, Dh].
         """
-        t = input_ids.shape[1]
-        total = attention_mask.shape[1]
-        past = total - t
-        key_pos = torch.arange(total).view(1, 1, total)
-        query_pos = (torch.arange(t) + past).view(1, t, 1)
-        allowed = (key_pos <= query_pos) & (attention_mask.view(-1, 1, total) > 0)
-        bias = torch.where(allowed, torch.zeros(()), torch.full((), MASKED)).unsqueeze(1)
+        b, t = input_ids.shape
+        c = caches[0][0].shape[2]
+        cache_bias = torch.where(torch.arange(c).view(1, c) < past_length.view(-1, 1), torch.zeros(()), torch.full((), MASKED))
+        cache_bias = cache_bias.view(b, 1, 1, c)
+        causal = torch.full((t, t), MASKED).triu(1).view(1, 1, t, t)
         x = self.wte(input_ids) + self.wpe(position_ids)
         keys, values = [], []
-        for i, block in enumerate(self.blocks):
-            x, k, v = block(x, bias, past_keys[i], past_values[i])
+        for block, (cache_k, cache_v) in zip(self.blocks, caches):
+            x, k, v = block.forward_slots(x, cache_k, cache_v, cache_bias, causal)
             keys.append(k)
             values.append(v)
-        h = self.ln_f(x)
-        logits = h @ self.wte.weight.T + lora_scale * lora_delta(h, lora_a[cluster_index], lora_b[cluster_index])
+        h = self.ln_f(x).reshape(b * t, -1)[logits_index]
+        k_index = cluster_index[torch.div(logits_index, t, rounding_mode="floor")]
+        a, bb = lora_a[k_index], lora_b[k_index]
+        delta = torch.einsum("nr,nvr->nv", torch.einsum("nd,nrd->nr", h, a), bb)
+        logits = h @ self.wte.weight.T + lora_scale * delta
         return logits, torch.stack(keys), torch.stack(values)
-
-
-def lora_delta(h, a, b):
-    """B (A h) for rows whose factors are a [B, r, d] and b [B, V, r]."""
-    return torch.einsum("btr,bvr->btv", torch.einsum("btd,brd->btr", h, a), b)
 
 
 class HyperNetwork(nn.Module):

@@ -31,10 +31,14 @@ export interface PromptInput {
 
 export interface BatchInfo {
   batchId: number;
+  /** Prompts this request was clustered with (batch mode: the window and its context pool), else the window's prompts. */
   batchSize: number;
+  /** Clusters among them (0 when the mode clusters nothing). */
   clusters: number;
   /** Cluster of each prompt (choice) of this request. */
   clusterIndices: number[];
+  /** Members of the cluster whose mean formed each prompt's context (1 for request mode, 0 for none / static). */
+  clusterSizes: number[];
   mode: AdaptationMode;
 }
 

@@ -1,20 +1,22 @@
 /**
  * The pipeline:
  *
- *   queue -> window batcher -> features -> k-means -> adapter slots -> engine (hypernetwork once per batch,
- *   a prefill, then decode steps with the KV cache, one decoder run for every live row) -> per-row events
- *   routed back to each request.
+ *   queue -> window batcher -> features -> k-means over the window and the recent batch prompts (context pool)
+ *   -> adapter slots -> engine (hypernetwork once per window, chunked prefill, then decode steps over a slot KV
+ *   cache, one decoder run for every running row) -> per-row events routed back to each request.
  *
- * A batch (one window) is sent to the engine as soon as it closes, while earlier batches are still decoding:
- * its rows join the running decode at the next step, as long as at most MAX_BATCH_SIZE rows are in flight.
- * Each stage is its own module; this file only wires them and owns the per-batch bookkeeping.
+ * The scheduler owns waiting and running work: it admits requests into the bounded queue, closes windows,
+ * and sends a window to the engine as soon as it closes while at most MAX_BATCH_SIZE prompts are in flight;
+ * its rows then join the running decode. Each stage is its own module; this file wires them and owns the
+ * per-window bookkeeping.
  */
 import { randomInt } from 'node:crypto';
 import { clusterContexts, clusterFeatures } from '../adaptation/clustering.js';
+import { ContextPool } from '../adaptation/context-pool.js';
 import type { FeatureExtractor } from '../adaptation/features.js';
 import { planSlots } from '../adaptation/slots.js';
-import type { BatchJob, BatchSink } from '../engine/client.js';
-import type { BatchStats, RowEvent, RowSpec } from '../engine/protocol.js';
+import type { BatchSink } from '../engine/client.js';
+import type { BatchStats, Job, RowEvent, RowSpec } from '../engine/protocol.js';
 import { ServiceError } from '../errors.js';
 import type { Metrics } from '../observability/metrics.js';
 import { WindowBatcher } from './batcher.js';
@@ -23,7 +25,7 @@ import { BoundedQueue } from './queue.js';
 
 /** What the scheduler needs from the engine (EngineClient, or a fake in tests). */
 export interface Engine {
-  run(job: BatchJob, sink: BatchSink): Promise<BatchStats>;
+  run(job: Job, sink: BatchSink): Promise<BatchStats>;
   cancel(batchId: number, rows: number[]): void;
 }
 
@@ -33,6 +35,8 @@ export interface SchedulerOptions {
   targetClusterSize: number;
   maxClusters: number;
   queueSize: number;
+  /** How long an admitted batch prompt stays in the context pool of later windows, ms. */
+  contextWindowMs: number;
   kmeansSeed: number;
   requestTimeoutMs: number;
   retryAfterSeconds: number;
@@ -51,6 +55,7 @@ interface Row {
 export class Scheduler {
   private readonly queue: BoundedQueue<Completion>;
   private readonly batcher: WindowBatcher<Completion>;
+  private readonly pool: ContextPool;
   private loop: Promise<void> | null = null;
   private nextBatchId = 1;
   private inFlightRows = 0;
@@ -68,6 +73,7 @@ export class Scheduler {
   ) {
     this.queue = new BoundedQueue(options.queueSize, options.retryAfterSeconds);
     this.batcher = new WindowBatcher(this.queue, options);
+    this.pool = new ContextPool({ capacity: options.maxBatchSize, windowMs: options.contextWindowMs });
     metrics.watchQueue(() => this.queue.rows);
   }
 
@@ -163,19 +169,31 @@ export class Scheduler {
     const dim = this.features.dim;
 
     let t = performance.now();
-    const features = rows.map((r) => this.features.feature(r.completion.prompts[r.choice].ids));
+    const modes = rows.map((r) => r.completion.params.mode);
+    const features = rows.map((r, i) => (modes[i] === 'batch' || modes[i] === 'request' ? this.features.feature(r.completion.prompts[r.choice].ids) : new Float32Array(dim)));
     this.metrics.adaptationSeconds.observe({ stage: 'features' }, (performance.now() - t) / 1000);
     t = performance.now();
-    const clustering = clusterFeatures(features, {
+    // Batch rows are clustered with the recent batch prompts; the other modes take no part in any context.
+    const batchRows = rows.flatMap((_, i) => (modes[i] === 'batch' ? [i] : []));
+    const now = performance.now();
+    const neighbours = batchRows.length > 0 ? this.pool.recent(now, this.options.maxBatchSize - batchRows.length) : [];
+    const points = [...neighbours, ...batchRows.map((i) => features[i])];
+    const clustering = clusterFeatures(points, {
       targetClusterSize: this.options.targetClusterSize,
       maxClusters: this.options.maxClusters,
       seed: (this.options.kmeansSeed + batchId) % 2 ** 31,
     });
-    const contexts = clusterContexts(features, clustering, dim);
-    const plan = planSlots(rows.map((r, i) => ({ mode: r.completion.params.mode, feature: features[i], cluster: clustering.assignments[i] })), contexts, dim);
+    const contexts = clusterContexts(points, clustering, dim);
+    const memberCount = new Array<number>(clustering.k).fill(0);
+    for (const c of clustering.assignments) memberCount[c]++;
+    this.pool.add(batchRows.map((i) => features[i]), now);
+    const rowCluster = new Array<number>(rows.length).fill(-1);
+    batchRows.forEach((i, j) => { rowCluster[i] = clustering.assignments[neighbours.length + j]; });
+    const plan = planSlots(rows.map((_, i) => ({ mode: modes[i], feature: features[i], cluster: rowCluster[i] })), contexts, dim);
     this.metrics.adaptationSeconds.observe({ stage: 'clustering' }, (performance.now() - t) / 1000);
     this.metrics.batchSize.observe(rows.length);
     this.metrics.clustersPerBatch.observe(clustering.k);
+    if (batchRows.length > 0) this.metrics.clusteredWith.observe(points.length);
     this.inFlightRows += rows.length;
     this.metrics.inFlight.set(this.inFlightRows);
     let released = 0;
@@ -186,14 +204,16 @@ export class Scheduler {
       const indices = rows.flatMap((r, i) => r.completion === completion ? [i] : []);
       remaining.set(completion, indices.length);
       this.placed.get(completion)?.(batchId, indices);
+      const mode = completion.params.mode;
       completion.emit({
         type: 'batched',
         batch: {
           batchId,
-          batchSize: rows.length,
-          clusters: clustering.k,
-          clusterIndices: indices.map((i) => clustering.assignments[i]),
-          mode: completion.params.mode,
+          batchSize: mode === 'batch' ? points.length : rows.length,
+          clusters: mode === 'batch' ? clustering.k : 0,
+          clusterIndices: indices.map((i) => Math.max(rowCluster[i], 0)),
+          clusterSizes: indices.map((i) => (mode === 'batch' ? memberCount[rowCluster[i]] : mode === 'request' ? 1 : 0)),
+          mode,
         },
       });
     }

@@ -5,7 +5,7 @@
 import { Worker } from 'node:worker_threads';
 import type { Device } from '../config.js';
 import { EngineError, ModelPackageError } from '../errors.js';
-import type { BatchStats, FromWorker, GenerateMessage, RowEvent, RowSpec, ToWorker, TokenLogprob } from './protocol.js';
+import type { BatchStats, FromWorker, GenerateMessage, Job, RowEvent, ToWorker, TokenLogprob } from './protocol.js';
 
 export interface EngineLogger {
   warn(obj: object, msg: string): void;
@@ -19,14 +19,11 @@ export interface EngineOptions {
   threads: number;
   /** ONNX Runtime threads spin while idle (default off). */
   spinning?: boolean;
+  /** KV-cache slots: the most rows in flight. */
+  slots: number;
+  /** Most new tokens in one prefill run. */
+  prefillChunkTokens: number;
   logger: EngineLogger;
-}
-
-export interface BatchJob {
-  batchId: number;
-  rows: RowSpec[];
-  contexts: Float32Array;
-  contextCount: number;
 }
 
 /** Receives one batch's events, in order. */
@@ -37,8 +34,8 @@ export interface BatchSink {
   onEvents(events: RowEvent[]): void;
 }
 
-/** Called once per decoder run (prefill of one batch, or a decode step over every live row). */
-export type ForwardListener = (phase: 'prefill' | 'decode', ms: number, rows: number) => void;
+/** Called once per decoder run (a prefill chunk, or a decode step over every running row). */
+export type ForwardListener = (phase: 'prefill' | 'decode', ms: number, rows: number, tokens: number) => void;
 
 interface Pending {
   sink: BatchSink;
@@ -110,7 +107,10 @@ export class EngineClient {
       worker.on('message', onMessage);
       worker.on('error', onError);
       worker.on('exit', onExit);
-      const init: ToWorker = { type: 'init', modelDir: options.modelDir, device: options.device, threads: options.threads, spinning: options.spinning ?? false };
+      const init: ToWorker = {
+        type: 'init', modelDir: options.modelDir, device: options.device, threads: options.threads, spinning: options.spinning ?? false,
+        slots: options.slots, prefillChunkTokens: options.prefillChunkTokens,
+      };
       worker.postMessage(init);
     });
   }
@@ -132,7 +132,7 @@ export class EngineClient {
    * Sends one batch; its rows join the running decode at the next step (batches run concurrently, up to what
    * the caller admits). Resolves with its stats once every row has finished.
    */
-  run(job: BatchJob, sink: BatchSink): Promise<BatchStats> {
+  run(job: Job, sink: BatchSink): Promise<BatchStats> {
     if (this.failure !== null) return Promise.reject(this.failure);
     if (this.closing) return Promise.reject(new EngineError('inference engine is closed'));
     return new Promise((resolve, reject) => {
@@ -175,7 +175,7 @@ export class EngineClient {
         this.pending.get(message.batchId)?.sink.onEvents(message.events);
         return;
       case 'forward':
-        for (const listener of this.forwardListeners) listener(message.phase, message.forwardMs, message.rows);
+        for (const listener of this.forwardListeners) listener(message.phase, message.forwardMs, message.rows, message.tokens);
         return;
       case 'batch-done': {
         const pending = this.pending.get(message.batchId);

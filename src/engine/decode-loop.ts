@@ -1,27 +1,26 @@
 /**
- * The generation loop inside the worker, with iteration-level (continuous) batching.
+ * The generation loop inside the worker: continuous batching over a slot KV cache.
  *
- * Each batch (one batcher window) arrives as a job: one hypernetwork run turns its cluster contexts into LoRA
- * factors, and a prefill over its left-padded prompts gives each row its first token. Its rows then join the
- * running set: every decode step is ONE decoder run over all live rows of all windows, each row reading its own
- * adapter slot (cluster_index) in the stacked factors
+ * Each job (one batch window) brings its rows and one hypernetwork run for its cluster contexts. Every row then
+ * owns a cache slot (kv-slots.ts) for its whole life:
  *
- *   [ zero | static | window 1's hypernetwork slots | window 2's ... ]
+ *   slots [0, running)                  rows that decode: ONE decoder run per step serves them all
+ *   slots [prefillStart, ...)           rows whose prompt is being prefilled, first come first served
  *
- * Joining pads the shorter KV cache on the left (and masks it); rows that finish leave the cache at once and the
- * common left padding is trimmed. A window whose rows have all finished resolves its job with its stats.
+ * A loop turn is one decode step for the running rows, then one prefill chunk of at most `prefillChunkTokens`
+ * (rows × padded width) for the rows at the front of the prefill queue, so a long prompt never stalls the
+ * running streams for more than one chunk (vLLM's chunked prefill). A prefill run asks for logits only where
+ * they are used: a row's last prompt position, or every position when prompt logprobs are wanted. A row whose
+ * prefill completes joins the running stretch; a row that finishes hands its slot to the last running row, so
+ * each join or leave copies at most one slot and no step copies the cache.
  *
- * The ONNX Runtime details sit behind `Runtime` (runtime.ts), so this file is plain TypeScript.
+ * Each row reads its own adapter in the stacked factors [ zero | static | window 1's hypernetwork outputs | ... ].
+ * ONNX Runtime sits behind `Runtime` (runtime.ts), so this file is plain TypeScript.
  */
-import type { BatchStats, FinishReason, RowEvent, RowSpec, TokenLogprob } from './protocol.js';
+import type { BatchStats, FinishReason, Job, RowEvent, RowSpec, TokenLogprob } from './protocol.js';
 import { Random, SamplingScratch, sampleToken, tokenLogprobs } from './sampling.js';
 import { TextTracker } from './stopping.js';
 
-/** Opaque to this file: the runtime's KV cache ([layers, batch, heads, length, head_dim]) and adapter stack. */
-export interface KvCache {
-  readonly batch: number;
-  readonly length: number;
-}
 export interface AdapterStack {
   readonly slots: number;
 }
@@ -30,47 +29,44 @@ export interface AdapterPart {
   readonly count: number;
 }
 
+/** One decoder run over the cache slots [firstSlot, firstSlot + batch): row b owns slot firstSlot + b. */
 export interface StepFeeds {
+  firstSlot: number;
   batch: number;
+  /** Padded width of the new tokens (rows are right-padded). */
   seq: number;
+  /** [batch, seq] */
   inputIds: BigInt64Array;
+  /** [batch, seq] */
   positionIds: BigInt64Array;
-  attentionMask: BigInt64Array;
+  /** Positions already cached per row; its new tokens are written after them. */
+  pastLength: number[];
+  /** Real (unpadded) new tokens per row. */
+  newTokens: number[];
+  /** Adapter of each row in the stack. */
   clusterIndex: BigInt64Array;
-  past: KvCache | null;
-}
-
-export interface StepResult {
-  /** [batch, seq, vocab] */
-  logits: Float32Array;
-  kv: KvCache;
+  /** Flat positions (b * seq + t) whose logits are wanted, in this order. */
+  logitsIndex: number[];
 }
 
 export interface Runtime {
   readonly vocabSize: number;
+  /** Cache slots: the most rows that can be prefilled or decoded at once. */
+  readonly slotCount: number;
   /** One hypernetwork run: LoRA factors for `count` contexts ([count, d_model] row-major). */
   hypernet(contexts: Float32Array, count: number): Promise<AdapterPart>;
   /** [zero, static, ...parts] stacked along the clusters axis. */
   stack(parts: readonly AdapterPart[]): AdapterStack;
-  step(feeds: StepFeeds, adapters: AdapterStack): Promise<StepResult>;
-  /** The given batch rows, in that order, without the first `trim` slots of the time axis. */
-  selectRows(kv: KvCache, rows: readonly number[], trim: number): KvCache;
-  /** Rows of `a` then rows of `b`, the shorter cache left-padded to the longer one's length. */
-  concat(a: KvCache, b: KvCache): KvCache;
+  /** Runs the decoder, writes each row's new keys and values into its slot; logits [logitsIndex.length, V]. */
+  step(feeds: StepFeeds, adapters: AdapterStack): Promise<Float32Array>;
+  /** A row changes slots: its first `length` cached positions move with it. */
+  moveSlot(from: number, to: number, length: number): void;
 }
 
 export interface TextCodec {
   readonly eosId: number;
   decode(ids: readonly number[]): string;
   piece(id: number): string;
-}
-
-export interface Job {
-  batchId: number;
-  rows: RowSpec[];
-  /** Hypernetwork inputs, [contextCount, d_model]; row slot 2 + i reads context i. */
-  contexts: Float32Array;
-  contextCount: number;
 }
 
 export interface JobHooks {
@@ -81,14 +77,24 @@ export interface JobHooks {
   isCancelled(row: number): boolean;
 }
 
-/** Called once per decoder run, with the rows it served. */
-export type ForwardListener = (phase: 'prefill' | 'decode', ms: number, rows: number) => void;
+/** Called once per decoder run, with the rows and new tokens it served. */
+export type ForwardListener = (phase: 'prefill' | 'decode', ms: number, rows: number, tokens: number) => void;
+
+export interface LoopOptions {
+  /** Most new tokens (rows × padded width) in one prefill run. */
+  prefillChunkTokens?: number;
+  onForward?: ForwardListener;
+  now?: () => number;
+  yieldToEvents?: () => Promise<void>;
+}
+
+export const DEFAULT_PREFILL_CHUNK_TOKENS = 128;
 
 interface Window {
   job: Job;
   hooks: JobHooks;
   part: AdapterPart | null;
-  /** Global slot of this window's first hypernetwork slot in the current stack. */
+  /** Stack index of this window's first hypernetwork adapter. */
   base: number;
   live: number;
   stats: BatchStats;
@@ -100,50 +106,64 @@ interface Row {
   window: Window;
   row: number;
   spec: RowSpec;
-  /** Left padding of this row in the current cache. */
-  pad: number;
-  /** Real tokens in the cache (the next token's position). */
+  slot: number;
+  /** Positions in the cache: prompt tokens prefilled so far, then generated tokens fed back. */
   length: number;
   lastToken: number;
   generated: number;
   rng: Random;
   text: TextTracker;
+  promptLogprobs: TokenLogprob[];
   done: boolean;
+}
+
+interface Pending {
+  job: Job;
+  hooks: JobHooks;
+  resolve: (stats: BatchStats) => void;
+  reject: (error: Error) => void;
 }
 
 const PAD_ID = 0n;
 
 export class DecodeLoop {
   private readonly scratch: SamplingScratch;
-  private pending: Array<{ job: Job; hooks: JobHooks; resolve: (s: BatchStats) => void; reject: (e: Error) => void }> = [];
-  private rows: Row[] = [];
+  private readonly prefillChunkTokens: number;
+  private readonly onForward: ForwardListener;
+  private readonly now: () => number;
+  private readonly yieldToEvents: () => Promise<void>;
+  private pending: Pending[] = [];
+  /** Rows with adapters, waiting for a free slot. */
+  private waiting: Row[] = [];
+  /** Rows in prefill, in slots prefillStart, prefillStart + 1, ... */
+  private prefilling: Row[] = [];
+  private prefillStart = 0;
+  /** Decoding rows: running[i] owns slot i. */
+  private running: Row[] = [];
   private windows: Window[] = [];
-  private kv: KvCache | null = null;
   private stack: AdapterStack;
-  private running: Promise<void> | null = null;
+  private pumping: Promise<void> | null = null;
 
-  constructor(
-    private readonly runtime: Runtime,
-    private readonly codec: TextCodec,
-    private readonly onForward: ForwardListener = () => {},
-    private readonly now: () => number = () => performance.now(),
-    private readonly yieldToEvents: () => Promise<void> = () => new Promise((resolve) => setImmediate(resolve)),
-  ) {
+  constructor(private readonly runtime: Runtime, private readonly codec: TextCodec, options: LoopOptions = {}) {
     this.scratch = new SamplingScratch(runtime.vocabSize);
     this.stack = runtime.stack([]);
+    this.prefillChunkTokens = options.prefillChunkTokens ?? DEFAULT_PREFILL_CHUNK_TOKENS;
+    this.onForward = options.onForward ?? (() => {});
+    this.now = options.now ?? (() => performance.now());
+    this.yieldToEvents = options.yieldToEvents ?? (() => new Promise((resolve) => setImmediate(resolve)));
   }
 
   /** Resolves when no job is left (pending or running). */
   async drained(): Promise<void> {
-    while (this.running !== null) await this.running;
+    while (this.pumping !== null) await this.pumping;
   }
 
-  /** Adds a job; its rows join the running decode at the next step. Resolves when all its rows have finished. */
+  /** Adds a job; its rows are prefilled and join the running decode. Resolves when all its rows have finished. */
   submit(job: Job, hooks: JobHooks): Promise<BatchStats> {
     return new Promise((resolve, reject) => {
       this.pending.push({ job, hooks, resolve, reject });
-      this.running ??= this.pump().finally(() => {
-        this.running = null;
+      this.pumping ??= this.pump().finally(() => {
+        this.pumping = null;
       });
     });
   }
@@ -151,12 +171,14 @@ export class DecodeLoop {
   private async pump(): Promise<void> {
     for (;;) {
       while (this.pending.length > 0) await this.admit(this.pending.shift()!);
-      if (this.rows.length === 0) {
+      this.placeWaiting();
+      if (this.running.length === 0 && this.prefilling.length === 0) {
         if (this.pending.length === 0) return;
         continue;
       }
       try {
-        await this.decodeStep();
+        if (this.running.length > 0) await this.decodeStep();
+        if (this.prefilling.length > 0) await this.prefillChunk();
       } catch (error) {
         this.failAll(error as Error);
       }
@@ -164,109 +186,173 @@ export class DecodeLoop {
     }
   }
 
-  /** Adapters and prefill for one job; its live rows then join the running set. */
-  private async admit(entry: DecodeLoop['pending'][number]): Promise<void> {
+  /** The job's hypernetwork run; its rows then wait for slots. */
+  private async admit(entry: Pending): Promise<void> {
     const { job, hooks } = entry;
     const stats: BatchStats = { batchId: job.batchId, rows: job.rows.length, hypernetMs: 0, prefillMs: 0, decodeSteps: 0, decodeMs: 0, tokens: 0 };
-    const window: Window = { job, hooks, part: null, base: 0, live: 0, stats, resolve: entry.resolve, reject: entry.reject };
+    const window: Window = { job, hooks, part: null, base: 0, live: job.rows.length, stats, resolve: entry.resolve, reject: entry.reject };
     try {
-      let t = this.now();
+      const t = this.now();
       if (job.contextCount > 0) window.part = await this.runtime.hypernet(job.contexts, job.contextCount);
       stats.hypernetMs = this.now() - t;
       hooks.onAdapted(stats.hypernetMs);
-
-      const B = job.rows.length;
-      const T = Math.max(...job.rows.map((r) => r.promptIds.length));
-      const rows: Row[] = job.rows.map((spec, row) => ({
-        window,
-        row,
-        spec,
-        pad: T - spec.promptIds.length,
-        length: spec.promptIds.length,
-        lastToken: spec.promptIds[spec.promptIds.length - 1],
-        generated: 0,
-        rng: new Random(spec.seed),
-        text: new TextTracker((ids) => this.codec.decode(ids), spec.stop),
-        done: false,
-      }));
-      const inputIds = new BigInt64Array(B * T).fill(PAD_ID);
-      const positionIds = new BigInt64Array(B * T);
-      const attentionMask = new BigInt64Array(B * T);
-      for (const r of rows) {
-        const base = r.row * T + r.pad;
-        r.spec.promptIds.forEach((id, j) => {
-          inputIds[base + j] = BigInt(id);
-          positionIds[base + j] = BigInt(j);
-          attentionMask[base + j] = 1n;
-        });
-      }
-      const clusterIndex = BigInt64Array.from(rows, (r) => BigInt(r.spec.slot));
-      t = this.now();
-      const result = await this.runtime.step(
-        { batch: B, seq: T, inputIds, positionIds, attentionMask, clusterIndex, past: null },
-        this.runtime.stack(window.part ? [window.part] : []),
-      );
-      stats.prefillMs = this.now() - t;
-      this.onForward('prefill', stats.prefillMs, B);
-
-      for (const r of rows) if (r.spec.promptLogprobs) hooks.onPrompt(r.row, this.promptLogprobs(r, result.logits, T));
-      const events: RowEvent[] = [];
-      for (const r of rows) {
-        if (hooks.isCancelled(r.row)) this.finish(r, 'cancelled', events);
-        else if (r.spec.maxTokens === 0) this.finish(r, 'length', events);
-        else this.advance(r, result.logits, (r.row * T + T - 1) * this.runtime.vocabSize, events);
-      }
-      hooks.onEvents(events);
-
-      const kept = rows.filter((r) => !r.done);
-      window.live = kept.length;
-      if (kept.length === 0) {
-        entry.resolve(stats);
-        return;
-      }
-      let kv = result.kv;
-      const trim = Math.min(...kept.map((r) => r.pad));
-      if (kept.length < B || trim > 0) {
-        kv = this.runtime.selectRows(kv, kept.map((r) => r.row), trim);
-        for (const r of kept) r.pad -= trim;
-      }
-      if (this.kv === null) {
-        this.kv = kv;
-      } else {
-        const length = Math.max(this.kv.length, kv.length);
-        for (const r of this.rows) r.pad += length - this.kv.length;
-        for (const r of kept) r.pad += length - kv.length;
-        this.kv = this.runtime.concat(this.kv, kv);
-      }
-      this.rows.push(...kept);
-      this.windows.push(window);
-      this.restack();
     } catch (error) {
       entry.reject(error as Error);
+      return;
+    }
+    if (job.rows.length === 0) {
+      entry.resolve(stats);
+      return;
+    }
+    this.windows.push(window);
+    this.restack();
+    for (const [row, spec] of job.rows.entries()) {
+      this.waiting.push({
+        window, row, spec, slot: -1, length: 0, lastToken: 0, generated: 0, rng: new Random(spec.seed),
+        text: new TextTracker((ids) => this.codec.decode(ids), spec.stop), promptLogprobs: [], done: false,
+      });
     }
   }
 
-  /** One decoder run for every live row. */
-  private async decodeStep(): Promise<void> {
-    const rows = this.rows;
-    const kv = this.kv!;
-    const b = rows.length;
-    const total = kv.length + 1;
-    const ids = new BigInt64Array(b);
-    const pos = new BigInt64Array(b);
-    const mask = new BigInt64Array(b * total);
-    const slots = new BigInt64Array(b);
-    rows.forEach((r, i) => {
-      ids[i] = BigInt(r.lastToken);
-      pos[i] = BigInt(r.length);
-      mask.fill(1n, i * total + r.pad, (i + 1) * total);
-      slots[i] = BigInt(r.spec.slot < 2 ? r.spec.slot : r.window.base + r.spec.slot - 2);
+  /** Gives free slots to waiting rows, first come first served, at the end of the prefill stretch. */
+  private placeWaiting(): void {
+    while (this.waiting.length > 0 && this.running.length + this.prefilling.length < this.runtime.slotCount) {
+      if (this.prefilling.length === 0) this.prefillStart = this.running.length;
+      if (this.prefillStart + this.prefilling.length >= this.runtime.slotCount) this.compactPrefill();
+      const row = this.waiting.shift()!;
+      row.slot = this.prefillStart + this.prefilling.length;
+      this.prefilling.push(row);
+    }
+  }
+
+  /** Moves the prefill stretch down to just after the running rows (closing the gaps left by rows that finished). */
+  private compactPrefill(): void {
+    this.prefillStart = this.running.length;
+    this.prefilling.forEach((row, i) => this.moveRow(row, this.prefillStart + i));
+  }
+
+  private moveRow(row: Row, slot: number): void {
+    if (slot === row.slot) return;
+    this.runtime.moveSlot(row.slot, slot, row.length);
+    row.slot = slot;
+  }
+
+  private adapterIndex(row: Row): bigint {
+    const slot = row.spec.slot;
+    return BigInt(slot < 2 ? slot : row.window.base + slot - 2);
+  }
+
+  /**
+   * The rows of the next prefill run: from the front of the queue, while rows × width fits the token budget.
+   * Only the last row chosen may stop short of its prompt's end, so prefills complete in queue order.
+   */
+  private chooseChunk(): { rows: Row[]; width: number } {
+    const budget = this.prefillChunkTokens;
+    const rows: Row[] = [];
+    let width = 0;
+    for (const row of this.prefilling) {
+      const remaining = row.spec.promptIds.length - row.length;
+      const grown = Math.max(width, Math.min(remaining, budget));
+      if (rows.length > 0 && (rows.length + 1) * grown > budget) break;
+      rows.push(row);
+      width = grown;
+      if (remaining > width) break;
+    }
+    return { rows, width };
+  }
+
+  /** One prefill run over the front of the prefill queue. */
+  private async prefillChunk(): Promise<void> {
+    const { rows, width } = this.chooseChunk();
+    const B = rows.length;
+    const inputIds = new BigInt64Array(B * width).fill(PAD_ID);
+    const positionIds = new BigInt64Array(B * width);
+    const newTokens: number[] = [];
+    const logitsIndex: number[] = [];
+    /** Per row: where its logits start in the output, and whether its prompt ends in this run. */
+    const plan: Array<{ first: number; count: number; completes: boolean }> = [];
+    rows.forEach((row, b) => {
+      const ids = row.spec.promptIds;
+      const n = Math.min(ids.length - row.length, width);
+      for (let j = 0; j < n; j++) {
+        inputIds[b * width + j] = BigInt(ids[row.length + j]);
+        positionIds[b * width + j] = BigInt(row.length + j);
+      }
+      newTokens.push(n);
+      const completes = row.length + n === ids.length;
+      const first = logitsIndex.length;
+      if (row.spec.promptLogprobs) for (let j = 0; j < n; j++) logitsIndex.push(b * width + j);
+      else if (completes) logitsIndex.push(b * width + n - 1);
+      plan.push({ first, count: logitsIndex.length - first, completes });
     });
     const t = this.now();
-    const result = await this.runtime.step({ batch: b, seq: 1, inputIds: ids, positionIds: pos, attentionMask: mask, clusterIndex: slots, past: kv }, this.stack);
+    const logits = await this.runtime.step({
+      firstSlot: rows[0].slot, batch: B, seq: width, inputIds, positionIds, pastLength: rows.map((r) => r.length), newTokens,
+      clusterIndex: BigInt64Array.from(rows, (r) => this.adapterIndex(r)), logitsIndex,
+    }, this.stack);
     const ms = this.now() - t;
-    this.onForward('decode', ms, b);
-    this.kv = result.kv;
+    this.onForward('prefill', ms, B, newTokens.reduce((a, b) => a + b, 0));
+
+    const V = this.runtime.vocabSize;
+    const events = new Map<Window, RowEvent[]>();
+    const completed: Row[] = [];
+    rows.forEach((row, b) => {
+      const { first, count, completes } = plan[b];
+      row.window.stats.prefillMs += ms / B;
+      if (row.spec.promptLogprobs) this.collectPromptLogprobs(row, logits, first, newTokens[b]);
+      row.length += newTokens[b];
+      if (!completes) return;
+      completed.push(row);
+      const out = events.get(row.window) ?? [];
+      events.set(row.window, out);
+      if (row.spec.promptLogprobs) row.window.hooks.onPrompt(row.row, row.promptLogprobs);
+      if (row.window.hooks.isCancelled(row.row)) this.finish(row, 'cancelled', out);
+      else if (row.spec.maxTokens === 0) this.finish(row, 'length', out);
+      else this.advance(row, logits, (first + count - 1) * V, out);
+    });
+    for (const row of completed) {
+      this.prefilling.shift();
+      if (!row.done) {
+        this.moveRow(row, this.running.length);
+        this.running.push(row);
+      }
+    }
+    this.prefillStart = this.prefilling.length > 0 ? this.prefilling[0].slot : this.running.length;
+    for (const [w, list] of events) w.hooks.onEvents(list);
+    this.retire(completed.filter((r) => r.done));
+  }
+
+  /** Prompt logprobs from a prefill run's logits: the logits at position j score the prompt token j + 1. */
+  private collectPromptLogprobs(row: Row, logits: Float32Array, first: number, n: number): void {
+    const V = this.runtime.vocabSize;
+    const ids = row.spec.promptIds;
+    const lowest = row.spec.bosAdded ? 1 : 0;
+    if (row.length === 0 && lowest === 0) row.promptLogprobs.push({ token: this.codec.piece(ids[0]), logprob: null, top: null });
+    for (let j = 0; j < n; j++) {
+      const next = row.length + j + 1;
+      if (next >= ids.length || next < lowest) continue;
+      const lp = tokenLogprobs(logits, (first + j) * V, V, ids[next], row.spec.logprobs ?? 0);
+      row.promptLogprobs.push({ token: this.codec.piece(ids[next]), logprob: lp.logprob, top: lp.top.map(([id, v]) => [this.codec.piece(id), v]) });
+    }
+  }
+
+  /** One decoder run for every running row. */
+  private async decodeStep(): Promise<void> {
+    const rows = this.running;
+    const B = rows.length;
+    const inputIds = new BigInt64Array(B);
+    const positionIds = new BigInt64Array(B);
+    rows.forEach((r, i) => {
+      inputIds[i] = BigInt(r.lastToken);
+      positionIds[i] = BigInt(r.length);
+    });
+    const t = this.now();
+    const logits = await this.runtime.step({
+      firstSlot: 0, batch: B, seq: 1, inputIds, positionIds, pastLength: rows.map((r) => r.length), newTokens: rows.map(() => 1),
+      clusterIndex: BigInt64Array.from(rows, (r) => this.adapterIndex(r)), logitsIndex: rows.map((_, i) => i),
+    }, this.stack);
+    const ms = this.now() - t;
+    this.onForward('decode', ms, B, B);
 
     const events = new Map<Window, RowEvent[]>();
     rows.forEach((r, i) => {
@@ -274,34 +360,39 @@ export class DecodeLoop {
       const out = events.get(r.window) ?? [];
       events.set(r.window, out);
       if (r.window.hooks.isCancelled(r.row)) this.finish(r, 'cancelled', out);
-      else this.advance(r, result.logits, i * this.runtime.vocabSize, out);
+      else this.advance(r, logits, i * this.runtime.vocabSize, out);
     });
-    for (const w of this.windows) {
+    for (const w of new Set(rows.map((r) => r.window))) {
       w.stats.decodeSteps++;
       w.stats.decodeMs += ms;
     }
     for (const [w, list] of events) w.hooks.onEvents(list);
 
-    const kept = rows.filter((r) => !r.done);
-    if (kept.length === rows.length) return;
-    for (const r of rows) if (r.done) r.window.live--;
-    if (kept.length === 0) {
-      this.kv = null;
-    } else {
-      const trim = Math.min(...kept.map((r) => r.pad));
-      this.kv = this.runtime.selectRows(this.kv, kept.map((r) => rows.indexOf(r)), trim);
-      for (const r of kept) r.pad -= trim;
+    const done = rows.filter((r) => r.done);
+    // Highest slots first: each leaving row's slot goes to the last running row, which is then never a leaver.
+    for (const row of done.sort((a, b) => b.slot - a.slot)) {
+      const last = this.running.pop()!;
+      if (last !== row) {
+        const slot = row.slot;
+        this.moveRow(last, slot);
+        this.running[slot] = last;
+      }
     }
-    this.rows = kept;
-    const finished = this.windows.filter((w) => w.live === 0);
-    if (finished.length > 0) {
-      this.windows = this.windows.filter((w) => w.live > 0);
-      this.restack();
-      for (const w of finished) w.resolve(w.stats);
-    }
+    this.retire(done);
   }
 
-  /** Rebuilds the adapter stack for the windows with live rows, and their slot offsets. */
+  /** Counts finished rows against their windows; windows with no live row resolve and leave the stack. */
+  private retire(rows: readonly Row[]): void {
+    if (rows.length === 0) return;
+    for (const r of rows) r.window.live--;
+    const finished = this.windows.filter((w) => w.live === 0);
+    if (finished.length === 0) return;
+    this.windows = this.windows.filter((w) => w.live > 0);
+    this.restack();
+    for (const w of finished) w.resolve(w.stats);
+  }
+
+  /** Rebuilds the adapter stack for the windows with live rows, and their offsets in it. */
   private restack(): void {
     let base = 2;
     const parts: AdapterPart[] = [];
@@ -318,8 +409,10 @@ export class DecodeLoop {
   private failAll(error: Error): void {
     const windows = this.windows;
     this.windows = [];
-    this.rows = [];
-    this.kv = null;
+    this.running = [];
+    this.prefilling = [];
+    this.waiting = [];
+    this.prefillStart = 0;
     this.stack = this.runtime.stack([]);
     for (const w of windows) w.reject(error);
   }
@@ -356,23 +449,5 @@ export class DecodeLoop {
       event.finish = 'length';
     }
     out.push(event);
-  }
-
-  /** Logprobs of a row's prompt tokens from the prefill logits (the added BOS is skipped; it has no text). */
-  private promptLogprobs(r: Row, logits: Float32Array, T: number): TokenLogprob[] {
-    const V = this.runtime.vocabSize;
-    const n = r.spec.logprobs ?? 0;
-    const out: TokenLogprob[] = [];
-    const ids = r.spec.promptIds;
-    for (let j = r.spec.bosAdded ? 1 : 0; j < ids.length; j++) {
-      if (j === 0) {
-        out.push({ token: this.codec.piece(ids[j]), logprob: null, top: null });
-        continue;
-      }
-      const offset = (r.row * T + r.pad + j - 1) * V;
-      const lp = tokenLogprobs(logits, offset, V, ids[j], n);
-      out.push({ token: this.codec.piece(ids[j]), logprob: lp.logprob, top: lp.top.map(([id, v]) => [this.codec.piece(id), v]) });
-    }
-    return out;
   }
 }

@@ -34,15 +34,23 @@ export interface InitMessage {
   device: Device;
   threads: number;
   spinning: boolean;
+  /** KV-cache slots: the most rows in flight (MAX_BATCH_SIZE). */
+  slots: number;
+  /** Most new tokens in one prefill run (PREFILL_CHUNK_TOKENS). */
+  prefillChunkTokens: number;
 }
 
-export interface GenerateMessage {
-  type: 'generate';
+/** One batch window as the engine runs it: its rows and the hypernetwork inputs of its clusters. */
+export interface Job {
   batchId: number;
   rows: RowSpec[];
   /** Hypernetwork inputs, [contextCount, d_model] row-major; adapter slot 2 + i is context i. */
   contexts: Float32Array;
   contextCount: number;
+}
+
+export interface GenerateMessage extends Job {
+  type: 'generate';
 }
 
 export interface CancelMessage {
@@ -122,6 +130,8 @@ export interface ForwardMessage {
   phase: 'prefill' | 'decode';
   forwardMs: number;
   rows: number;
+  /** New tokens the run fed (rows in a decode step, prompt tokens in a prefill chunk). */
+  tokens: number;
 }
 
 export interface AdaptedMessage {

@@ -5,13 +5,10 @@
 import * as ort from 'onnxruntime-node';
 import type { Device } from '../config.js';
 import { ModelPackageError } from '../errors.js';
-import { checkSignature, type RuntimeTensorInfo } from '../model/manifest.js';
+import { cacheInputNames, checkSignature, type RuntimeTensorInfo } from '../model/manifest.js';
 import type { ModelPackage } from '../model/package.js';
-import type { AdapterPart, AdapterStack, KvCache, Runtime, StepFeeds, StepResult } from './decode-loop.js';
-
-class OrtKv implements KvCache {
-  constructor(readonly keys: ort.Tensor, readonly values: ort.Tensor, readonly batch: number, readonly length: number) {}
-}
+import type { AdapterPart, AdapterStack, Runtime, StepFeeds } from './decode-loop.js';
+import { KvSlots } from './kv-slots.js';
 
 class OrtAdapters implements AdapterStack {
   constructor(readonly a: ort.Tensor, readonly b: ort.Tensor, readonly slots: number) {}
@@ -26,6 +23,8 @@ export interface RuntimeOptions {
   threads: number;
   /** Intra-op threads spin while idle (off by default: they share the CPU with the event loop). */
   spinning: boolean;
+  /** KV-cache slots (the most rows in flight). */
+  slots: number;
   warn: (message: string) => void;
 }
 
@@ -40,18 +39,28 @@ export class OrtRuntime implements Runtime {
   private readonly staticA: Float32Array;
   private readonly staticB: Float32Array;
   private baseStack: OrtAdapters | null = null;
+  private readonly cache: KvSlots;
+  private readonly cacheNames: string[];
 
   private constructor(
     readonly provider: string,
     private readonly decoder: ort.InferenceSession,
     private readonly hypernetSession: ort.InferenceSession,
     pkg: ModelPackage,
+    slots: number,
   ) {
     this.dims = pkg.dims;
     this.vocabSize = pkg.dims.vocab_size;
     this.rank = pkg.manifest.lora.rank;
     this.staticA = pkg.readTensor('static_lora_a');
     this.staticB = pkg.readTensor('static_lora_b');
+    const { n_layer: layers, n_head: heads, head_dim: headDim, context: capacity } = pkg.dims;
+    this.cache = new KvSlots({ layers, heads, headDim, capacity, slots });
+    this.cacheNames = cacheInputNames(layers);
+  }
+
+  get slotCount(): number {
+    return this.cache.shape.slots;
   }
 
   /** Opens both sessions (CUDA when asked, CPU when CUDA cannot start) and checks them against the manifest. */
@@ -91,7 +100,7 @@ export class OrtRuntime implements Runtime {
       await Promise.allSettled([decoder.release(), hypernet.release()]);
       throw new ModelPackageError(`Model package ${pkg.dir} does not match its manifest: ${problems.join('; ')}`);
     }
-    return new OrtRuntime(provider, decoder, hypernet, pkg);
+    return new OrtRuntime(provider, decoder, hypernet, pkg, options.slots);
   }
 
   async hypernet(contexts: Float32Array, count: number): Promise<AdapterPart> {
@@ -128,77 +137,38 @@ export class OrtRuntime implements Runtime {
     return stack;
   }
 
-  async step(feeds: StepFeeds, adapters: AdapterStack): Promise<StepResult> {
-    const { n_layer: L, n_head: H, head_dim: HD } = this.dims;
+  async step(feeds: StepFeeds, adapters: AdapterStack): Promise<Float32Array> {
+    const { n_layer: L, n_head: H, head_dim: HD, context: C } = this.dims;
+    const { batch: B, seq: T } = feeds;
     const stack = adapters as OrtAdapters;
-    const past = feeds.past as OrtKv | null;
-    const total = (past?.length ?? 0) + feeds.seq;
-    const emptyKv = () => new ort.Tensor('float32', new Float32Array(0), [L, feeds.batch, H, 0, HD]);
-    const out = await this.decoder.run({
-      input_ids: new ort.Tensor('int64', feeds.inputIds, [feeds.batch, feeds.seq]),
-      position_ids: new ort.Tensor('int64', feeds.positionIds, [feeds.batch, feeds.seq]),
-      attention_mask: new ort.Tensor('int64', feeds.attentionMask, [feeds.batch, total]),
-      past_keys: past?.keys ?? emptyKv(),
-      past_values: past?.values ?? emptyKv(),
+    const inputs: Record<string, ort.Tensor> = {
+      input_ids: new ort.Tensor('int64', feeds.inputIds, [B, T]),
+      position_ids: new ort.Tensor('int64', feeds.positionIds, [B, T]),
+      past_length: new ort.Tensor('int64', BigInt64Array.from(feeds.pastLength, BigInt), [B]),
       lora_a: stack.a,
       lora_b: stack.b,
-      cluster_index: new ort.Tensor('int64', feeds.clusterIndex, [feeds.batch]),
+      cluster_index: new ort.Tensor('int64', feeds.clusterIndex, [B]),
+      logits_index: new ort.Tensor('int64', BigInt64Array.from(feeds.logitsIndex, BigInt), [feeds.logitsIndex.length]),
+    };
+    this.cache.view(feeds.firstSlot, B).forEach((view, i) => {
+      inputs[this.cacheNames[i]] = new ort.Tensor('float32', view, [B, H, C, HD]);
     });
-    const logits = out.logits;
-    const want = [feeds.batch, feeds.seq, this.vocabSize];
-    if (logits.dims.length !== 3 || logits.dims.some((d, i) => d !== want[i])) {
-      throw new Error(`decoder.onnx returned logits [${logits.dims.join(', ')}], expected [${want.join(', ')}]`);
-    }
-    const kvDims = out.present_keys.dims;
-    if (kvDims[1] !== feeds.batch || kvDims[3] !== total) {
-      throw new Error(`decoder.onnx returned present_keys [${kvDims.join(', ')}], expected batch ${feeds.batch} and length ${total}`);
-    }
-    return { logits: logits.data as Float32Array, kv: new OrtKv(out.present_keys, out.present_values, feeds.batch, total) };
+    const out = await this.decoder.run(inputs);
+    const expect = (name: string, want: number[]) => {
+      const dims = out[name].dims;
+      if (dims.length !== want.length || dims.some((d, i) => d !== want[i])) {
+        throw new Error(`decoder.onnx returned ${name} [${dims.join(', ')}], expected [${want.join(', ')}]`);
+      }
+    };
+    expect('logits', [feeds.logitsIndex.length, this.vocabSize]);
+    expect('present_keys', [L, B, H, T, HD]);
+    expect('present_values', [L, B, H, T, HD]);
+    this.cache.write(feeds.firstSlot, out.present_keys.data as Float32Array, out.present_values.data as Float32Array, T, feeds.pastLength, feeds.newTokens);
+    return out.logits.data as Float32Array;
   }
 
-  selectRows(kv: KvCache, rows: readonly number[], trim: number): KvCache {
-    const cache = kv as OrtKv;
-    const { n_layer: L, n_head: H, head_dim: HD } = this.dims;
-    const length = cache.length - trim;
-    const pick = (tensor: ort.Tensor) => {
-      const src = tensor.data as Float32Array;
-      const dst = new Float32Array(L * rows.length * H * length * HD);
-      for (let l = 0; l < L; l++) {
-        rows.forEach((r, i) => {
-          for (let h = 0; h < H; h++) {
-            const from = (((l * cache.batch + r) * H + h) * cache.length + trim) * HD;
-            dst.set(src.subarray(from, from + length * HD), (((l * rows.length + i) * H + h) * length) * HD);
-          }
-        });
-      }
-      return new ort.Tensor('float32', dst, [L, rows.length, H, length, HD]);
-    };
-    return new OrtKv(pick(cache.keys), pick(cache.values), rows.length, length);
-  }
-
-  concat(first: KvCache, second: KvCache): KvCache {
-    const x = first as OrtKv;
-    const y = second as OrtKv;
-    const { n_layer: L, n_head: H, head_dim: HD } = this.dims;
-    const length = Math.max(x.length, y.length);
-    const batch = x.batch + y.batch;
-    const join = (tx: ort.Tensor, ty: ort.Tensor) => {
-      const dst = new Float32Array(L * batch * H * length * HD); // left padding stays zero (and masked)
-      for (const [cache, data, offset] of [[x, tx.data, 0], [y, ty.data, x.batch]] as const) {
-        const src = data as Float32Array;
-        const shift = length - cache.length;
-        for (let l = 0; l < L; l++) {
-          for (let r = 0; r < cache.batch; r++) {
-            for (let h = 0; h < H; h++) {
-              const from = ((l * cache.batch + r) * H + h) * cache.length * HD;
-              dst.set(src.subarray(from, from + cache.length * HD), (((l * batch + offset + r) * H + h) * length + shift) * HD);
-            }
-          }
-        }
-      }
-      return new ort.Tensor('float32', dst, [L, batch, H, length, HD]);
-    };
-    return new OrtKv(join(x.keys, y.keys), join(x.values, y.values), batch, length);
+  moveSlot(from: number, to: number, length: number): void {
+    this.cache.move(from, to, length);
   }
 
   async release(): Promise<void> {

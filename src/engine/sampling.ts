@@ -5,6 +5,8 @@
  * - temperature 0: greedy (argmax; ties go to the lower id).
  * - otherwise softmax(logits / temperature), then top_k, then top_p (nucleus), then a draw from the row's own
  *   seeded generator: the same seed, prompt and batch shape give the same tokens.
+ * - top_k / top_p never sort the whole vocabulary: a bounded heap selects the best candidates (most likely first,
+ *   ties to the lower id, the order a full sort gives), widened only while they hold less than top_p of the mass.
  * - log-probabilities are those of the model's raw distribution (log-softmax of the logits, as OpenAI reports).
  */
 
@@ -61,9 +63,11 @@ export interface SamplingParams {
 export class SamplingScratch {
   readonly probs: Float64Array;
   readonly order: Int32Array;
+  readonly heap: Int32Array;
   constructor(readonly vocabSize: number) {
     this.probs = new Float64Array(vocabSize);
     this.order = new Int32Array(vocabSize);
+    this.heap = new Int32Array(vocabSize);
   }
 }
 
@@ -110,31 +114,92 @@ export function sampleToken(
     }
     return argmax(logits, offset, V);
   }
-  for (let i = 0; i < V; i++) order[i] = i;
-  order.sort((x, y) => probs[y] - probs[x] || x - y);
-  let keep = cutK ? params.topK : V;
-  if (cutK) {
-    total = 0;
-    for (let j = 0; j < keep; j++) total += probs[order[j]];
-  }
-  if (cutP) {
-    const target = params.topP * total;
+  let candidates = cutK ? params.topK : Math.min(FIRST_CANDIDATES, V);
+  for (;;) {
+    const n = selectBest(probs, V, candidates, order, scratch.heap);
+    let keep = n;
     let mass = 0;
-    let j = 0;
-    while (j < keep) {
-      mass += probs[order[j]];
-      j++;
-      if (mass >= target) break;
+    if (cutK) {
+      for (let j = 0; j < n; j++) mass += probs[order[j]];
+      total = mass;
+      mass = 0;
     }
-    keep = Math.max(1, j);
-    total = mass;
+    if (cutP) {
+      const target = params.topP * total;
+      let j = 0;
+      while (j < n) {
+        mass += probs[order[j]];
+        j++;
+        if (mass >= target) break;
+      }
+      if (mass < target && !cutK && n < V) {
+        candidates = Math.min(candidates * 4, V);
+        continue;
+      }
+      keep = Math.max(1, j);
+      total = mass;
+    }
+    let r = rng.next() * total;
+    for (let j = 0; j < keep; j++) {
+      r -= probs[order[j]];
+      if (r < 0) return order[j];
+    }
+    return order[keep - 1];
   }
-  let r = rng.next() * total;
-  for (let j = 0; j < keep; j++) {
-    r -= probs[order[j]];
-    if (r < 0) return order[j];
+}
+
+/** Candidates a top_p cut looks at first (widened 4x at a time while they hold too little mass). */
+const FIRST_CANDIDATES = 64;
+
+/** `a` ranks before `b`: more likely, or as likely and a lower id. */
+function before(probs: Float64Array, a: number, b: number): boolean {
+  return probs[a] > probs[b] || (probs[a] === probs[b] && a < b);
+}
+
+/**
+ * The `m` best ids of probs[0..V) into order[0..m), best first, through a heap of the m best so far (its worst
+ * on top): about V comparisons when m is small. Returns m.
+ */
+function selectBest(probs: Float64Array, V: number, m: number, order: Int32Array, heap: Int32Array): number {
+  let size = 0;
+  const siftDown = (at: number) => {
+    for (;;) {
+      const left = 2 * at + 1;
+      if (left >= size) return;
+      const right = left + 1;
+      const worse = right < size && before(probs, heap[left], heap[right]) ? right : left;
+      if (!before(probs, heap[at], heap[worse])) return;
+      const moved = heap[at];
+      heap[at] = heap[worse];
+      heap[worse] = moved;
+      at = worse;
+    }
+  };
+  for (let i = 0; i < V; i++) {
+    if (size < m) {
+      let at = size++;
+      heap[at] = i;
+      while (at > 0) {
+        const parent = (at - 1) >> 1;
+        if (!before(probs, heap[parent], heap[at])) break;
+        const moved = heap[at];
+        heap[at] = heap[parent];
+        heap[parent] = moved;
+        at = parent;
+      }
+    } else if (before(probs, i, heap[0])) {
+      heap[0] = i;
+      siftDown(0);
+    }
   }
-  return order[keep - 1];
+  for (let end = size - 1; end > 0; end--) {
+    order[end] = heap[0];
+    heap[0] = heap[end];
+    size = end;
+    siftDown(0);
+  }
+  if (size > 0) order[0] = heap[0];
+  return m;
 }
 
 /** log(sum(exp(logits))) of one row. */

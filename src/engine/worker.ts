@@ -30,14 +30,18 @@ async function init(message: InitMessage): Promise<void> {
       device: message.device,
       threads: message.threads,
       spinning: message.spinning,
+      slots: message.slots,
       warn: (text) => {
         warnings.push(text);
         post({ type: 'log', level: 'warn', message: text });
       },
     });
     const started = performance.now();
-    await warmUp(new DecodeLoop(runtime, pkg.tokenizer), pkg);
-    loop = new DecodeLoop(runtime, pkg.tokenizer, (phase, forwardMs, rows) => post({ type: 'forward', phase, forwardMs, rows }));
+    await warmUp(new DecodeLoop(runtime, pkg.tokenizer, { prefillChunkTokens: message.prefillChunkTokens }), pkg);
+    loop = new DecodeLoop(runtime, pkg.tokenizer, {
+      prefillChunkTokens: message.prefillChunkTokens,
+      onForward: (phase, forwardMs, rows, tokens) => post({ type: 'forward', phase, forwardMs, rows, tokens }),
+    });
     post({ type: 'ready', provider: runtime.provider, warnings, warmupMs: performance.now() - started });
   } catch (error) {
     const kind = error instanceof ModelPackageError ? 'package' : 'runtime';

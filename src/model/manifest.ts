@@ -10,7 +10,7 @@ import Type, { type Static } from 'typebox';
 import Value from 'typebox/value';
 import { ModelPackageError } from '../errors.js';
 
-export const MANIFEST_FORMAT = 'chameleon-package/1';
+export const MANIFEST_FORMAT = 'chameleon-package/2';
 
 const Dim = Type.Union([Type.Integer({ minimum: 0 }), Type.String({ minLength: 1 })]);
 const TensorSpec = Type.Object({
@@ -63,7 +63,12 @@ export type Dims = Manifest['dims'];
 /** Files the service itself reads (equivalence.json and eval.json are for tests and people). */
 const REQUIRED_FILES = ['decoder', 'hypernet', 'tokenizer', 'embeddings', 'static_lora_a', 'static_lora_b'] as const;
 
-const DECODER_INPUTS = ['input_ids', 'position_ids', 'attention_mask', 'past_keys', 'past_values', 'lora_a', 'lora_b', 'cluster_index'];
+/** Per-layer cache inputs, in the order the runtime hands over its slot buffers. */
+export function cacheInputNames(layers: number): string[] {
+  return Array.from({ length: layers }, (_, l) => [`past_key_${l}`, `past_value_${l}`]).flat();
+}
+
+const DECODER_INPUTS = ['input_ids', 'position_ids', 'past_length', 'lora_a', 'lora_b', 'cluster_index', 'logits_index'];
 const DECODER_OUTPUTS = ['logits', 'present_keys', 'present_values'];
 const HYPERNET_INPUTS = ['context'];
 const HYPERNET_OUTPUTS = ['lora_a', 'lora_b'];
@@ -151,7 +156,7 @@ function checkConsistency(dir: string, m: Manifest): void {
     const missing = names.filter((n) => !got.includes(n));
     if (missing.length > 0) fail(dir, `${where} lacks ${missing.join(', ')} (the contract needs ${names.join(', ')})`);
   };
-  expectNames('decoder.inputs', m.decoder.inputs, DECODER_INPUTS);
+  expectNames('decoder.inputs', m.decoder.inputs, [...DECODER_INPUTS, ...cacheInputNames(L)]);
   expectNames('decoder.outputs', m.decoder.outputs, DECODER_OUTPUTS);
   expectNames('hypernet.inputs', m.hypernet.inputs, HYPERNET_INPUTS);
   expectNames('hypernet.outputs', m.hypernet.outputs, HYPERNET_OUTPUTS);
@@ -160,13 +165,13 @@ function checkConsistency(dir: string, m: Manifest): void {
   const fixed: Array<[string, TensorSignature[], string, Array<number | null>]> = [
     ['decoder.inputs', m.decoder.inputs, 'input_ids', [null, null]],
     ['decoder.inputs', m.decoder.inputs, 'position_ids', [null, null]],
-    ['decoder.inputs', m.decoder.inputs, 'attention_mask', [null, null]],
-    ['decoder.inputs', m.decoder.inputs, 'past_keys', [L, null, H, null, HD]],
-    ['decoder.inputs', m.decoder.inputs, 'past_values', [L, null, H, null, HD]],
+    ['decoder.inputs', m.decoder.inputs, 'past_length', [null]],
+    ...cacheInputNames(L).map((name): [string, TensorSignature[], string, Array<number | null>] => ['decoder.inputs', m.decoder.inputs, name, [null, H, null, HD]]),
     ['decoder.inputs', m.decoder.inputs, 'lora_a', [null, R, D]],
     ['decoder.inputs', m.decoder.inputs, 'lora_b', [null, V, R]],
     ['decoder.inputs', m.decoder.inputs, 'cluster_index', [null]],
-    ['decoder.outputs', m.decoder.outputs, 'logits', [null, null, V]],
+    ['decoder.inputs', m.decoder.inputs, 'logits_index', [null]],
+    ['decoder.outputs', m.decoder.outputs, 'logits', [null, V]],
     ['decoder.outputs', m.decoder.outputs, 'present_keys', [L, null, H, null, HD]],
     ['decoder.outputs', m.decoder.outputs, 'present_values', [L, null, H, null, HD]],
     ['hypernet.inputs', m.hypernet.inputs, 'context', [null, D]],
@@ -183,7 +188,7 @@ function checkConsistency(dir: string, m: Manifest): void {
     }
   }
   const dtypes: Record<string, string> = {
-    input_ids: 'int64', position_ids: 'int64', attention_mask: 'int64', cluster_index: 'int64',
+    input_ids: 'int64', position_ids: 'int64', past_length: 'int64', cluster_index: 'int64', logits_index: 'int64',
   };
   for (const spec of [...m.decoder.inputs, ...m.decoder.outputs, ...m.hypernet.inputs, ...m.hypernet.outputs]) {
     const want = dtypes[spec.name] ?? 'float32';

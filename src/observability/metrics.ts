@@ -12,6 +12,7 @@ export class Metrics {
   readonly inFlight: Gauge;
   readonly batchSize: Histogram;
   readonly clustersPerBatch: Histogram;
+  readonly clusteredWith: Histogram;
   readonly adaptationSeconds: Histogram<'stage'>;
   readonly forwardSeconds: Histogram<'phase'>;
   readonly forwardRows: Histogram<'phase'>;
@@ -35,6 +36,12 @@ export class Metrics {
     this.inFlight = new Gauge({ name: 'chameleon_batch_rows_in_flight', help: 'Prompts the engine is working on (every batch in flight)', registers });
     this.batchSize = new Histogram({ name: 'chameleon_batch_size', help: 'Prompts per batch', buckets: SIZES, registers });
     this.clustersPerBatch = new Histogram({ name: 'chameleon_clusters_per_batch', help: 'k-means clusters per batch', buckets: [1, 2, 3, 4, 6, 8, 12, 16, 32], registers });
+    this.clusteredWith = new Histogram({
+      name: 'chameleon_clustered_prompts',
+      help: 'Prompts a window of batch requests was clustered with (the window and the recent batch prompts of the context pool)',
+      buckets: SIZES,
+      registers,
+    });
     this.adaptationSeconds = new Histogram({
       name: 'chameleon_adaptation_seconds',
       help: 'Time to adapt a batch, by stage (features, clustering, hypernet)',

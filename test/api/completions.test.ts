@@ -11,8 +11,9 @@ import { distinctPrompts, LICENSE, SEA } from '../helpers/prompts.js';
 let app: FastifyInstance;
 
 before(async () => {
-  // A wide window so that requests sent together reliably share one; full batches leave at once.
-  app = await startApp({ maxWaitMs: 400, maxBatchSize: 32, targetClusterSize: 8, maxClusters: 4 });
+  // A wide window so that requests sent together reliably share one; full batches leave at once. No context pool:
+  // these tests check what one window does (test/batching/window-policy.test.ts covers the pool).
+  app = await startApp({ maxWaitMs: 400, maxBatchSize: 32, targetClusterSize: 8, maxClusters: 4, contextWindowMs: 0 });
 });
 after(async () => {
   await app.close();
@@ -62,6 +63,8 @@ describe('POST /v1/completions', () => {
       assert.equal(body.choices[0].logprobs, null);
       assert.equal(body.usage.total_tokens, body.usage.prompt_tokens + body.usage.completion_tokens);
       assert.equal(body.chameleon.batch_size, 6);
+      assert.equal(body.chameleon.cluster_sizes.length, 1);
+      assert.ok(body.chameleon.cluster_size >= 1 && body.chameleon.cluster_size <= 6);
       assert.equal(body.chameleon.mode, 'batch');
       assert.ok(body.chameleon.cluster_index < body.chameleon.num_clusters);
     }
@@ -100,6 +103,25 @@ describe('POST /v1/completions', () => {
     ]);
     assert.ok(maxAbsDiff(mixedNone, none) < 1e-4, 'none is unaffected by its batch');
     assert.ok(maxAbsDiff(mixedStatic, staticLora) < 1e-4, 'static is unaffected by its batch');
+  });
+
+  test('only batch requests form a batch request\'s context: none, static and request neighbours change nothing', async () => {
+    const prompt = 'The President said that the';
+    const alone = await complete(app, { prompt, max_tokens: 0, echo: true, logprobs: 0 });
+    const [beside] = await Promise.all([
+      complete(app, { prompt, max_tokens: 0, echo: true, logprobs: 0 }),
+      ...LICENSE.slice(0, 2).map((p) => complete(app, { prompt: p, max_tokens: 1, adaptation: 'none' })),
+      complete(app, { prompt: LICENSE[2], max_tokens: 1, adaptation: 'static' }),
+      complete(app, { prompt: LICENSE[3], max_tokens: 1, adaptation: 'request' }),
+    ]);
+    assert.equal(beside.status, 200);
+    assert.deepEqual(beside.body.chameleon.cluster_sizes, [1], 'clustered with itself only');
+    assert.equal(beside.body.chameleon.batch_size, 1);
+    assert.ok(maxAbsDiff(beside.body.choices[0].logprobs.token_logprobs.slice(1), alone.body.choices[0].logprobs.token_logprobs.slice(1)) < 1e-4);
+    const greedy = { prompt, max_tokens: 12, temperature: 0, ignore_eos: true };
+    const [textAlone] = [await complete(app, greedy)];
+    const [textBeside] = await Promise.all([complete(app, greedy), ...SEA.slice(0, 4).map((p) => complete(app, { prompt: p, max_tokens: 2, adaptation: 'none' }))]);
+    assert.equal(textBeside.body.choices[0].text, textAlone.body.choices[0].text);
   });
 
   test('a streamed greedy completion equals the non-streamed one', async () => {

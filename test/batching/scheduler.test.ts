@@ -7,8 +7,8 @@ import { test } from 'node:test';
 import { FeatureExtractor } from '../../src/adaptation/features.js';
 import { Completion, type CompletionEvent, type GenerationParams } from '../../src/batching/completion.js';
 import { Scheduler, type Engine } from '../../src/batching/scheduler.js';
-import type { BatchJob, BatchSink } from '../../src/engine/client.js';
-import type { BatchStats } from '../../src/engine/protocol.js';
+import type { BatchSink } from '../../src/engine/client.js';
+import type { BatchStats, Job } from '../../src/engine/protocol.js';
 import { ServiceError } from '../../src/errors.js';
 import { Metrics } from '../../src/observability/metrics.js';
 
@@ -18,10 +18,10 @@ const features = new FeatureExtractor(Float32Array.from({ length: VOCAB * DIM },
 
 /** Echoes each row's prompt ids back as text, one id per step, tagged with the row's slot. */
 class EchoEngine implements Engine {
-  jobs: BatchJob[] = [];
+  jobs: Job[] = [];
   cancelled: number[] = [];
   stepDelayMs = 0;
-  async run(job: BatchJob, sink: BatchSink): Promise<BatchStats> {
+  async run(job: Job, sink: BatchSink): Promise<BatchStats> {
     this.jobs.push(job);
     const longest = Math.max(...job.rows.map((r) => r.maxTokens));
     for (let step = 0; step < longest; step++) {
@@ -48,7 +48,7 @@ const params = (over: Partial<GenerationParams> = {}): GenerationParams => ({
 
 function scheduler(engine: Engine, over: Partial<ConstructorParameters<typeof Scheduler>[2]> = {}) {
   const s = new Scheduler(engine, features, {
-    maxBatchSize: 8, maxWaitMs: 30, targetClusterSize: 2, maxClusters: 4, queueSize: 16, kmeansSeed: 0, requestTimeoutMs: 0, retryAfterSeconds: 1, ...over,
+    maxBatchSize: 8, maxWaitMs: 30, targetClusterSize: 2, maxClusters: 4, queueSize: 16, contextWindowMs: 0, kmeansSeed: 0, requestTimeoutMs: 0, retryAfterSeconds: 1, ...over,
   }, new Metrics({ defaultMetrics: false }), { debug() {}, error() {} });
   s.start();
   return s;

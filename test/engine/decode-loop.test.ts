@@ -1,69 +1,70 @@
 /**
- * The decode loop against a scripted runtime whose "KV cache" records each row's slots, so that padding,
- * joins, trims and cancellation are checked exactly, without ONNX Runtime.
+ * The decode loop against a scripted runtime whose "KV cache" holds each slot's token ids, so that slot
+ * assignment, moves on join and leave, chunked prefill, last-position logits and cancellation are checked exactly,
+ * without ONNX Runtime.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { DecodeLoop, type AdapterPart, type AdapterStack, type JobHooks, type KvCache, type Runtime, type StepFeeds, type StepResult } from '../../src/engine/decode-loop.js';
-import type { RowEvent, RowSpec } from '../../src/engine/protocol.js';
+import { DecodeLoop, type AdapterPart, type AdapterStack, type JobHooks, type LoopOptions, type Runtime, type StepFeeds } from '../../src/engine/decode-loop.js';
+import type { Job, RowEvent, RowSpec, TokenLogprob } from '../../src/engine/protocol.js';
 
 const V = 50;
-const PAD = -1;
-
-/** Per row, the token in each cache slot (PAD for padding). */
-class FakeKv implements KvCache {
-  constructor(readonly slots: number[][]) {}
-  get batch() { return this.slots.length; }
-  get length() { return this.slots[0]?.length ?? 0; }
-}
 
 class FakeStack implements AdapterStack {
   constructor(readonly offsets: number[]) {}
   get slots() { return this.offsets.length; }
 }
 
+interface Run { phase: 'prefill' | 'decode'; rows: number; seq: number; logits: number; newTokens: number[] }
+
 /**
- * Next-token logits depend only on a row's real tokens (in order) and its adapter: the argmax is
- * (sum of real tokens + position + adapter offset) mod V. Masks are checked against the recorded slots.
+ * Next-token logits depend only on a row's cached and new tokens (in order) and its adapter: the argmax is
+ * (sum of tokens + count + adapter offset) mod V. Each run checks that a row's slot holds exactly its past.
  */
 class FakeRuntime implements Runtime {
   readonly vocabSize = V;
-  runs: number[] = [];
+  readonly cache: number[][];
+  runs: Run[] = [];
+  moves = 0;
+  constructor(readonly slotCount = 16) {
+    this.cache = Array.from({ length: slotCount }, () => []);
+  }
   async hypernet(contexts: Float32Array, count: number): Promise<AdapterPart> {
     return { count, offsets: Array.from(contexts.subarray(0, count)) } as AdapterPart;
   }
   stack(parts: readonly AdapterPart[]): AdapterStack {
     return new FakeStack([0, 7, ...parts.flatMap((p) => (p as unknown as { offsets: number[] }).offsets)]);
   }
-  async step(f: StepFeeds, adapters: AdapterStack): Promise<StepResult> {
-    const past = (f.past as FakeKv | null)?.slots ?? Array.from({ length: f.batch }, () => []);
-    const total = past[0].length + f.seq;
-    this.runs.push(f.batch);
-    const logits = new Float32Array(f.batch * f.seq * V);
-    const slots = past.map((row, b) => {
-      const next = [...row];
-      for (let t = 0; t < f.seq; t++) next.push(f.attentionMask[b * total + row.length + t] === 1n ? Number(f.inputIds[b * f.seq + t]) : PAD);
-      next.forEach((token, j) => assert.equal(f.attentionMask[b * total + j] === 1n, token !== PAD, `row ${b} slot ${j}: mask matches the cache`));
-      for (let t = 0; t < f.seq; t++) {
-        const real = next.slice(0, row.length + t + 1).filter((x) => x !== PAD);
-        const offset = (adapters as FakeStack).offsets[Number(f.clusterIndex[b])];
-        assert.equal(Number(f.positionIds[b * f.seq + t]), next[row.length + t] === PAD ? Number(f.positionIds[b * f.seq + t]) : real.length - 1, 'position = real tokens before');
-        const target = (real.reduce((s, x) => s + x, 0) + real.length + offset) % V;
-        logits[(b * f.seq + t) * V + target] = 5;
+  async step(f: StepFeeds, adapters: AdapterStack): Promise<Float32Array> {
+    assert.ok(f.firstSlot + f.batch <= this.slotCount, 'the run stays within the cache');
+    this.runs.push({ phase: f.seq === 1 && f.logitsIndex.length === f.batch && f.newTokens.every((n) => n === 1) ? 'decode' : 'prefill', rows: f.batch, seq: f.seq, logits: f.logitsIndex.length, newTokens: f.newTokens });
+    const logits = new Float32Array(f.logitsIndex.length * V);
+    const rows = Array.from({ length: f.batch }, (_, b) => {
+      const slot = this.cache[f.firstSlot + b];
+      assert.ok(slot.length >= f.pastLength[b], `slot ${f.firstSlot + b} holds its row's past`);
+      const tokens = slot.slice(0, f.pastLength[b]);
+      for (let t = 0; t < f.newTokens[b]; t++) {
+        assert.equal(Number(f.positionIds[b * f.seq + t]), f.pastLength[b] + t, 'position = tokens before');
+        tokens.push(Number(f.inputIds[b * f.seq + t]));
       }
-      return next;
+      return tokens;
     });
-    return { logits, kv: new FakeKv(slots) };
+    f.logitsIndex.forEach((flat, n) => {
+      const b = Math.floor(flat / f.seq);
+      const t = flat % f.seq;
+      assert.ok(t < f.newTokens[b], 'logits only for real positions');
+      const seen = rows[b].slice(0, f.pastLength[b] + t + 1);
+      const offset = (adapters as FakeStack).offsets[Number(f.clusterIndex[b])];
+      logits[n * V + (seen.reduce((s, x) => s + x, 0) + seen.length + offset) % V] = 5;
+    });
+    rows.forEach((tokens, b) => { this.cache[f.firstSlot + b] = tokens; });
+    return logits;
   }
-  selectRows(kv: KvCache, rows: readonly number[], trim: number): KvCache {
-    const fake = kv as FakeKv;
-    rows.forEach((r) => assert.ok(fake.slots[r].slice(0, trim).every((x) => x === PAD), 'only padding is trimmed'));
-    return new FakeKv(rows.map((r) => fake.slots[r].slice(trim)));
-  }
-  concat(a: KvCache, b: KvCache): KvCache {
-    const length = Math.max(a.length, b.length);
-    const pad = (rows: number[][], n: number) => rows.map((row) => [...new Array(n - row.length).fill(PAD), ...row]);
-    return new FakeKv([...pad((a as FakeKv).slots, length), ...pad((b as FakeKv).slots, length)]);
+  moveSlot(from: number, to: number, length: number): void {
+    assert.ok(this.cache[from].length >= length);
+    this.cache[to] = this.cache[from].slice(0, length);
+    this.cache[from] = [-1, -1, -1]; // whatever a freed slot holds must never be read
+    this.moves++;
   }
 }
 
@@ -77,9 +78,10 @@ function collector(cancel: (row: number, events: number) => boolean = () => fals
   const texts: string[] = [];
   const finishes: string[] = [];
   let events = 0;
+  const prompts: TokenLogprob[][] = [];
   const hooks: JobHooks = {
     onAdapted() {},
-    onPrompt() {},
+    onPrompt(row, logprobs) { prompts[row] = logprobs; },
     onEvents(list: RowEvent[]) {
       events++;
       for (const e of list) {
@@ -89,16 +91,18 @@ function collector(cancel: (row: number, events: number) => boolean = () => fals
     },
     isCancelled: (row) => cancel(row, events),
   };
-  return { hooks, texts, finishes };
+  return { hooks, texts, finishes, prompts };
 }
 
 const jobA = { batchId: 1, rows: [spec([3, 4, 5], 2, 6), spec([9], 1, 3)], contexts: Float32Array.from([11]), contextCount: 1 };
 const jobB = { batchId: 2, rows: [spec([1, 2, 3, 4, 5, 6, 7], 2, 4), spec([8, 8], 0, 9)], contexts: Float32Array.from([23]), contextCount: 1 };
 const jobC = { batchId: 5, rows: [spec([7], 2, 3), spec([6], 1, 2)], contexts: Float32Array.from([5]), contextCount: 1 };
 
-async function alone(job: typeof jobA) {
+const immediate: LoopOptions = { yieldToEvents: async () => {} };
+
+async function alone(job: Job, options: LoopOptions = {}) {
   const c = collector();
-  await new DecodeLoop(new FakeRuntime(), codec, undefined, undefined, async () => {}).submit(job, c.hooks);
+  await new DecodeLoop(new FakeRuntime(), codec, { ...immediate, ...options }).submit(job, c.hooks);
   return c;
 }
 
@@ -121,7 +125,7 @@ test('jobs joining a running decode (longer or shorter caches) give every row wh
     joinedB ??= loop.submit(jobB, cb.hooks); // B (a longer prompt) arrives after A's prefill
     if (steps === 3) joinedC ??= loop.submit(jobC, cc.hooks); // C (a shorter cache) joins later
   };
-  loop = new DecodeLoop(runtime, codec, undefined, undefined, async () => {});
+  loop = new DecodeLoop(runtime, codec, immediate);
   const statsA = await loop.submit(jobA, ca.hooks);
   await joinedB;
   await joinedC;
@@ -129,13 +133,13 @@ test('jobs joining a running decode (longer or shorter caches) give every row wh
   assert.deepEqual(cb.texts, b.texts);
   assert.deepEqual(cc.texts, c.texts);
   assert.deepEqual(ca.finishes, ['length', 'length']);
-  assert.ok(runtime.runs.some((rows) => rows >= 5), `one decoder run served rows of all three jobs: ${runtime.runs}`);
+  assert.ok(runtime.runs.some((r) => r.phase === 'decode' && r.rows >= 5), 'one decoder run served rows of all three jobs');
   assert.equal(statsA.tokens, 9);
 });
 
 test('a cancelled row stops at the next step; the others go on', async () => {
   const c = collector((row, events) => row === 1 && events >= 2);
-  const stats = await new DecodeLoop(new FakeRuntime(), codec, undefined, undefined, async () => {}).submit(
+  const stats = await new DecodeLoop(new FakeRuntime(), codec, immediate).submit(
     { batchId: 3, rows: [spec([1], 0, 5), spec([2], 0, 50)], contexts: new Float32Array(1), contextCount: 0 }, c.hooks);
   assert.deepEqual(c.finishes, ['length', 'cancelled']);
   assert.equal(stats.tokens, 5 + 2);
@@ -144,9 +148,55 @@ test('a cancelled row stops at the next step; the others go on', async () => {
 test('end of text stops a row unless ignore_eos; max_tokens 0 only prefills', async () => {
   // With adapter offset 0, prompt [V - 1] predicts (V - 1 + 1) % V = 0 = EOS.
   const c = collector();
-  await new DecodeLoop(new FakeRuntime(), codec, undefined, undefined, async () => {}).submit(
+  await new DecodeLoop(new FakeRuntime(), codec, immediate).submit(
     { batchId: 4, rows: [spec([V - 1], 0, 5, { ignoreEos: false }), spec([V - 1], 0, 2), spec([5], 0, 0)], contexts: new Float32Array(1), contextCount: 0 }, c.hooks);
   assert.deepEqual(c.finishes, ['stop', 'length', 'length']);
   assert.equal(c.texts[0], '');
   assert.equal(c.texts[1], '<0><1>');
+});
+
+test('slots are reused: more rows than slots all get what they get alone, each run within the cache', async () => {
+  const jobs = [jobA, jobB, jobC];
+  const expected = await Promise.all(jobs.map((job) => alone(job)));
+  const runtime = new FakeRuntime(2);
+  const loop = new DecodeLoop(runtime, codec, immediate);
+  const collectors = jobs.map(() => collector());
+  await Promise.all(jobs.map((job, i) => loop.submit(job, collectors[i].hooks)));
+  jobs.forEach((_, i) => assert.deepEqual(collectors[i].texts, expected[i].texts));
+  assert.ok(runtime.runs.every((r) => r.rows <= 2), 'never more rows than slots');
+  assert.ok(runtime.moves > 0, 'a leaving row handed its slot over (the last running row moved into it)');
+});
+
+test('chunked prefill: a long prompt is prefilled within the token budget between decode steps, with the same result', async () => {
+  const long = { batchId: 7, rows: [spec(Array.from({ length: 23 }, (_, i) => (i * 7) % V), 2, 3, { promptLogprobs: true, logprobs: 1 })], contexts: Float32Array.from([3]), contextCount: 1 };
+  const whole = await alone(long, { prefillChunkTokens: 256 });
+  const runtime = new FakeRuntime();
+  const loop = new DecodeLoop(runtime, codec, { ...immediate, prefillChunkTokens: 5 });
+  const running = collector();
+  const joining = collector();
+  let joined: Promise<unknown> | null = null;
+  const onEvents = running.hooks.onEvents;
+  running.hooks.onEvents = (list) => {
+    onEvents(list);
+    joined ??= loop.submit(long, joining.hooks);
+  };
+  await loop.submit({ batchId: 8, rows: [spec([4, 5], 2, 12)], contexts: Float32Array.from([9]), contextCount: 1 }, running.hooks);
+  await joined;
+  assert.deepEqual(joining.texts, whole.texts);
+  assert.deepEqual(joining.prompts, whole.prompts, 'prompt logprobs do not depend on the chunking');
+  assert.equal(joining.prompts[0].length, 23, 'every prompt token scored (the first with a null logprob)');
+  const prefills = runtime.runs.filter((r) => r.phase === 'prefill');
+  assert.ok(prefills.every((r) => r.rows * r.seq <= 5), 'each prefill run within PREFILL_CHUNK_TOKENS');
+  assert.ok(prefills.length >= 5, `the long prompt took several chunks (${prefills.length})`);
+  const order = runtime.runs.map((r) => r.phase[0]).join('');
+  assert.match(order, /(pd){4}/, `decode steps go on between the chunks: ${order}`);
+});
+
+test('prefill asks for the last position only, unless prompt logprobs are wanted', async () => {
+  const runtime = new FakeRuntime();
+  const job = { batchId: 9, rows: [spec([1, 2, 3, 4, 5], 0, 1), spec([6, 7, 8], 0, 1), spec([9, 1, 2, 3], 0, 1, { promptLogprobs: true, logprobs: 0 })], contexts: new Float32Array(1), contextCount: 0 };
+  await new DecodeLoop(runtime, codec, immediate).submit(job, collector().hooks);
+  const prefill = runtime.runs.filter((r) => r.phase === 'prefill');
+  assert.equal(prefill.length, 1);
+  assert.equal(prefill[0].logits, 1 + 1 + 4, 'one position each for the plain rows, all four for the scored one');
 });

@@ -20,7 +20,7 @@ let engine: EngineClient;
 let nextBatch = 1;
 
 before(async () => {
-  engine = await EngineClient.start({ modelDir: MODEL_DIR, device: 'cpu', threads: 1, logger });
+  engine = await EngineClient.start({ modelDir: MODEL_DIR, device: 'cpu', threads: 1, slots: 8, prefillChunkTokens: 16, logger });
 });
 after(async () => {
   await engine.close();
@@ -64,7 +64,7 @@ async function run(rows: RowSpec[], contexts: Float32Array[] = [], cancelAfterFi
 const close = (a: number[], b: number[], tol = 1e-4) => a.length === b.length && a.every((x, i) => Math.abs(x - b[i]) < tol);
 
 describe('engine worker', () => {
-  test('a left-padded batch gives every row what it gets alone (prompt and generated logprobs)', async () => {
+  test('a batch of prompts of different lengths (prefilled in chunks) gives every row what it gets alone (prompt and generated logprobs)', async () => {
     const texts = ['The whale', 'Permission is hereby granted, free of charge', 'A'];
     const alone: RowResult[] = [];
     for (const [i, t] of texts.entries()) alone.push((await run([row(t, i % 2)]))[0]);
@@ -130,7 +130,7 @@ describe('engine worker', () => {
       copyFileSync(join(MODEL_DIR, copy.manifest.files.hypernet), join(copy.dir, copy.manifest.files.decoder));
       const { sha256: _, ...manifest } = copy.manifest;
       copy.writeManifest(manifest);
-      await assert.rejects(EngineClient.start({ modelDir: copy.dir, device: 'cpu', threads: 1, logger }), (error: unknown) => {
+      await assert.rejects(EngineClient.start({ modelDir: copy.dir, device: 'cpu', threads: 1, slots: 8, prefillChunkTokens: 16, logger }), (error: unknown) => {
         assert.ok(error instanceof ModelPackageError, String(error));
         assert.match(error.message, /does not match its manifest: decoder\.onnx has no input named input_ids/);
         return true;
@@ -142,7 +142,7 @@ describe('engine worker', () => {
 
   test('DEVICE=cuda without a usable CUDA falls back to CPU with a warning', async () => {
     const warnings: string[] = [];
-    const cuda = await EngineClient.start({ modelDir: MODEL_DIR, device: 'cuda', threads: 1, logger: { ...logger, warn: (_o: object, m: string) => warnings.push(m) } });
+    const cuda = await EngineClient.start({ modelDir: MODEL_DIR, device: 'cuda', threads: 1, slots: 8, prefillChunkTokens: 16, logger: { ...logger, warn: (_o: object, m: string) => warnings.push(m) } });
     try {
       if (cuda.provider === 'cuda') return; // a machine with CUDA: nothing to fall back from
       assert.equal(cuda.provider, 'cpu');
@@ -155,7 +155,7 @@ describe('engine worker', () => {
 
 describe('engine failure', () => {
   test('a worker that dies fails its batch, reports once, and closes without hanging', async () => {
-    const dying = await EngineClient.start({ modelDir: MODEL_DIR, device: 'cpu', threads: 1, logger });
+    const dying = await EngineClient.start({ modelDir: MODEL_DIR, device: 'cpu', threads: 1, slots: 8, prefillChunkTokens: 16, logger });
     const failures: Error[] = [];
     dying.onFailure((error) => failures.push(error));
     const running = dying.run({ batchId: 1, rows: [row('The whale', 0, { maxTokens: 40 })], contexts: new Float32Array(D), contextCount: 0 }, { onPrompt() {}, onEvents() {} });

@@ -1,14 +1,26 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
+import { KvSlots } from '../../src/engine/kv-slots.js';
+import { cacheInputNames } from '../../src/model/manifest.js';
 
 interface EncodedArray {
   shape: number[];
   data_base64: string;
 }
 
+interface FixtureStep {
+  input_ids: number[][];
+  position_ids: number[][];
+  past_length: number[];
+  new_tokens: number[];
+  cluster_index: number[];
+  logits_index: number[];
+}
+
 interface EquivalenceFixture {
-  steps: { input_ids: number[][]; position_ids: number[][]; attention_mask: number[][]; cluster_index: number[] }[];
+  cache_capacity: number;
+  steps: FixtureStep[];
   lora_a: EncodedArray;
   lora_b: EncodedArray;
   expected_logits: EncodedArray[];
@@ -27,34 +39,36 @@ function int64(rows: number[][] | number[]): ort.Tensor {
 }
 
 /**
- * Replays the PyTorch fixture of a model package through ONNX Runtime: a left-padded prefill with past = 0,
- * then KV-cache decode steps that feed back the graph's own present keys/values. Returns the largest
- * absolute logit difference of each run.
+ * Replays the PyTorch fixture of a model package through ONNX Runtime the way the server runs it: every row owns a
+ * slot of a KvSlots cache, chunked prefills and decode steps read the slots in place, and each run's new keys and
+ * values are written back into them. Returns the largest absolute logit difference of each run.
  */
 export async function replayEquivalence(packageDir: string): Promise<number[]> {
   const manifest = JSON.parse(await readFile(join(packageDir, 'manifest.json'), 'utf8'));
   const fixture: EquivalenceFixture = JSON.parse(await readFile(join(packageDir, manifest.files.equivalence), 'utf8'));
   const session = await ort.InferenceSession.create(join(packageDir, manifest.files.decoder), { intraOpNumThreads: 1 });
-  const { n_layer, n_head, head_dim } = manifest.dims;
-  const batch = fixture.steps[0]!.input_ids.length;
-  const emptyCache = () => new ort.Tensor('float32', new Float32Array(0), [n_layer, batch, n_head, 0, head_dim]);
-  let pastKeys: ort.Tensor = emptyCache();
-  let pastValues: ort.Tensor = emptyCache();
+  const { n_layer: layers, n_head: heads, head_dim: headDim } = manifest.dims;
+  const rows = fixture.steps[0]!.input_ids.length;
+  const cache = new KvSlots({ layers, heads, headDim, capacity: fixture.cache_capacity, slots: rows });
+  const names = cacheInputNames(layers);
   const loraA = decode(fixture.lora_a);
   const loraB = decode(fixture.lora_b);
   const differences: number[] = [];
   try {
     for (const [i, step] of fixture.steps.entries()) {
-      const out = await session.run({
+      const feeds: Record<string, ort.Tensor> = {
         input_ids: int64(step.input_ids),
         position_ids: int64(step.position_ids),
-        attention_mask: int64(step.attention_mask),
-        past_keys: pastKeys,
-        past_values: pastValues,
+        past_length: int64(step.past_length),
         lora_a: loraA,
         lora_b: loraB,
         cluster_index: int64(step.cluster_index),
+        logits_index: int64(step.logits_index),
+      };
+      cache.view(0, rows).forEach((view, j) => {
+        feeds[names[j]!] = new ort.Tensor('float32', view, [rows, heads, fixture.cache_capacity, headDim]);
       });
+      const out = await session.run(feeds);
       const expected = decode(fixture.expected_logits[i]!);
       const actual = out.logits!;
       if (actual.dims.join() !== expected.dims.join()) {
@@ -65,8 +79,8 @@ export async function replayEquivalence(packageDir: string): Promise<number[]> {
       let max = 0;
       for (let j = 0; j < a.length; j++) max = Math.max(max, Math.abs(a[j]! - e[j]!));
       differences.push(max);
-      pastKeys = out.present_keys!;
-      pastValues = out.present_values!;
+      const seq = step.input_ids[0]!.length;
+      cache.write(0, out.present_keys!.data as Float32Array, out.present_values!.data as Float32Array, seq, step.past_length, step.new_tokens);
     }
   } finally {
     await session.release();

@@ -19,7 +19,7 @@ function rejects(dir: string, pattern: RegExp): void {
 describe('model package validation', () => {
   test('the default package is valid', () => {
     const loaded = loadManifest(MODEL_DIR);
-    assert.equal(loaded.manifest.format, 'chameleon-package/1');
+    assert.equal(loaded.manifest.format, 'chameleon-package/2');
     const pkg = ModelPackage.open(MODEL_DIR);
     assert.equal(pkg.readTensor('embeddings').length, pkg.dims.vocab_size * pkg.dims.d_model);
   });

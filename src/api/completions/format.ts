@@ -12,6 +12,8 @@ export function chameleonInfo(batch: BatchInfo): ChameleonInfo {
     batch_size: batch.batchSize,
     cluster_index: batch.clusterIndices[0] ?? 0,
     cluster_indices: batch.clusterIndices,
+    cluster_size: batch.clusterSizes[0] ?? 0,
+    cluster_sizes: batch.clusterSizes,
     num_clusters: batch.clusters,
     mode: batch.mode,
   };

@@ -70,11 +70,15 @@ export type Usage = Static<typeof Usage>;
 
 export const ChameleonInfo = Type.Object(
   {
-    batch_id: Type.Integer({ description: 'The batch this request was served in (requests of one window share it)' }),
-    batch_size: Type.Integer({ description: 'Prompts in that batch' }),
-    cluster_index: Type.Integer({ description: 'k-means cluster of the (first) prompt within the batch' }),
+    batch_id: Type.Integer({ description: 'The batch window this request was served in (requests of one window share it)' }),
+    batch_size: Type.Integer({
+      description: 'Prompts this request was clustered with: for `batch` mode its window and the recent batch prompts of the context pool; for other modes the prompts of its window',
+    }),
+    cluster_index: Type.Integer({ description: 'k-means cluster of the (first) prompt among them' }),
     cluster_indices: Type.Array(Type.Integer(), { description: 'Cluster of each prompt (choice), in choice order' }),
-    num_clusters: Type.Integer({ description: 'Clusters in the batch' }),
+    cluster_size: Type.Integer({ description: 'Members of the cluster whose mean formed the (first) prompt\'s context: 1 for `request` mode, 0 for `none` and `static`' }),
+    cluster_sizes: Type.Array(Type.Integer(), { description: 'cluster_size of each prompt (choice), in choice order' }),
+    num_clusters: Type.Integer({ description: 'Clusters among the clustered prompts (0 for modes that cluster nothing)' }),
     mode: AdaptationMode,
   },
   { $id: 'ChameleonInfo', description: 'ChameleonLLM extension: how this request was batched and adapted' },
