@@ -52,3 +52,92 @@ test('logprobs are the log-softmax of the raw logits, with the top alternatives 
   const total = Array.from(logits).reduce((s, l) => s + Math.exp(l - lse), 0);
   assert.ok(Math.abs(total - 1) < 1e-9);
 });
+
+/** The textbook sampler the partial selection must reproduce: sort the whole vocabulary, cut, draw. */
+function fullSortSample(row: Float32Array, params: { temperature: number; topP: number; topK: number }, rng: Random): number {
+  const n = row.length;
+  let max = -Infinity;
+  for (const l of row) max = Math.max(max, l);
+  const probs = Array.from(row, (l) => Math.exp((l - max) / params.temperature));
+  let total = probs.reduce((s, p) => s + p, 0);
+  const order = Array.from({ length: n }, (_, i) => i).sort((x, y) => probs[y] - probs[x] || x - y);
+  let keep = params.topK > 0 && params.topK < n ? params.topK : n;
+  if (keep < n) total = order.slice(0, keep).reduce((s, i) => s + probs[i], 0);
+  if (params.topP < 1) {
+    let mass = 0;
+    let j = 0;
+    while (j < keep) {
+      mass += probs[order[j]];
+      j++;
+      if (mass >= params.topP * total) break;
+    }
+    keep = Math.max(1, j);
+    total = mass;
+  }
+  let r = rng.next() * total;
+  for (let j = 0; j < keep; j++) {
+    r -= probs[order[j]];
+    if (r < 0) return order[j];
+  }
+  return order[keep - 1];
+}
+
+/** A vocabulary-sized row with a realistic spread, ties included. */
+function vocabRow(size: number, seed: number, spread: number): Float32Array {
+  const rng = new Random(seed);
+  return Float32Array.from({ length: size }, (_, i) => (i % 97 === 0 ? 2 : Math.round((rng.next() - 0.5) * spread * 8) / 8));
+}
+
+test('top_k / top_p by partial selection pick exactly the token a full sort picks, draw for draw', () => {
+  const size = 4096;
+  const scratch = new SamplingScratch(size);
+  for (const [seed, spread] of [[1, 4], [2, 12], [3, 0.5]] as const) {
+    const row = vocabRow(size, seed, spread);
+    for (const params of [{ temperature: 1, topP: 0.9, topK: 0 }, { temperature: 0.7, topP: 0.5, topK: 0 }, { temperature: 1, topP: 1, topK: 40 },
+      { temperature: 1.3, topP: 0.95, topK: 300 }, { temperature: 1, topP: 0.999, topK: 0 }]) {
+      const a = new Random(seed * 100);
+      const b = new Random(seed * 100);
+      for (let i = 0; i < 300; i++) assert.equal(sampleToken(row, 0, params, a, scratch), fullSortSample(row, params, b), `seed ${seed} ${JSON.stringify(params)} draw ${i}`);
+    }
+  }
+});
+
+test('top_p sampling follows the nucleus distribution (chi-square over 40,000 draws)', () => {
+  const size = 4096;
+  const row = vocabRow(size, 9, 6);
+  const params = { temperature: 1, topP: 0.9, topK: 0 };
+  const probs = Array.from(row, (l) => Math.exp(l));
+  const order = Array.from({ length: size }, (_, i) => i).sort((x, y) => probs[y] - probs[x] || x - y);
+  const total = probs.reduce((s, p) => s + p, 0);
+  const nucleus: number[] = [];
+  let mass = 0;
+  for (const id of order) {
+    nucleus.push(id);
+    mass += probs[id];
+    if (mass >= 0.9 * total) break;
+  }
+  const expected = new Map(nucleus.map((id) => [id, probs[id] / mass]));
+  const counts = new Map<number, number>();
+  const rng = new Random(11);
+  const scratch = new SamplingScratch(size);
+  const n = 40000;
+  for (let i = 0; i < n; i++) {
+    const token = sampleToken(row, 0, params, rng, scratch);
+    assert.ok(expected.has(token), `token ${token} is outside the nucleus`);
+    counts.set(token, (counts.get(token) ?? 0) + 1);
+  }
+  // Pool the nucleus into 20 bins of similar expected mass, then a chi-square test (19 degrees of freedom).
+  const bins: Array<{ expected: number; observed: number }> = [];
+  let bin = { expected: 0, observed: 0 };
+  for (const id of nucleus) {
+    bin.expected += expected.get(id)! * n;
+    bin.observed += counts.get(id) ?? 0;
+    if (bin.expected >= n / 20) {
+      bins.push(bin);
+      bin = { expected: 0, observed: 0 };
+    }
+  }
+  if (bin.expected > 0) bins.push(bin);
+  const chi2 = bins.reduce((s, b) => s + (b.observed - b.expected) ** 2 / b.expected, 0);
+  assert.ok(chi2 < 45, `chi-square ${chi2.toFixed(1)} over ${bins.length} bins (p < 0.001 boundary for 20 dof is about 45)`);
+});

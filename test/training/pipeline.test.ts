@@ -34,7 +34,7 @@ test('the tiny configuration of the training pipeline builds a servable package 
 
 test('the tiny package passes the ONNX Runtime vs PyTorch equivalence check', async () => {
   const differences = await replayEquivalence(join(scratch, 'package'));
-  assert.equal(differences.length, 4);
+  assert.ok(differences.length >= 5, 'chunked prefill runs and three decode steps');
   for (const difference of differences) assert.ok(difference < 1e-4, `max |Δlogit| = ${difference}`);
 });
 
