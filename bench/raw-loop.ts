@@ -1,102 +1,112 @@
 /**
- * The baseline: the same batch shapes as the service (B prompts, one hypernetwork run for K contexts, a
- * left-padded prefill, then greedy KV-cache decode steps) driven straight through onnxruntime-node, with no
- * HTTP, queue, worker thread, sampling or text handling.
+ * The baseline: the decoder driven straight through onnxruntime-node on the service's shapes (slot caches read in
+ * place, chunked prefill, one decode run per step), with no HTTP, queue, worker thread, sampling or text handling;
+ * and ONNX Runtime's own MatMul throughput on the LM head's shape, the physical limit of this machine.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
+import { KvSlots } from '../src/engine/kv-slots.js';
+import { cacheInputNames } from '../src/model/manifest.js';
+import { matmulModel } from './matmul-model.js';
 
-export interface RawShape {
-  batch: number;
-  /** Prompt token ids per row (BOS included), left-padded by the loop. */
-  prompts: number[][];
-  newTokens: number;
-  clusters: number;
+interface Dims { vocab_size: number; d_model: number; n_layer: number; n_head: number; head_dim: number; context: number }
+
+export interface SessionSettings {
+  threads: number;
+  spinning: boolean;
+}
+
+function sessionOptions(settings: SessionSettings): ort.InferenceSession.SessionOptions {
+  const spin = settings.spinning ? '1' : '0';
+  return {
+    graphOptimizationLevel: 'all',
+    executionProviders: ['cpu'],
+    extra: { session: { intra_op: { allow_spinning: spin }, inter_op: { allow_spinning: spin } } },
+    ...(settings.threads > 0 ? { intraOpNumThreads: settings.threads } : {}),
+  };
+}
+
+async function timeRuns(run: () => Promise<unknown>, minMs = 400): Promise<number> {
+  for (let i = 0; i < 3; i++) await run();
+  let n = 0;
+  const started = performance.now();
+  while (performance.now() - started < minMs || n < 5) {
+    await run();
+    n++;
+  }
+  return (performance.now() - started) / n;
 }
 
 export class RawLoop {
-  private constructor(
-    private readonly decoder: ort.InferenceSession,
-    private readonly hypernet: ort.InferenceSession,
-    private readonly dims: { vocab_size: number; d_model: number; n_layer: number; n_head: number; head_dim: number },
-    private readonly rank: number,
-  ) {}
+  private readonly cache: KvSlots;
+  private readonly names: string[];
+  private readonly loraA: ort.Tensor;
+  private readonly loraB: ort.Tensor;
 
-  /** Same session options as the service (threads, spinning). */
-  static async open(modelDir: string, threads: number, spinning: boolean): Promise<RawLoop> {
-    const manifest = JSON.parse(readFileSync(join(modelDir, 'manifest.json'), 'utf8'));
-    const spin = spinning ? '1' : '0';
-    const options: ort.InferenceSession.SessionOptions = {
-      graphOptimizationLevel: 'all',
-      executionProviders: ['cpu'],
-      extra: { session: { intra_op: { allow_spinning: spin }, inter_op: { allow_spinning: spin } } },
-      ...(threads > 0 ? { intraOpNumThreads: threads } : {}),
-    };
-    const decoder = await ort.InferenceSession.create(join(modelDir, manifest.files.decoder), options);
-    const hypernet = await ort.InferenceSession.create(join(modelDir, manifest.files.hypernet), options);
-    return new RawLoop(decoder, hypernet, manifest.dims, manifest.lora.rank);
+  private constructor(private readonly decoder: ort.InferenceSession, readonly dims: Dims, rank: number, slots: number) {
+    this.cache = new KvSlots({ layers: dims.n_layer, heads: dims.n_head, headDim: dims.head_dim, capacity: dims.context, slots });
+    this.names = cacheInputNames(dims.n_layer);
+    const adapters = 3;
+    this.loraA = new ort.Tensor('float32', new Float32Array(adapters * rank * dims.d_model).fill(0.01), [adapters, rank, dims.d_model]);
+    this.loraB = new ort.Tensor('float32', new Float32Array(adapters * dims.vocab_size * rank).fill(0.01), [adapters, dims.vocab_size, rank]);
   }
 
-  /** One batch end to end; returns the generated token count. */
-  async run(shape: RawShape): Promise<number> {
-    const { vocab_size: V, d_model: D, n_layer: L, n_head: H, head_dim: HD } = this.dims;
-    const R = this.rank;
-    const B = shape.batch;
-    const K = shape.clusters;
-    const contexts = new Float32Array(K * D).map((_, i) => Math.sin(i));
-    const h = await this.hypernet.run({ context: new ort.Tensor('float32', contexts, [K, D]) });
-    const slots = 2 + K;
-    const a = new Float32Array(slots * R * D);
-    const b = new Float32Array(slots * V * R);
-    a.set(h.lora_a.data as Float32Array, 2 * R * D);
-    b.set(h.lora_b.data as Float32Array, 2 * V * R);
-    const loraA = new ort.Tensor('float32', a, [slots, R, D]);
-    const loraB = new ort.Tensor('float32', b, [slots, V, R]);
-    const clusterIndex = new ort.Tensor('int64', BigInt64Array.from({ length: B }, (_, i) => BigInt(2 + (i % K))), [B]);
+  static async open(modelDir: string, settings: SessionSettings, slots: number): Promise<RawLoop> {
+    const manifest = JSON.parse(readFileSync(join(modelDir, 'manifest.json'), 'utf8'));
+    const decoder = await ort.InferenceSession.create(join(modelDir, manifest.files.decoder), sessionOptions(settings));
+    return new RawLoop(decoder, manifest.dims, manifest.lora.rank, slots);
+  }
 
-    const T = Math.max(...shape.prompts.map((p) => p.length));
-    const ids = new BigInt64Array(B * T);
-    const pos = new BigInt64Array(B * T);
-    const mask = new BigInt64Array(B * T);
-    const pads = shape.prompts.map((p) => T - p.length);
-    shape.prompts.forEach((p, r) => p.forEach((id, j) => {
-      ids[r * T + pads[r] + j] = BigInt(id);
-      pos[r * T + pads[r] + j] = BigInt(j);
-      mask[r * T + pads[r] + j] = 1n;
-    }));
-    const empty = () => new ort.Tensor('float32', new Float32Array(0), [L, B, H, 0, HD]);
-    let out = await this.decoder.run({
-      input_ids: new ort.Tensor('int64', ids, [B, T]), position_ids: new ort.Tensor('int64', pos, [B, T]),
-      attention_mask: new ort.Tensor('int64', mask, [B, T]), past_keys: empty(), past_values: empty(),
-      lora_a: loraA, lora_b: loraB, cluster_index: clusterIndex,
+  /** One decoder run: `batch` rows of `seq` new tokens after `past` cached ones, logits for each row's last position. */
+  private run(batch: number, seq: number, past: number): Promise<ort.InferenceSession.ReturnType> {
+    const { n_head: H, head_dim: HD, context: C } = this.dims;
+    const int64 = (values: number[], dims: number[]) => new ort.Tensor('int64', BigInt64Array.from(values, BigInt), dims);
+    const feeds: Record<string, ort.Tensor> = {
+      input_ids: int64(Array.from({ length: batch * seq }, (_, i) => 1 + (i % 1000)), [batch, seq]),
+      position_ids: int64(Array.from({ length: batch * seq }, (_, i) => past + (i % seq)), [batch, seq]),
+      past_length: int64(new Array(batch).fill(past), [batch]),
+      lora_a: this.loraA,
+      lora_b: this.loraB,
+      cluster_index: int64(Array.from({ length: batch }, (_, i) => i % 3), [batch]),
+      logits_index: int64(Array.from({ length: batch }, (_, b) => b * seq + seq - 1), [batch]),
+    };
+    this.cache.view(0, batch).forEach((view, i) => {
+      feeds[this.names[i]] = new ort.Tensor('float32', view, [batch, H, C, HD]);
     });
-    const argmaxRows = (logits: Float32Array, seq: number) => Array.from({ length: B }, (_, r) => {
-      const base = (r * seq + seq - 1) * V;
-      let best = 0;
-      for (let v = 1; v < V; v++) if (logits[base + v] > logits[base + best]) best = v;
-      return best;
-    });
-    let next = argmaxRows(out.logits.data as Float32Array, T);
-    let total = T;
-    const lengths = shape.prompts.map((p) => p.length);
-    for (let step = 1; step < shape.newTokens; step++) {
-      total++;
-      const stepMask = new BigInt64Array(B * total);
-      for (let r = 0; r < B; r++) stepMask.fill(1n, r * total + pads[r], (r + 1) * total);
-      out = await this.decoder.run({
-        input_ids: new ort.Tensor('int64', BigInt64Array.from(next, BigInt), [B, 1]),
-        position_ids: new ort.Tensor('int64', BigInt64Array.from(lengths.map((l) => BigInt(l + step - 1))), [B, 1]),
-        attention_mask: new ort.Tensor('int64', stepMask, [B, total]),
-        past_keys: out.present_keys, past_values: out.present_values,
-        lora_a: loraA, lora_b: loraB, cluster_index: clusterIndex,
-      });
-      next = argmaxRows(out.logits.data as Float32Array, 1);
-    }
-    return B * shape.newTokens;
+    return this.decoder.run(feeds);
+  }
+
+  /** Mean ms of one decode step over `batch` rows with `past` cached positions each. */
+  decodeStepMs(batch: number, past: number): Promise<number> {
+    return timeRuns(() => this.run(batch, 1, past));
+  }
+
+  /** Mean ms of one prefill run of `batch` prompts of `seq` tokens. */
+  prefillMs(batch: number, seq: number): Promise<number> {
+    return timeRuns(() => this.run(batch, seq, 0));
+  }
+
+  /** Decoder FLOPs per generated token: the dense layers, attention over `cached` positions, and the LM head. */
+  flopsPerToken(cached: number): number {
+    const { d_model: d, n_layer: L, vocab_size: V } = this.dims;
+    return L * (24 * d * d + 4 * d * cached) + 2 * d * V;
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.decoder.release(), this.hypernet.release()]);
+    await this.decoder.release();
+  }
+}
+
+/** ONNX Runtime's MatMul throughput on [rows, d_model] x [d_model, vocab] (the LM head's shape), GFLOP/s. */
+export async function matmulGflops(settings: SessionSettings, rows: number, inner: number, outer: number): Promise<number> {
+  const session = await ort.InferenceSession.create(matmulModel(), sessionOptions(settings));
+  try {
+    const x = new ort.Tensor('float32', new Float32Array(rows * inner).fill(0.5), [rows, inner]);
+    const w = new ort.Tensor('float32', new Float32Array(inner * outer).fill(0.25), [inner, outer]);
+    const ms = await timeRuns(() => session.run({ x, w }));
+    return (2 * rows * inner * outer) / (ms / 1000) / 1e9;
+  } finally {
+    await session.release();
   }
 }

@@ -140,6 +140,7 @@ export class OrtRuntime implements Runtime {
   async step(feeds: StepFeeds, adapters: AdapterStack): Promise<Float32Array> {
     const { n_layer: L, n_head: H, head_dim: HD, context: C } = this.dims;
     const { batch: B, seq: T } = feeds;
+    const wanted = feeds.logitsIndex.length;
     const stack = adapters as OrtAdapters;
     const inputs: Record<string, ort.Tensor> = {
       input_ids: new ort.Tensor('int64', feeds.inputIds, [B, T]),
@@ -148,7 +149,9 @@ export class OrtRuntime implements Runtime {
       lora_a: stack.a,
       lora_b: stack.b,
       cluster_index: new ort.Tensor('int64', feeds.clusterIndex, [B]),
-      logits_index: new ort.Tensor('int64', BigInt64Array.from(feeds.logitsIndex, BigInt), [feeds.logitsIndex.length]),
+      // An empty logits_index makes ONNX Runtime divide by zero inside the graph's reshapes (SIGFPE, the whole process
+      // dies), so a run that needs no logits (a middle prefill chunk) asks for one position and drops it.
+      logits_index: new ort.Tensor('int64', BigInt64Array.from(wanted === 0 ? [0] : feeds.logitsIndex, BigInt), [Math.max(wanted, 1)]),
     };
     this.cache.view(feeds.firstSlot, B).forEach((view, i) => {
       inputs[this.cacheNames[i]] = new ort.Tensor('float32', view, [B, H, C, HD]);
@@ -160,11 +163,11 @@ export class OrtRuntime implements Runtime {
         throw new Error(`decoder.onnx returned ${name} [${dims.join(', ')}], expected [${want.join(', ')}]`);
       }
     };
-    expect('logits', [feeds.logitsIndex.length, this.vocabSize]);
+    expect('logits', [Math.max(wanted, 1), this.vocabSize]);
     expect('present_keys', [L, B, H, T, HD]);
     expect('present_values', [L, B, H, T, HD]);
     this.cache.write(feeds.firstSlot, out.present_keys.data as Float32Array, out.present_values.data as Float32Array, T, feeds.pastLength, feeds.newTokens);
-    return out.logits.data as Float32Array;
+    return wanted === 0 ? new Float32Array(0) : (out.logits.data as Float32Array);
   }
 
   moveSlot(from: number, to: number, length: number): void {

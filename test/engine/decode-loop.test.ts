@@ -37,6 +37,7 @@ class FakeRuntime implements Runtime {
   }
   async step(f: StepFeeds, adapters: AdapterStack): Promise<Float32Array> {
     assert.ok(f.firstSlot + f.batch <= this.slotCount, 'the run stays within the cache');
+    assert.ok(f.batch > 0 && f.seq > 0, 'no empty run');
     this.runs.push({ phase: f.seq === 1 && f.logitsIndex.length === f.batch && f.newTokens.every((n) => n === 1) ? 'decode' : 'prefill', rows: f.batch, seq: f.seq, logits: f.logitsIndex.length, newTokens: f.newTokens });
     const logits = new Float32Array(f.logitsIndex.length * V);
     const rows = Array.from({ length: f.batch }, (_, b) => {

@@ -116,6 +116,16 @@ describe('engine worker', () => {
     }
   });
 
+  test('a prompt longer than a prefill chunk, without prompt logprobs, is prefilled in chunks that need no logits', async () => {
+    const text = 'The whale rose from the sea, and the men pulled hard at the oars while the captain watched from the deck of the ship, and the wind carried the spray over the boats as they followed the great white fish';
+    const plain = { logprobs: null, promptLogprobs: false };
+    const [chunked] = await run([row(text, 0, plain)]);
+    assert.ok(pkg.tokenizer.encodePrompt(text).length > 2 * 16, 'longer than two chunks of 16');
+    const [scored] = await run([row(text, 0)]);
+    assert.equal(chunked.finish, 'length');
+    assert.equal(chunked.text, scored.text, 'the same greedy text as when every position gets logits');
+  });
+
   test('max_tokens 0 only scores the prompt', async () => {
     const [r] = await run([row('The whale rose', 0, { maxTokens: 0 })]);
     assert.equal(r.generated.length, 0);

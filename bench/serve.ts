@@ -1,0 +1,342 @@
+/**
+ * The benchmark as users run the service: the server is its own process (`node dist/server.js`, what `npm start`
+ * runs), this process is the client. Traffic: uniform (32 greedy tokens), mixed (prompts of 1 to 130 words,
+ * max_tokens 8..56, greedy) and top_p (temperature 1, top_p 0.9, 32 tokens), at 1, 8 and 32 concurrent clients,
+ * every request streamed. Reports what `vllm bench serve` and GuideLLM report (requests/s, output tokens/s, TTFT,
+ * inter-token latency, TPOT, end-to-end latency), the batch window and cluster sizes the responses carry,
+ * /health/live latency under load, the ratios the engine is held to, a raw ONNX Runtime loop on the service's
+ * batch shapes, and the physical limit (model FLOPs over ONNX Runtime's own MatMul throughput).
+ *
+ *   npm run bench
+ *   BENCH_SECONDS=8 BENCH_CONCURRENCY=1,8,32 BENCH_TRAFFIC=uniform,mixed,top_p BENCH_THREADS=1,2 npm run bench
+ *
+ * BENCH_THREADS lists THREADS settings to compare on the 32-client uniform traffic (the server's default first).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { availableParallelism } from 'node:os';
+import { createServer } from 'node:net';
+import { loadConfig } from '../src/config.js';
+import { matmulGflops, RawLoop } from './raw-loop.js';
+
+const seconds = Number(process.env.BENCH_SECONDS ?? 8);
+const levels = (process.env.BENCH_CONCURRENCY ?? '1,8,32').split(',').map(Number);
+const traffics = (process.env.BENCH_TRAFFIC ?? 'uniform,mixed,top_p').split(',') as Traffic[];
+const threadSettings = (process.env.BENCH_THREADS ?? '').split(',').filter((t) => t !== '').map(Number);
+const modelDir = process.env.MODEL_DIR ?? 'models/default';
+const config = loadConfig();
+
+type Traffic = 'uniform' | 'mixed' | 'top_p';
+
+const WORDS = 'ship sea whale captain nation congress people letter server license software union war peace money law court river'.split(' ');
+
+/** Request i of a traffic kind: its body and the tokens it asks for. */
+function requestBody(traffic: Traffic, i: number, model: string): Record<string, unknown> {
+  const short = `The ${WORDS[i % WORDS.length]} and the ${WORDS[(i * 7) % WORDS.length]} of day ${i}`;
+  const base = { model, stream: true, stream_options: { include_usage: true }, ignore_eos: true };
+  switch (traffic) {
+    case 'uniform':
+      return { ...base, prompt: short, max_tokens: 32, temperature: 0 };
+    case 'mixed': {
+      const words = 1 + ((i * 53) % 130);
+      const prompt = Array.from({ length: words }, (_, j) => WORDS[(i + j * 5) % WORDS.length]).join(' ');
+      return { ...base, prompt: `${short}: ${prompt}`, max_tokens: 8 + ((i * 37) % 49), temperature: 0 };
+    }
+    case 'top_p':
+      return { ...base, prompt: short, max_tokens: 32, temperature: 1, top_p: 0.9, seed: i };
+  }
+}
+
+interface Sample { ttft: number; gaps: number[]; e2e: number; tokens: number; window: number; cluster: number }
+
+interface ScenarioResult {
+  traffic: Traffic;
+  clients: number;
+  elapsed: number;
+  samples: Sample[];
+  errors: number;
+  liveMs: number[];
+  decodeRows: number;
+  decodeStepMs: number;
+}
+
+const quantile = (xs: number[], q: number) => {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(q * s.length))];
+};
+const mean = (xs: number[]) => (xs.length === 0 ? NaN : xs.reduce((a, b) => a + b, 0) / xs.length);
+
+/** One streamed request: time to the first token, the gaps between tokens, the whole request. */
+async function streamed(base: string, body: Record<string, unknown>): Promise<Sample> {
+  const started = performance.now();
+  const res = await fetch(`${base}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  if (res.status !== 200 || res.body === null) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
+  const sample: Sample = { ttft: NaN, gaps: [], e2e: 0, tokens: 0, window: NaN, cluster: NaN };
+  let last = NaN;
+  let buffered = '';
+  const decoder = new TextDecoder();
+  for await (const bytes of res.body) {
+    buffered += decoder.decode(bytes as Uint8Array, { stream: true });
+    let end: number;
+    while ((end = buffered.indexOf('\n\n')) >= 0) {
+      const event = buffered.slice(0, end);
+      buffered = buffered.slice(end + 2);
+      if (!event.startsWith('data: ') || event === 'data: [DONE]') continue;
+      const chunk = JSON.parse(event.slice(6));
+      if (chunk.error) throw new Error(chunk.error.message);
+      if (chunk.usage) sample.tokens = chunk.usage.completion_tokens;
+      if (chunk.chameleon && Number.isNaN(sample.window)) {
+        sample.window = chunk.chameleon.batch_size;
+        sample.cluster = chunk.chameleon.cluster_size;
+      }
+      if (chunk.choices?.[0]?.text) {
+        const now = performance.now();
+        if (Number.isNaN(sample.ttft)) sample.ttft = now - started;
+        else sample.gaps.push(now - last);
+        last = now;
+      }
+    }
+  }
+  sample.e2e = performance.now() - started;
+  return sample;
+}
+
+async function metric(base: string, name: string): Promise<number> {
+  const text = await (await fetch(`${base}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(name));
+  return line === undefined ? 0 : Number(line.split(' ').at(-1));
+}
+
+async function decodeCounters(base: string) {
+  return {
+    rows: await metric(base, 'chameleon_forward_rows_sum{phase="decode"}'),
+    runs: await metric(base, 'chameleon_forward_rows_count{phase="decode"}'),
+    seconds: await metric(base, 'chameleon_forward_seconds_sum{phase="decode"}'),
+  };
+}
+
+async function scenario(base: string, model: string, traffic: Traffic, clients: number): Promise<ScenarioResult> {
+  const before = await decodeCounters(base);
+  const samples: Sample[] = [];
+  const liveMs: number[] = [];
+  let errors = 0;
+  let next = 0;
+  const started = performance.now();
+  const deadline = started + seconds * 1000;
+  let polling = true;
+  const poller = (async () => {
+    while (polling) {
+      const t = performance.now();
+      const answered = await fetch(`${base}/health/live`).then((r) => r.ok, (error: Error) => {
+        console.error(`/health/live failed: ${error.message} (${String((error.cause as Error | undefined)?.message)})`);
+        return false;
+      });
+      liveMs.push(answered ? performance.now() - t : Infinity);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  })();
+  await Promise.all(Array.from({ length: clients }, async () => {
+    while (performance.now() < deadline) {
+      try {
+        samples.push(await streamed(base, requestBody(traffic, next++, model)));
+      } catch {
+        errors++;
+      }
+    }
+  }));
+  const elapsed = (performance.now() - started) / 1000;
+  polling = false;
+  await poller;
+  const after = await decodeCounters(base);
+  const runs = after.runs - before.runs;
+  return { traffic, clients, elapsed, samples, errors, liveMs, decodeRows: (after.rows - before.rows) / runs, decodeStepMs: ((after.seconds - before.seconds) / runs) * 1000 };
+}
+
+/**
+ * 31 streams decode long generations; then one request with a prompt of about 240 tokens arrives. Returns the
+ * longest gap between two tokens of a running stream while that prompt is prefilled, and the median gap.
+ */
+async function longPromptArrival(base: string, model: string): Promise<{ maxGap: number; medianGap: number; promptTokens: number }> {
+  const arrivals: number[] = [];
+  const gaps: Array<{ at: number; gap: number }> = [];
+  const stream = async (i: number) => {
+    const res = await fetch(`${base}/v1/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model, prompt: `The ${WORDS[i % WORDS.length]} of day ${i}`, max_tokens: 200, temperature: 0, ignore_eos: true, stream: true }),
+    });
+    let last = NaN;
+    for await (const bytes of res.body!) {
+      const now = performance.now();
+      const tokens = new TextDecoder().decode(bytes as Uint8Array).split('\n\n').filter((e) => e.includes('"text":"') && !e.includes('"text":""')).length;
+      if (tokens === 0) continue;
+      if (!Number.isNaN(last)) gaps.push({ at: now, gap: now - last });
+      last = now;
+    }
+  };
+  const running = Array.from({ length: 31 }, (_, i) => stream(i));
+  await new Promise((resolve) => setTimeout(resolve, 2000));
+  const prompt = Array.from({ length: 400 }, (_, j) => WORDS[(j * 5) % WORDS.length]).join(' ');
+  const sent = performance.now();
+  arrivals.push(sent);
+  const res = await fetch(`${base}/v1/completions`, {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model, prompt, max_tokens: 1, temperature: 0 }),
+  });
+  const body = (await res.json()) as { usage?: { prompt_tokens: number }; error?: { message: string } };
+  const answered = performance.now();
+  await Promise.all(running);
+  const during = gaps.filter((g) => g.at >= sent && g.at <= answered + 50).map((g) => g.gap);
+  return { maxGap: Math.max(...during), medianGap: quantile(gaps.map((g) => g.gap), 0.5), promptTokens: body.usage?.prompt_tokens ?? NaN };
+}
+
+const outputRate = (r: ScenarioResult) => r.samples.reduce((s, x) => s + x.tokens, 0) / r.elapsed;
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const probe = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = probe.address() as { port: number };
+      probe.close(() => resolve(port));
+    });
+  });
+}
+
+async function startServer(env: Record<string, string>): Promise<{ base: string; child: ChildProcess }> {
+  const port = await freePort();
+  const child = spawn(process.execPath, ['dist/server.js'], {
+    env: { ...process.env, HOST: '127.0.0.1', PORT: String(port), LOG_LEVEL: 'warn', MODEL_DIR: modelDir, ...env },
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  const base = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 120; i++) {
+    if (child.exitCode !== null) throw new Error(`the server exited with code ${child.exitCode}`);
+    const ready = await fetch(`${base}/health/ready`).then((r) => r.ok, () => false);
+    if (ready) return { base, child };
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+  throw new Error('the server did not become ready within 60 s');
+}
+
+async function stopServer(child: ChildProcess): Promise<void> {
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  await exited;
+}
+
+const f = (x: number, digits = 0) => (Number.isFinite(x) ? x.toFixed(digits) : '-');
+
+function row(r: ScenarioResult): string[] {
+  const ttft = r.samples.map((s) => s.ttft);
+  const gaps = r.samples.flatMap((s) => s.gaps);
+  const tpot = r.samples.filter((s) => s.tokens > 1).map((s) => (s.e2e - s.ttft) / (s.tokens - 1));
+  const e2e = r.samples.map((s) => s.e2e);
+  return [
+    r.traffic, String(r.clients), f(r.samples.length / r.elapsed, 1), f(outputRate(r)),
+    `${f(quantile(ttft, 0.5))} / ${f(quantile(ttft, 0.99))}`, `${f(quantile(gaps, 0.5), 1)} / ${f(quantile(gaps, 0.99), 1)}`,
+    `${f(quantile(tpot, 0.5), 1)} / ${f(quantile(tpot, 0.99), 1)}`, `${f(quantile(e2e, 0.5))} / ${f(quantile(e2e, 0.99))}`,
+    f(mean(r.samples.map((s) => s.window)), 1), f(mean(r.samples.map((s) => s.cluster)), 1), f(r.decodeRows, 1), f(r.decodeStepMs, 1),
+    f(quantile(r.liveMs, 0.99), 1), String(r.errors),
+  ];
+}
+
+function table(head: string[], rows: string[][]): string {
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i])).join('  ');
+  return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
+}
+
+const HEAD = ['traffic', 'clients', 'req/s', 'out tok/s', 'TTFT p50/p99 ms', 'ITL p50/p99 ms', 'TPOT p50/p99 ms', 'E2E p50/p99 ms',
+  'window', 'cluster', 'rows/step', 'step ms', 'live p99 ms', 'errors'];
+
+async function main(): Promise<void> {
+  const threadsLabel = process.env.THREADS ?? `${config.threads} (default)`;
+  console.log(`chameleon-serve benchmark: server = node dist/server.js (own process), clients in this process; ${seconds} s per run, ` +
+    `${availableParallelism()} CPUs, THREADS=${threadsLabel}, MAX_BATCH_SIZE=${config.maxBatchSize}, MAX_WAIT_MS=${config.maxWaitMs}, ` +
+    `CONTEXT_WINDOW_MS=${config.contextWindowMs}, PREFILL_CHUNK_TOKENS=${config.prefillChunkTokens}, model ${modelDir}`);
+  const server = await startServer({});
+  const model = ((await (await fetch(`${server.base}/v1/models`)).json()) as { data: Array<{ id: string }> }).data[0].id;
+  const results: ScenarioResult[] = [];
+  let arrival: Awaited<ReturnType<typeof longPromptArrival>>;
+  try {
+    await scenario(server.base, model, 'uniform', 8); // warm-up, not reported
+    for (const traffic of traffics) for (const clients of levels) results.push(await scenario(server.base, model, traffic, clients));
+    arrival = await longPromptArrival(server.base, model);
+  } finally {
+    await stopServer(server.child);
+  }
+  console.log(table(HEAD, results.map(row)));
+
+  const threadRuns: Array<{ threads: number; result: ScenarioResult }> = [];
+  for (const threads of threadSettings) {
+    const s = await startServer({ THREADS: String(threads) });
+    try {
+      await scenario(s.base, model, 'uniform', 8);
+      threadRuns.push({ threads, result: await scenario(s.base, model, 'uniform', 32) });
+    } finally {
+      await stopServer(s.child);
+    }
+  }
+  if (threadRuns.length > 0) {
+    console.log('\nTHREADS on uniform traffic, 32 clients (each a fresh server):');
+    console.log(table(['THREADS', ...HEAD], threadRuns.map((t) => [String(t.threads), ...row(t.result)])));
+  }
+
+  const settings = { threads: config.threads, spinning: config.ortSpinning };
+  const raw = await RawLoop.open(modelDir, settings, config.maxBatchSize);
+  const find = (traffic: Traffic, clients: number) => results.find((r) => r.traffic === traffic && r.clients === clients);
+  const rate = (traffic: Traffic, clients: number) => { const r = find(traffic, clients); return r ? outputRate(r) : NaN; };
+  const rawRows: string[][] = [];
+  for (const clients of levels) {
+    const r = find('uniform', clients);
+    if (r === undefined) continue;
+    const batch = Math.max(1, Math.round(r.decodeRows));
+    const step = await raw.decodeStepMs(batch, 24);
+    rawRows.push([String(clients), String(batch), f(step, 2), f((batch * 1000) / step), f(outputRate(r)), f(outputRate(r) / ((batch * 1000) / step), 2)]);
+  }
+  const step8 = await raw.decodeStepMs(32, 8);
+  const step200 = await raw.decodeStepMs(32, 200);
+  const step1 = await raw.decodeStepMs(1, 24);
+  const step32 = await raw.decodeStepMs(32, 24);
+  const prefill = await raw.prefillMs(1, 240);
+  const { d_model: d, vocab_size: V } = raw.dims;
+  const mm1 = await matmulGflops(settings, 1, d, V);
+  const mm32 = await matmulGflops(settings, 32, d, V);
+  const flops = raw.flopsPerToken(raw.dims.context);
+  await raw.close();
+  console.log('\nRaw ONNX Runtime decode loop on the decode batch the service ran (uniform traffic; past 24 positions):');
+  console.log(table(['clients', 'rows/step', 'raw step ms', 'raw tok/s', 'HTTP tok/s', 'HTTP / raw'], rawRows));
+  const mfu = (tokPerS: number, gflops: number) => (tokPerS * flops) / (gflops * 1e9);
+  const rawMfu1 = mfu(1000 / step1, mm1);
+  const rawMfu32 = mfu((32 * 1000) / step32, mm32);
+  console.log(`\nPhysical limit: ${(flops / 1e6).toFixed(2)} MFLOP per token (dense layers, attention over the ${raw.dims.context}-position slot cache, LM head); ` +
+    `ONNX Runtime MatMul [1,${d}]x[${d},${V}] ${mm1.toFixed(1)} GFLOP/s, [32,${d}]x[${d},${V}] ${mm32.toFixed(1)} GFLOP/s.`);
+  console.log(`Model FLOPs utilisation: raw loop batch 1 ${(rawMfu1 * 100).toFixed(0)}%, batch 32 ${(rawMfu32 * 100).toFixed(0)}%; ` +
+    `service 1 client ${(mfu(rate('uniform', 1), mm1) * 100).toFixed(0)}%, 32 clients ${(mfu(rate('uniform', 32), mm32) * 100).toFixed(0)}%.`);
+  console.log(`A 240-token prompt prefilled in one run takes ${prefill.toFixed(1)} ms (the service cuts it into chunks of ${config.prefillChunkTokens} tokens).`);
+
+  const goal = (name: string, value: number, target: string, ok: boolean) => console.log(`${name.padEnd(44)} ${f(value, 2).padStart(6)}   goal ${target.padEnd(7)} ${ok ? 'met' : 'MISSED'}`);
+  console.log('\nRatios (same run):');
+  const scale = rate('uniform', 32) / rate('uniform', 1);
+  goal('32 clients / 1 client (uniform tok/s)', scale, '>= 8', scale >= 8);
+  const mixed = rate('mixed', 32) / rate('uniform', 32);
+  goal('mixed / uniform (32 clients, tok/s)', mixed, '>= 0.9', mixed >= 0.9);
+  const topP = rate('top_p', 32) / rate('uniform', 32);
+  goal('top_p 0.9 / greedy (32 clients, tok/s)', topP, '>= 0.9', topP >= 0.9);
+  const growth = step200 / step8;
+  goal('decode step, 32 rows: past 200 / past 8', growth, '<= 1.5', growth <= 1.5);
+  const mixedRun = find('mixed', 32);
+  if (mixedRun !== undefined) {
+    const window = mean(mixedRun.samples.map((s) => s.window));
+    const cluster = mean(mixedRun.samples.map((s) => s.cluster));
+    goal('mixed, 32 clients: prompts clustered with', window, '>= 24', window >= 24);
+    goal('mixed, 32 clients: cluster that formed context', cluster, '>= 3', cluster >= 3);
+  }
+  const gapRatio = arrival.maxGap / arrival.medianGap;
+  goal(`longest gap / median gap while a ${arrival.promptTokens}-token prompt prefills (31 streams)`, gapRatio, '<= 3', gapRatio <= 3);
+  const saturated = find('uniform', 32);
+  if (saturated !== undefined) {
+    const live = quantile(saturated.liveMs, 0.99);
+    goal('/health/live p99 ms, 32 clients (uniform)', live, '< 20', live < 20);
+  }
+}
+
+await main();
