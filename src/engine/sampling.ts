@@ -5,8 +5,10 @@
  * - temperature 0: greedy (argmax; ties go to the lower id).
  * - otherwise softmax(logits / temperature), then top_k, then top_p (nucleus), then a draw from the row's own
  *   seeded generator: the same seed, prompt and batch shape give the same tokens.
- * - top_k / top_p never sort the whole vocabulary: a bounded heap selects the best candidates (most likely first,
- *   ties to the lower id, the order a full sort gives), widened only while they hold less than top_p of the mass.
+ * - top_k / top_p never sort: a quickselect over the ranking (most likely first, ties to the lower id, the order a
+ *   full sort gives) finds the k best, then the shortest head of the ranking that holds top_p of their mass; the
+ *   draw walks that set in array order. The set and each member's probability are those of the textbook sorted
+ *   cut, so the distribution is the same, in expected O(vocabulary) time instead of a sort per row and step.
  * - log-probabilities are those of the model's raw distribution (log-softmax of the logits, as OpenAI reports).
  */
 
@@ -63,11 +65,9 @@ export interface SamplingParams {
 export class SamplingScratch {
   readonly probs: Float64Array;
   readonly order: Int32Array;
-  readonly heap: Int32Array;
   constructor(readonly vocabSize: number) {
     this.probs = new Float64Array(vocabSize);
     this.order = new Int32Array(vocabSize);
-    this.heap = new Int32Array(vocabSize);
   }
 }
 
@@ -114,92 +114,87 @@ export function sampleToken(
     }
     return argmax(logits, offset, V);
   }
-  let candidates = cutK ? params.topK : Math.min(FIRST_CANDIDATES, V);
-  for (;;) {
-    const n = selectBest(probs, V, candidates, order, scratch.heap);
-    let keep = n;
-    let mass = 0;
-    if (cutK) {
-      for (let j = 0; j < n; j++) mass += probs[order[j]];
-      total = mass;
-      mass = 0;
-    }
-    if (cutP) {
-      const target = params.topP * total;
-      let j = 0;
-      while (j < n) {
-        mass += probs[order[j]];
-        j++;
-        if (mass >= target) break;
-      }
-      if (mass < target && !cutK && n < V) {
-        candidates = Math.min(candidates * 4, V);
-        continue;
-      }
-      keep = Math.max(1, j);
-      total = mass;
-    }
-    let r = rng.next() * total;
-    for (let j = 0; j < keep; j++) {
-      r -= probs[order[j]];
-      if (r < 0) return order[j];
-    }
-    return order[keep - 1];
+  for (let i = 0; i < V; i++) order[i] = i;
+  let size = V;
+  if (cutK) {
+    selectBest(probs, order, params.topK);
+    size = params.topK;
+    total = 0;
+    for (let j = 0; j < size; j++) total += probs[order[j]];
   }
+  if (cutP) size = nucleusSize(probs, order, size, params.topP * total);
+  let mass = 0;
+  for (let j = 0; j < size; j++) mass += probs[order[j]];
+  let r = rng.next() * mass;
+  for (let j = 0; j < size; j++) {
+    r -= probs[order[j]];
+    if (r < 0) return order[j];
+  }
+  return order[size - 1];
 }
-
-/** Candidates a top_p cut looks at first (widened 4x at a time while they hold too little mass). */
-const FIRST_CANDIDATES = 64;
 
 /** `a` ranks before `b`: more likely, or as likely and a lower id. */
 function before(probs: Float64Array, a: number, b: number): boolean {
   return probs[a] > probs[b] || (probs[a] === probs[b] && a < b);
 }
 
+function swap(order: Int32Array, i: number, j: number): void {
+  const t = order[i];
+  order[i] = order[j];
+  order[j] = t;
+}
+
 /**
- * The `m` best ids of probs[0..V) into order[0..m), best first, through a heap of the m best so far (its worst
- * on top): about V comparisons when m is small. Returns m.
+ * Partitions order[lo, hi) around a median-of-three pivot: returns its final position p, with every id ranked
+ * before the pivot in [lo, p) and every id ranked after it in (p, hi).
  */
-function selectBest(probs: Float64Array, V: number, m: number, order: Int32Array, heap: Int32Array): number {
-  let size = 0;
-  const siftDown = (at: number) => {
-    for (;;) {
-      const left = 2 * at + 1;
-      if (left >= size) return;
-      const right = left + 1;
-      const worse = right < size && before(probs, heap[left], heap[right]) ? right : left;
-      if (!before(probs, heap[at], heap[worse])) return;
-      const moved = heap[at];
-      heap[at] = heap[worse];
-      heap[worse] = moved;
-      at = worse;
-    }
-  };
-  for (let i = 0; i < V; i++) {
-    if (size < m) {
-      let at = size++;
-      heap[at] = i;
-      while (at > 0) {
-        const parent = (at - 1) >> 1;
-        if (!before(probs, heap[parent], heap[at])) break;
-        const moved = heap[at];
-        heap[at] = heap[parent];
-        heap[parent] = moved;
-        at = parent;
-      }
-    } else if (before(probs, i, heap[0])) {
-      heap[0] = i;
-      siftDown(0);
+function partition(probs: Float64Array, order: Int32Array, lo: number, hi: number): number {
+  const mid = (lo + hi - 1) >> 1;
+  const last = hi - 1;
+  if (before(probs, order[mid], order[lo])) swap(order, mid, lo);
+  if (before(probs, order[last], order[lo])) swap(order, last, lo);
+  if (before(probs, order[mid], order[last])) swap(order, mid, last);
+  const pivot = order[last];
+  let store = lo;
+  for (let i = lo; i < last; i++) if (before(probs, order[i], pivot)) swap(order, i, store++);
+  swap(order, store, last);
+  return store;
+}
+
+/** Moves the k best-ranked ids of order[0, n) into order[0, k) (in no particular order). */
+function selectBest(probs: Float64Array, order: Int32Array, k: number): void {
+  let lo = 0;
+  let hi = order.length;
+  while (hi - lo > 1) {
+    const p = partition(probs, order, lo, hi);
+    if (p === k || p === k - 1) return;
+    if (p > k) hi = p;
+    else lo = p + 1;
+  }
+}
+
+/**
+ * The nucleus: moves into order[0, size) the shortest head of the ranking of order[0, n) whose mass reaches
+ * `target`, and returns its size.
+ */
+function nucleusSize(probs: Float64Array, order: Int32Array, n: number, target: number): number {
+  let lo = 0;
+  let hi = n;
+  let above = 0; // mass of order[0, lo), all ranked before order[lo, hi)
+  while (hi > lo) {
+    const p = partition(probs, order, lo, hi);
+    let head = 0;
+    for (let i = lo; i < p; i++) head += probs[order[i]];
+    if (above + head >= target) {
+      hi = p;
+    } else if (above + head + probs[order[p]] >= target) {
+      return p + 1;
+    } else {
+      above += head + probs[order[p]];
+      lo = p + 1;
     }
   }
-  for (let end = size - 1; end > 0; end--) {
-    order[end] = heap[0];
-    heap[0] = heap[end];
-    size = end;
-    siftDown(0);
-  }
-  if (size > 0) order[0] = heap[0];
-  return m;
+  return Math.max(1, lo);
 }
 
 /** log(sum(exp(logits))) of one row. */
