@@ -1,7 +1,9 @@
 /**
  * The time-window batcher. A window opens with the oldest waiting request and closes when it holds
- * maxBatchSize prompts or maxWaitMs after that request arrived, whichever comes first; it then hands over as
- * many whole requests as the engine has room for. The window does not close early just because the engine's
+ * maxBatchSize prompts or maxWaitMs after that request arrived, whichever comes first, or at once when the engine
+ * is idle (with idle dispatch on: waiting for companions then only delays the first token, and later windows are
+ * clustered with this one through the context pool); it then hands over as many whole requests as the engine has
+ * room for. The window does not close early just because the engine's
  * free room is small: under steady load rows finish one at a time, and closing at once would shrink every
  * window to a single request, turning batch adaptation into per-request adaptation.
  */
@@ -23,18 +25,18 @@ export class WindowBatcher<T extends Queued> {
    * The next batch: whole requests, at most `room()` prompts (and never more than maxBatchSize); empty when the
    * oldest request alone needs more room than there is; null once the queue is closed and empty.
    */
-  async next(room: () => number = () => this.options.maxBatchSize): Promise<T[] | null> {
+  async next(room: () => number = () => this.options.maxBatchSize, idle: () => boolean = () => false): Promise<T[] | null> {
     const limit = () => Math.min(room(), this.options.maxBatchSize);
     while (this.queue.length === 0) {
       if (this.queue.isClosed) return null;
       await this.queue.waitForChange();
     }
     const deadline = this.queue.peek()!.arrivedAt + this.options.maxWaitMs;
-    while (this.queue.rows < this.options.maxBatchSize && !this.queue.isClosed) {
+    while (this.queue.rows < this.options.maxBatchSize && !this.queue.isClosed && !idle()) {
       const left = deadline - this.now();
       if (left <= 0) break;
       await this.queue.waitForChange(left);
-      if (this.queue.length === 0) return this.next(room); // everything waiting was withdrawn
+      if (this.queue.length === 0) return this.next(room, idle); // everything waiting was withdrawn
     }
     const batch: T[] = [];
     let rows = 0;

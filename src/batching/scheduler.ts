@@ -35,6 +35,8 @@ export interface SchedulerOptions {
   targetClusterSize: number;
   maxClusters: number;
   queueSize: number;
+  /** An idle engine takes the first request at once instead of waiting maxWaitMs for companions. */
+  idleDispatch: boolean;
   /** How long an admitted batch prompt stays in the context pool of later windows, ms. */
   contextWindowMs: number;
   kmeansSeed: number;
@@ -134,7 +136,7 @@ export class Scheduler {
     const max = this.options.maxBatchSize;
     for (;;) {
       while (this.inFlightRows >= max) await this.capacityChanged();
-      const batch = await this.batcher.next(() => max - this.inFlightRows);
+      const batch = await this.batcher.next(() => max - this.inFlightRows, () => this.options.idleDispatch && this.inFlightRows === 0);
       if (batch === null) break;
       if (batch.length === 0) {
         await this.capacityChanged(); // the oldest request needs more free rows than there are

@@ -12,8 +12,9 @@ let app: FastifyInstance;
 
 before(async () => {
   // A wide window so that requests sent together reliably share one; full batches leave at once. No context pool:
-  // these tests check what one window does (test/batching/window-policy.test.ts covers the pool).
-  app = await startApp({ maxWaitMs: 400, maxBatchSize: 32, targetClusterSize: 8, maxClusters: 4, contextWindowMs: 0 });
+  // these tests check what one window does (test/batching/window-policy.test.ts covers the pool),
+  // and windows always wait for companions.
+  app = await startApp({ maxWaitMs: 400, maxBatchSize: 32, targetClusterSize: 8, maxClusters: 4, contextWindowMs: 0, idleDispatch: false });
 });
 after(async () => {
   await app.close();

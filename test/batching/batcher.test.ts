@@ -63,3 +63,19 @@ test('little free room in the engine does not close the window early (batches st
   assert.deepEqual(names(await batcher.next(() => room)), ['a', 'b', 'c']);
   assert.ok(performance.now() - started >= 55, 'the window stayed open for max wait');
 });
+
+test('an idle engine takes the first request at once; a busy one waits for the window', async () => {
+  const q = new BoundedQueue<Item>(100);
+  const batcher = new WindowBatcher(q, { maxBatchSize: 10, maxWaitMs: 200 });
+  let idle = true;
+  let started = performance.now();
+  q.push(item('a'));
+  assert.deepEqual(names(await batcher.next(undefined, () => idle)), ['a']);
+  assert.ok(performance.now() - started < 50, 'no window wait while idle');
+  idle = false;
+  started = performance.now();
+  q.push(item('b'));
+  setTimeout(() => q.push(item('c')), 20);
+  assert.deepEqual(names(await batcher.next(undefined, () => idle)), ['b', 'c']);
+  assert.ok(performance.now() - started >= 190, 'a busy engine: the window stays open');
+});

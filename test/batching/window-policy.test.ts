@@ -52,7 +52,7 @@ const params = (maxTokens: number): GenerationParams => ({
 async function saturate(contextWindowMs: number): Promise<{ infos: BatchInfo[]; peak: number }> {
   const engine = new TickingEngine();
   const scheduler = new Scheduler(engine, features, {
-    maxBatchSize: 32, maxWaitMs: 5, targetClusterSize: 4, maxClusters: 8, queueSize: 256, contextWindowMs, kmeansSeed: 0, requestTimeoutMs: 0, retryAfterSeconds: 1,
+    maxBatchSize: 32, maxWaitMs: 5, targetClusterSize: 4, maxClusters: 8, queueSize: 256, idleDispatch: true, contextWindowMs, kmeansSeed: 0, requestTimeoutMs: 0, retryAfterSeconds: 1,
   }, new Metrics({ defaultMetrics: false }), { debug() {}, error() {} });
   scheduler.start();
   const rng = new Random(3);
