@@ -1,14 +1,14 @@
 /**
  * The benchmark as users run the service: the server is its own process (`node dist/server.js`, what `npm start`
- * runs), this process is the client. Traffic: uniform (32 greedy tokens), mixed (prompts of 1 to 130 words,
- * max_tokens 8..56, greedy) and top_p (temperature 1, top_p 0.9, 32 tokens), at 1, 8 and 32 concurrent clients,
- * every request streamed. Reports what `vllm bench serve` and GuideLLM report (requests/s, output tokens/s, TTFT,
+ * runs), this process is the client. Traffic: uniform (short prompts, 32 greedy tokens), mixed (short prompts,
+ * max_tokens 8..56), long_prompts (prompts of about 10 to 200 tokens, max_tokens 8..56) and top_p (temperature 1,
+ * top_p 0.9, 32 tokens), at 1, 8 and 32 concurrent clients, every request streamed. Reports what `vllm bench serve` and GuideLLM report (requests/s, output tokens/s, TTFT,
  * inter-token latency, TPOT, end-to-end latency), the batch window and cluster sizes the responses carry,
  * /health/live latency under load, the ratios the engine is held to, a raw ONNX Runtime loop on the service's
  * batch shapes, and the physical limit (model FLOPs over ONNX Runtime's own MatMul throughput).
  *
  *   npm run bench
- *   BENCH_SECONDS=8 BENCH_CONCURRENCY=1,8,32 BENCH_TRAFFIC=uniform,mixed,top_p BENCH_THREADS=1,2 npm run bench
+ *   BENCH_SECONDS=8 BENCH_CONCURRENCY=1,8,32 BENCH_TRAFFIC=uniform,mixed,long_prompts,top_p BENCH_THREADS=1,2 npm run bench
  *
  * BENCH_THREADS lists THREADS settings to compare on the 32-client uniform traffic (the server's default first).
  */
@@ -16,16 +16,17 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { availableParallelism } from 'node:os';
 import { createServer } from 'node:net';
 import { loadConfig } from '../src/config.js';
+import { ModelPackage } from '../src/model/package.js';
 import { matmulGflops, RawLoop } from './raw-loop.js';
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 8);
 const levels = (process.env.BENCH_CONCURRENCY ?? '1,8,32').split(',').map(Number);
-const traffics = (process.env.BENCH_TRAFFIC ?? 'uniform,mixed,top_p').split(',') as Traffic[];
+const traffics = (process.env.BENCH_TRAFFIC ?? 'uniform,mixed,long_prompts,top_p').split(',') as Traffic[];
 const threadSettings = (process.env.BENCH_THREADS ?? '').split(',').filter((t) => t !== '').map(Number);
 const modelDir = process.env.MODEL_DIR ?? 'models/default';
 const config = loadConfig();
 
-type Traffic = 'uniform' | 'mixed' | 'top_p';
+type Traffic = 'uniform' | 'mixed' | 'long_prompts' | 'top_p';
 
 const WORDS = 'ship sea whale captain nation congress people letter server license software union war peace money law court river'.split(' ');
 
@@ -36,8 +37,10 @@ function requestBody(traffic: Traffic, i: number, model: string): Record<string,
   switch (traffic) {
     case 'uniform':
       return { ...base, prompt: short, max_tokens: 32, temperature: 0 };
-    case 'mixed': {
-      const words = 1 + ((i * 53) % 130);
+    case 'mixed':
+      return { ...base, prompt: short, max_tokens: 8 + ((i * 37) % 49), temperature: 0 };
+    case 'long_prompts': {
+      const words = (i * 53) % 120;
       const prompt = Array.from({ length: words }, (_, j) => WORDS[(i + j * 5) % WORDS.length]).join(' ');
       return { ...base, prompt: `${short}: ${prompt}`, max_tokens: 8 + ((i * 37) % 49), temperature: 0 };
     }
@@ -46,7 +49,7 @@ function requestBody(traffic: Traffic, i: number, model: string): Record<string,
   }
 }
 
-interface Sample { ttft: number; gaps: number[]; e2e: number; tokens: number; window: number; cluster: number }
+interface Sample { ttft: number; gaps: number[]; e2e: number; tokens: number; promptTokens: number; window: number; cluster: number }
 
 interface ScenarioResult {
   traffic: Traffic;
@@ -71,7 +74,7 @@ async function streamed(base: string, body: Record<string, unknown>): Promise<Sa
   const started = performance.now();
   const res = await fetch(`${base}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
   if (res.status !== 200 || res.body === null) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
-  const sample: Sample = { ttft: NaN, gaps: [], e2e: 0, tokens: 0, window: NaN, cluster: NaN };
+  const sample: Sample = { ttft: NaN, gaps: [], e2e: 0, tokens: 0, promptTokens: 0, window: NaN, cluster: NaN };
   let last = NaN;
   let buffered = '';
   const decoder = new TextDecoder();
@@ -84,7 +87,10 @@ async function streamed(base: string, body: Record<string, unknown>): Promise<Sa
       if (!event.startsWith('data: ') || event === 'data: [DONE]') continue;
       const chunk = JSON.parse(event.slice(6));
       if (chunk.error) throw new Error(chunk.error.message);
-      if (chunk.usage) sample.tokens = chunk.usage.completion_tokens;
+      if (chunk.usage) {
+        sample.tokens = chunk.usage.completion_tokens;
+        sample.promptTokens = chunk.usage.prompt_tokens;
+      }
       if (chunk.chameleon && Number.isNaN(sample.window)) {
         sample.window = chunk.chameleon.batch_size;
         sample.cluster = chunk.chameleon.cluster_size;
@@ -156,7 +162,7 @@ async function scenario(base: string, model: string, traffic: Traffic, clients: 
  * 31 streams decode long generations; then one request with a prompt of about 240 tokens arrives. Returns the
  * longest gap between two tokens of a running stream while that prompt is prefilled, and the median gap.
  */
-async function longPromptArrival(base: string, model: string): Promise<{ maxGap: number; medianGap: number; promptTokens: number }> {
+async function longPromptArrival(base: string, model: string, prompt: string): Promise<{ maxGap: number; medianGap: number; promptTokens: number }> {
   const arrivals: number[] = [];
   const gaps: Array<{ at: number; gap: number }> = [];
   const stream = async (i: number) => {
@@ -175,7 +181,6 @@ async function longPromptArrival(base: string, model: string): Promise<{ maxGap:
   };
   const running = Array.from({ length: 31 }, (_, i) => stream(i));
   await new Promise((resolve) => setTimeout(resolve, 2000));
-  const prompt = Array.from({ length: 400 }, (_, j) => WORDS[(j * 5) % WORDS.length]).join(' ');
   const sent = performance.now();
   arrivals.push(sent);
   const res = await fetch(`${base}/v1/completions`, {
@@ -187,6 +192,15 @@ async function longPromptArrival(base: string, model: string): Promise<{ maxGap:
   await Promise.all(running);
   const during = gaps.filter((g) => g.at >= sent && g.at <= answered + 50).map((g) => g.gap);
   return { maxGap: Math.max(...during), medianGap: quantile(gaps.map((g) => g.gap), 0.5), promptTokens: body.usage?.prompt_tokens ?? NaN };
+}
+
+/** A prompt of `tokens` tokens (BOS included) under the package's tokenizer. */
+function promptOfTokens(tokens: number): string {
+  const tokenizer = ModelPackage.open(modelDir).tokenizer;
+  const words: string[] = [];
+  while (tokenizer.encodePrompt(words.join(' ')).length < tokens) words.push(WORDS[(words.length * 5) % WORDS.length]);
+  while (tokenizer.encodePrompt(words.join(' ')).length > tokens) words.pop();
+  return words.join(' ');
 }
 
 const outputRate = (r: ScenarioResult) => r.samples.reduce((s, x) => s + x.tokens, 0) / r.elapsed;
@@ -230,7 +244,7 @@ function row(r: ScenarioResult): string[] {
   const tpot = r.samples.filter((s) => s.tokens > 1).map((s) => (s.e2e - s.ttft) / (s.tokens - 1));
   const e2e = r.samples.map((s) => s.e2e);
   return [
-    r.traffic, String(r.clients), f(r.samples.length / r.elapsed, 1), f(outputRate(r)),
+    r.traffic, String(r.clients), f(r.samples.length / r.elapsed, 1), f(r.samples.reduce((s, x) => s + x.promptTokens, 0) / r.elapsed), f(outputRate(r)),
     `${f(quantile(ttft, 0.5))} / ${f(quantile(ttft, 0.99))}`, `${f(quantile(gaps, 0.5), 1)} / ${f(quantile(gaps, 0.99), 1)}`,
     `${f(quantile(tpot, 0.5), 1)} / ${f(quantile(tpot, 0.99), 1)}`, `${f(quantile(e2e, 0.5))} / ${f(quantile(e2e, 0.99))}`,
     f(mean(r.samples.map((s) => s.window)), 1), f(mean(r.samples.map((s) => s.cluster)), 1), f(r.decodeRows, 1), f(r.decodeStepMs, 1),
@@ -244,7 +258,7 @@ function table(head: string[], rows: string[][]): string {
   return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
 }
 
-const HEAD = ['traffic', 'clients', 'req/s', 'out tok/s', 'TTFT p50/p99 ms', 'ITL p50/p99 ms', 'TPOT p50/p99 ms', 'E2E p50/p99 ms',
+const HEAD = ['traffic', 'clients', 'req/s', 'in tok/s', 'out tok/s', 'TTFT p50/p99 ms', 'ITL p50/p99 ms', 'TPOT p50/p99 ms', 'E2E p50/p99 ms',
   'window', 'cluster', 'rows/step', 'step ms', 'live p99 ms', 'errors'];
 
 async function main(): Promise<void> {
@@ -259,7 +273,7 @@ async function main(): Promise<void> {
   try {
     await scenario(server.base, model, 'uniform', 8); // warm-up, not reported
     for (const traffic of traffics) for (const clients of levels) results.push(await scenario(server.base, model, traffic, clients));
-    arrival = await longPromptArrival(server.base, model);
+    arrival = await longPromptArrival(server.base, model, promptOfTokens(240));
   } finally {
     await stopServer(server.child);
   }
@@ -323,6 +337,8 @@ async function main(): Promise<void> {
   goal('top_p 0.9 / greedy (32 clients, tok/s)', topP, '>= 0.9', topP >= 0.9);
   const growth = step200 / step8;
   goal('decode step, 32 rows: past 200 / past 8', growth, '<= 1.5', growth <= 1.5);
+  const longPrompts = rate('long_prompts', 32) / rate('uniform', 32);
+  console.log(`${'long_prompts / uniform (32 clients, output tok/s)'.padEnd(44)} ${f(longPrompts, 2).padStart(6)}   (no goal: these requests also prefill ~6x more prompt tokens)`);
   const mixedRun = find('mixed', 32);
   if (mixedRun !== undefined) {
     const window = mean(mixedRun.samples.map((s) => s.window));

@@ -18,7 +18,7 @@
  * ONNX Runtime sits behind `Runtime` (runtime.ts), so this file is plain TypeScript.
  */
 import type { BatchStats, FinishReason, Job, RowEvent, RowSpec, TokenLogprob } from './protocol.js';
-import { Random, SamplingScratch, sampleToken, tokenLogprobs } from './sampling.js';
+import { argmax, Random, SamplingScratch, sampleFromProbs, tokenLogprobs } from './sampling.js';
 import { TextTracker } from './stopping.js';
 
 export interface AdapterStack {
@@ -59,6 +59,8 @@ export interface Runtime {
   stack(parts: readonly AdapterPart[]): AdapterStack;
   /** Runs the decoder, writes each row's new keys and values into its slot; logits [logitsIndex.length, V]. */
   step(feeds: StepFeeds, adapters: AdapterStack): Promise<Float32Array>;
+  /** softmax(logits row / temperature) of the given logits rows: [rows.length, V]. */
+  softmax(logits: Float32Array, rows: readonly number[], temperatures: readonly number[]): Promise<Float32Array>;
   /** A row changes slots: its first `length` cached positions move with it. */
   moveSlot(from: number, to: number, length: number): void;
 }
@@ -293,9 +295,9 @@ export class DecodeLoop {
     const ms = this.now() - t;
     this.onForward('prefill', ms, B, newTokens.reduce((a, b) => a + b, 0));
 
-    const V = this.runtime.vocabSize;
     const events = new Map<Window, RowEvent[]>();
     const completed: Row[] = [];
+    const advancing: Array<{ row: Row; at: number }> = [];
     rows.forEach((row, b) => {
       const { first, count, completes } = plan[b];
       row.window.stats.prefillMs += ms / B;
@@ -308,8 +310,9 @@ export class DecodeLoop {
       if (row.spec.promptLogprobs) row.window.hooks.onPrompt(row.row, row.promptLogprobs);
       if (row.window.hooks.isCancelled(row.row)) this.finish(row, 'cancelled', out);
       else if (row.spec.maxTokens === 0) this.finish(row, 'length', out);
-      else this.advance(row, logits, (first + count - 1) * V, out);
+      else advancing.push({ row, at: first + count - 1 });
     });
+    await this.advanceAll(advancing, logits, events);
     for (const row of completed) {
       this.prefilling.shift();
       if (!row.done) {
@@ -355,13 +358,15 @@ export class DecodeLoop {
     this.onForward('decode', ms, B, B);
 
     const events = new Map<Window, RowEvent[]>();
+    const advancing: Array<{ row: Row; at: number }> = [];
     rows.forEach((r, i) => {
       r.length++;
       const out = events.get(r.window) ?? [];
       events.set(r.window, out);
       if (r.window.hooks.isCancelled(r.row)) this.finish(r, 'cancelled', out);
-      else this.advance(r, logits, i * this.runtime.vocabSize, out);
+      else advancing.push({ row: r, at: i });
     });
+    await this.advanceAll(advancing, logits, events);
     for (const w of new Set(rows.map((r) => r.window))) {
       w.stats.decodeSteps++;
       w.stats.decodeMs += ms;
@@ -422,10 +427,25 @@ export class DecodeLoop {
     out.push({ row: r.row, text: reason === 'cancelled' ? '' : r.text.flush(), finish: reason, completionTokens: r.generated });
   }
 
-  /** Chooses the row's next token from its logits and turns it into an event. */
-  private advance(r: Row, logits: Float32Array, offset: number, out: RowEvent[]): void {
+  /**
+   * Each row's next token from its logits row `at` (greedy rows by argmax; sampling rows from probabilities that one
+   * softmax run computes for all of them), turned into events.
+   */
+  private async advanceAll(rows: ReadonlyArray<{ row: Row; at: number }>, logits: Float32Array, events: Map<Window, RowEvent[]>): Promise<void> {
     const V = this.runtime.vocabSize;
-    const token = sampleToken(logits, offset, r.spec, r.rng, this.scratch);
+    const sampling = rows.filter(({ row }) => row.spec.temperature > 0);
+    const probs = sampling.length === 0 ? null : await this.runtime.softmax(logits, sampling.map((s) => s.at), sampling.map((s) => s.row.spec.temperature));
+    const probRow = new Map(sampling.map((s, j) => [s.row, j]));
+    for (const { row, at } of rows) {
+      const j = probRow.get(row);
+      const token = j === undefined ? argmax(logits, at * V, V) : sampleFromProbs(probs!, j * V, row.spec, row.rng, this.scratch);
+      this.advance(row, token, logits, at * V, events.get(row.window)!);
+    }
+  }
+
+  /** Turns the row's chosen token into an event (or its end). */
+  private advance(r: Row, token: number, logits: Float32Array, offset: number, out: RowEvent[]): void {
+    const V = this.runtime.vocabSize;
     if (token === this.codec.eosId && !r.spec.ignoreEos) {
       this.finish(r, 'stop', out);
       return;

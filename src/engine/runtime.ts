@@ -9,6 +9,7 @@ import { cacheInputNames, checkSignature, type RuntimeTensorInfo } from '../mode
 import type { ModelPackage } from '../model/package.js';
 import type { AdapterPart, AdapterStack, Runtime, StepFeeds } from './decode-loop.js';
 import { KvSlots } from './kv-slots.js';
+import { FLOAT, model, node, tensorInfo } from './onnx-proto.js';
 
 class OrtAdapters implements AdapterStack {
   constructor(readonly a: ort.Tensor, readonly b: ort.Tensor, readonly slots: number) {}
@@ -26,6 +27,16 @@ export interface RuntimeOptions {
   /** KV-cache slots (the most rows in flight). */
   slots: number;
   warn: (message: string) => void;
+}
+
+/** softmax(logits * inv_temperature) per row: the sampling rows' probabilities, vectorised by ONNX Runtime. */
+function softmaxModel(vocabSize: number): Uint8Array {
+  return model({
+    nodes: [node('Mul', ['logits', 'inv_temperature'], ['scaled']), node('Softmax', ['scaled'], ['probs'], { axis: -1 })],
+    inputs: [tensorInfo('logits', FLOAT, ['rows', vocabSize]), tensorInfo('inv_temperature', FLOAT, ['rows', 1])],
+    outputs: [tensorInfo('probs', FLOAT, ['rows', vocabSize])],
+    opset: 13,
+  });
 }
 
 function metadata(list: readonly ort.InferenceSession.ValueMetadata[]): RuntimeTensorInfo[] {
@@ -46,6 +57,7 @@ export class OrtRuntime implements Runtime {
     readonly provider: string,
     private readonly decoder: ort.InferenceSession,
     private readonly hypernetSession: ort.InferenceSession,
+    private readonly softmaxSession: ort.InferenceSession,
     pkg: ModelPackage,
     slots: number,
   ) {
@@ -73,10 +85,14 @@ export class OrtRuntime implements Runtime {
     const open = async (providers: ort.InferenceSession.ExecutionProviderConfig[], quiet = false) => {
       // A CUDA attempt that fails is reported once, by us (ONNX Runtime's own error lines would repeat it).
       const options = { ...base, executionProviders: providers, ...(quiet ? { logSeverityLevel: 4 as const } : {}) };
-      return Promise.all([ort.InferenceSession.create(pkg.paths.decoder, options), ort.InferenceSession.create(pkg.paths.hypernet, options)]);
+      return Promise.all([
+        ort.InferenceSession.create(pkg.paths.decoder, options),
+        ort.InferenceSession.create(pkg.paths.hypernet, options),
+        ort.InferenceSession.create(softmaxModel(pkg.dims.vocab_size), options),
+      ]);
     };
     let provider = 'cpu';
-    let sessions: [ort.InferenceSession, ort.InferenceSession];
+    let sessions: [ort.InferenceSession, ort.InferenceSession, ort.InferenceSession];
     if (options.device === 'cuda') {
       // A failed CUDA start surfaces as an exception, reported once as a warning below; ONNX Runtime's own
       // error lines for it (logged by its process-wide logger, set up by the first session) would repeat it.
@@ -91,16 +107,16 @@ export class OrtRuntime implements Runtime {
     } else {
       sessions = await open(['cpu']);
     }
-    const [decoder, hypernet] = sessions;
+    const [decoder, hypernet, softmax] = sessions;
     const problems = [
       ...checkSignature('decoder.onnx', pkg.manifest.decoder, { inputs: metadata(decoder.inputMetadata), outputs: metadata(decoder.outputMetadata) }),
       ...checkSignature('hypernet.onnx', pkg.manifest.hypernet, { inputs: metadata(hypernet.inputMetadata), outputs: metadata(hypernet.outputMetadata) }),
     ];
     if (problems.length > 0) {
-      await Promise.allSettled([decoder.release(), hypernet.release()]);
+      await Promise.allSettled([decoder.release(), hypernet.release(), softmax.release()]);
       throw new ModelPackageError(`Model package ${pkg.dir} does not match its manifest: ${problems.join('; ')}`);
     }
-    return new OrtRuntime(provider, decoder, hypernet, pkg, options.slots);
+    return new OrtRuntime(provider, decoder, hypernet, softmax, pkg, options.slots);
   }
 
   async hypernet(contexts: Float32Array, count: number): Promise<AdapterPart> {
@@ -170,11 +186,24 @@ export class OrtRuntime implements Runtime {
     return wanted === 0 ? new Float32Array(0) : (out.logits.data as Float32Array);
   }
 
+  async softmax(logits: Float32Array, rows: readonly number[], temperatures: readonly number[]): Promise<Float32Array> {
+    const V = this.vocabSize;
+    const n = rows.length;
+    const inOrder = rows.every((r, j) => r === j);
+    const picked = inOrder ? logits.subarray(0, n * V) : new Float32Array(n * V);
+    if (!inOrder) rows.forEach((r, j) => picked.set(logits.subarray(r * V, (r + 1) * V), j * V));
+    const out = await this.softmaxSession.run({
+      logits: new ort.Tensor('float32', picked, [n, V]),
+      inv_temperature: new ort.Tensor('float32', Float32Array.from(temperatures, (t) => 1 / t), [n, 1]),
+    });
+    return out.probs.data as Float32Array;
+  }
+
   moveSlot(from: number, to: number, length: number): void {
     this.cache.move(from, to, length);
   }
 
   async release(): Promise<void> {
-    await Promise.allSettled([this.decoder.release(), this.hypernetSession.release()]);
+    await Promise.allSettled([this.decoder.release(), this.hypernetSession.release(), this.softmaxSession.release()]);
   }
 }

@@ -1,17 +1,19 @@
 /**
- * Per-row token choice and log-probabilities. Pure functions over one row of logits, so that the worker's
- * loop stays small and these can be tested alone.
+ * Per-row token choice and log-probabilities. Pure functions over one row, so that the worker's loop stays small
+ * and these can be tested alone.
  *
- * - temperature 0: greedy (argmax; ties go to the lower id).
- * - otherwise softmax(logits / temperature), then top_k, then top_p (nucleus), then a draw from the row's own
- *   seeded generator: the same seed, prompt and batch shape give the same tokens.
- * - top_k / top_p never sort: a quickselect over the ranking (most likely first, ties to the lower id, the order a
- *   full sort gives) finds the k best, then the shortest head of the ranking that holds top_p of their mass; the
- *   draw walks that set in array order. The set and each member's probability are those of the textbook sorted
- *   cut, so the distribution is the same, in expected O(vocabulary) time instead of a sort per row and step.
+ * - temperature 0: greedy (argmax of the logits; ties go to the lower id).
+ * - otherwise the row's probabilities softmax(logits / temperature) (computed by ONNX Runtime for all sampling
+ *   rows of a step at once, see Runtime.softmax; `softmaxRow` is the same in JavaScript), then top_k, then top_p
+ *   (nucleus), then a draw from the row's own seeded generator: the same seed, prompt and batch shape give the
+ *   same tokens.
+ * - top_k / top_p never sort the vocabulary: one pass files every candidate under the top bits of its probability's
+ *   float32 pattern (4096 bins of 1/16 octave, ordered like the values), the bins are walked from the top to the
+ *   one where the cut falls, and only that bin is sorted (most likely first, ties to the lower id, the order a full
+ *   sort gives). The kept set and each member's probability are those of the textbook sorted cut, so the
+ *   distribution is the same, in O(vocabulary) time.
  * - log-probabilities are those of the model's raw distribution (log-softmax of the logits, as OpenAI reports).
  */
-
 /** A small, fast, seedable generator (sfc32 seeded through splitmix32); one per request. */
 export class Random {
   private a: number;
@@ -61,12 +63,16 @@ export interface SamplingParams {
   topK: number;
 }
 
+/** Bits dropped from a probability's float32 pattern to file it in a bin: 4096 bins of 1/16 octave. */
+const BIN_SHIFT = 19;
+const BINS = 1 << (31 - BIN_SHIFT);
+
 /** Reusable buffers for one vocabulary size. */
 export class SamplingScratch {
-  readonly probs: Float64Array;
   readonly order: Int32Array;
+  readonly binCount = new Int32Array(BINS);
+  readonly binMass = new Float64Array(BINS);
   constructor(readonly vocabSize: number) {
-    this.probs = new Float64Array(vocabSize);
     this.order = new Int32Array(vocabSize);
   }
 }
@@ -84,117 +90,91 @@ export function argmax(logits: Float32Array, offset: number, size: number): numb
   return best;
 }
 
-/** Chooses the next token from `logits[offset .. offset + V)`. */
-export function sampleToken(
-  logits: Float32Array,
-  offset: number,
-  params: SamplingParams,
-  rng: Random,
-  scratch: SamplingScratch,
-): number {
-  const V = scratch.vocabSize;
-  if (params.temperature <= 0) return argmax(logits, offset, V);
-  const { probs, order } = scratch;
-  const invT = 1 / params.temperature;
+/** softmax(logits[offset .. offset + size) / temperature) into out[outOffset ..), in float32 like ONNX Runtime's. */
+export function softmaxRow(logits: Float32Array, offset: number, size: number, temperature: number, out: Float32Array, outOffset: number): void {
   let max = -Infinity;
-  for (let i = 0; i < V; i++) if (logits[offset + i] > max) max = logits[offset + i];
+  for (let i = 0; i < size; i++) if (logits[offset + i] > max) max = logits[offset + i];
   let total = 0;
-  for (let i = 0; i < V; i++) {
-    const p = Math.exp((logits[offset + i] - max) * invT);
-    probs[i] = p;
+  for (let i = 0; i < size; i++) {
+    const p = Math.exp((logits[offset + i] - max) / temperature);
+    out[outOffset + i] = p;
     total += p;
   }
+  for (let i = 0; i < size; i++) out[outOffset + i] /= total;
+}
+
+/** Chooses a token from a row of probabilities probs[offset .. offset + V) (temperature > 0). */
+export function sampleFromProbs(probs: Float32Array, offset: number, params: SamplingParams, rng: Random, scratch: SamplingScratch): number {
+  const V = scratch.vocabSize;
+  const row = probs.subarray(offset, offset + V);
+  const bits = new Uint32Array(probs.buffer, probs.byteOffset + offset * 4, V);
   const cutK = params.topK > 0 && params.topK < V;
   const cutP = params.topP < 1;
-  if (!cutK && !cutP) {
-    let r = rng.next() * total;
-    for (let i = 0; i < V; i++) {
-      r -= probs[i];
-      if (r < 0) return i;
-    }
-    return argmax(logits, offset, V);
-  }
-  for (let i = 0; i < V; i++) order[i] = i;
+  const { order } = scratch;
   let size = V;
-  if (cutK) {
-    selectBest(probs, order, params.topK);
-    size = params.topK;
-    total = 0;
-    for (let j = 0; j < size; j++) total += probs[order[j]];
+  for (let i = 0; i < V; i++) order[i] = i;
+  if (cutK) size = cutHead(row, bits, order, size, params.topK, Infinity, scratch);
+  if (cutP) {
+    let total = 0;
+    for (let j = 0; j < size; j++) total += row[order[j]];
+    size = cutHead(row, bits, order, size, Infinity, params.topP * total, scratch);
   }
-  if (cutP) size = nucleusSize(probs, order, size, params.topP * total);
   let mass = 0;
-  for (let j = 0; j < size; j++) mass += probs[order[j]];
+  for (let j = 0; j < size; j++) mass += row[order[j]];
   let r = rng.next() * mass;
   for (let j = 0; j < size; j++) {
-    r -= probs[order[j]];
+    r -= row[order[j]];
     if (r < 0) return order[j];
   }
   return order[size - 1];
 }
 
 /** `a` ranks before `b`: more likely, or as likely and a lower id. */
-function before(probs: Float64Array, a: number, b: number): boolean {
-  return probs[a] > probs[b] || (probs[a] === probs[b] && a < b);
-}
-
-function swap(order: Int32Array, i: number, j: number): void {
-  const t = order[i];
-  order[i] = order[j];
-  order[j] = t;
+function before(row: Float32Array, a: number, b: number): boolean {
+  return row[a] > row[b] || (row[a] === row[b] && a < b);
 }
 
 /**
- * Partitions order[lo, hi) around a median-of-three pivot: returns its final position p, with every id ranked
- * before the pivot in [lo, p) and every id ranked after it in (p, hi).
+ * Moves into order[0, size) the shortest head of the ranking of order[0, n) that holds `count` ids or reaches
+ * `target` mass, whichever comes first, and returns its size.
  */
-function partition(probs: Float64Array, order: Int32Array, lo: number, hi: number): number {
-  const mid = (lo + hi - 1) >> 1;
-  const last = hi - 1;
-  if (before(probs, order[mid], order[lo])) swap(order, mid, lo);
-  if (before(probs, order[last], order[lo])) swap(order, last, lo);
-  if (before(probs, order[mid], order[last])) swap(order, mid, last);
-  const pivot = order[last];
-  let store = lo;
-  for (let i = lo; i < last; i++) if (before(probs, order[i], pivot)) swap(order, i, store++);
-  swap(order, store, last);
-  return store;
-}
-
-/** Moves the k best-ranked ids of order[0, n) into order[0, k) (in no particular order). */
-function selectBest(probs: Float64Array, order: Int32Array, k: number): void {
-  let lo = 0;
-  let hi = order.length;
-  while (hi - lo > 1) {
-    const p = partition(probs, order, lo, hi);
-    if (p === k || p === k - 1) return;
-    if (p > k) hi = p;
-    else lo = p + 1;
+function cutHead(row: Float32Array, bits: Uint32Array, order: Int32Array, n: number, count: number, target: number, scratch: SamplingScratch): number {
+  const { binCount, binMass } = scratch;
+  binCount.fill(0);
+  binMass.fill(0);
+  // A non-negative float's bit pattern orders like its value: its top bits are a bin index, larger bins first.
+  for (let j = 0; j < n; j++) {
+    const b = bits[order[j]] >>> BIN_SHIFT;
+    binCount[b]++;
+    binMass[b] += row[order[j]];
   }
-}
-
-/**
- * The nucleus: moves into order[0, size) the shortest head of the ranking of order[0, n) whose mass reaches
- * `target`, and returns its size.
- */
-function nucleusSize(probs: Float64Array, order: Int32Array, n: number, target: number): number {
-  let lo = 0;
-  let hi = n;
-  let above = 0; // mass of order[0, lo), all ranked before order[lo, hi)
-  while (hi > lo) {
-    const p = partition(probs, order, lo, hi);
-    let head = 0;
-    for (let i = lo; i < p; i++) head += probs[order[i]];
-    if (above + head >= target) {
-      hi = p;
-    } else if (above + head + probs[order[p]] >= target) {
-      return p + 1;
-    } else {
-      above += head + probs[order[p]];
-      lo = p + 1;
-    }
+  let above = 0;
+  let aboveMass = 0;
+  let edge = BINS - 1;
+  for (; edge > 0; edge--) {
+    if (binCount[edge] === 0) continue;
+    if (above + binCount[edge] >= count || aboveMass + binMass[edge] >= target) break;
+    above += binCount[edge];
+    aboveMass += binMass[edge];
   }
-  return Math.max(1, lo);
+  // order[0, above): the bins above the edge; then the edge bin, sorted; the rest is dropped.
+  let front = 0;
+  const edgeIds: number[] = [];
+  for (let j = 0; j < n; j++) {
+    const id = order[j];
+    const b = bits[id] >>> BIN_SHIFT;
+    if (b > edge) order[front++] = id;
+    else if (b === edge) edgeIds.push(id);
+  }
+  edgeIds.sort((x, y) => (before(row, x, y) ? -1 : 1));
+  let size = front;
+  let mass = aboveMass;
+  for (const id of edgeIds) {
+    order[size++] = id;
+    mass += row[id];
+    if (size >= count || mass >= target) break;
+  }
+  return Math.max(1, size);
 }
 
 /** log(sum(exp(logits))) of one row. */

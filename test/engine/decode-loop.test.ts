@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { DecodeLoop, type AdapterPart, type AdapterStack, type JobHooks, type LoopOptions, type Runtime, type StepFeeds } from '../../src/engine/decode-loop.js';
 import type { Job, RowEvent, RowSpec, TokenLogprob } from '../../src/engine/protocol.js';
+import { softmaxRow } from '../../src/engine/sampling.js';
 
 const V = 50;
 
@@ -60,6 +61,11 @@ class FakeRuntime implements Runtime {
     });
     rows.forEach((tokens, b) => { this.cache[f.firstSlot + b] = tokens; });
     return logits;
+  }
+  async softmax(logits: Float32Array, rows: readonly number[], temperatures: readonly number[]): Promise<Float32Array> {
+    const out = new Float32Array(rows.length * V);
+    rows.forEach((r, j) => softmaxRow(logits, r * V, V, temperatures[j], out, j * V));
+    return out;
   }
   moveSlot(from: number, to: number, length: number): void {
     assert.ok(this.cache[from].length >= length);

@@ -1,6 +1,15 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { argmax, logSumExp, Random, SamplingScratch, sampleToken, tokenLogprobs, topIds } from '../../src/engine/sampling.js';
+import { argmax, logSumExp, Random, SamplingScratch, sampleFromProbs, softmaxRow, tokenLogprobs, topIds, type SamplingParams } from '../../src/engine/sampling.js';
+
+/** The worker's path for one row: argmax when greedy, else softmax(logits / T) then the cuts and the draw. */
+function sampleToken(row: Float32Array, offset: number, params: SamplingParams, rng: Random, scratch: SamplingScratch): number {
+  const V = scratch.vocabSize;
+  if (params.temperature <= 0) return argmax(row, offset, V);
+  const probs = new Float32Array(V);
+  softmaxRow(row, offset, V, params.temperature, probs, 0);
+  return sampleFromProbs(probs, 0, params, rng, scratch);
+}
 
 const logits = Float32Array.from([1, 3, 2, 3, -1, 0.5]);
 const V = logits.length;
@@ -116,7 +125,7 @@ function critical(dof: number): number {
   return dof * (1 - a + 3.09 * Math.sqrt(a)) ** 3;
 }
 
-test('top_k / top_p by quickselect keep exactly the textbook set, each token with its textbook probability', () => {
+test('top_k / top_p by binned selection keep exactly the textbook set, each token with its textbook probability', () => {
   const size = 4096;
   for (const [seed, spread] of [[1, 4], [2, 12], [3, 0.5]] as const) {
     const row = vocabRow(size, seed, spread);
