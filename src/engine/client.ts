@@ -172,7 +172,7 @@ export class EngineClient {
         this.pending.get(message.batchId)?.sink.onPrompt(message.row, message.logprobs);
         return;
       case 'events':
-        this.pending.get(message.batchId)?.sink.onEvents(message.events);
+        for (const { batchId, events } of message.batches) this.pending.get(batchId)?.sink.onEvents(events);
         return;
       case 'forward':
         for (const listener of this.forwardListeners) listener(message.phase, message.forwardMs, message.rows, message.tokens);

@@ -117,11 +117,10 @@ export interface PromptMessage {
   logprobs: TokenLogprob[];
 }
 
-/** One job's events of one decoder run. */
+/** The events of one decoder run, per job (one message per run, not one per job). */
 export interface EventsMessage {
   type: 'events';
-  batchId: number;
-  events: RowEvent[];
+  batches: Array<{ batchId: number; events: RowEvent[] }>;
 }
 
 /** One decoder run (it may serve rows of several jobs). */

@@ -7,7 +7,7 @@ import { parentPort } from 'node:worker_threads';
 import { ModelPackageError } from '../errors.js';
 import { ModelPackage } from '../model/package.js';
 import { DecodeLoop, type JobHooks } from './decode-loop.js';
-import type { FromWorker, GenerateMessage, InitMessage, ToWorker } from './protocol.js';
+import type { FromWorker, GenerateMessage, InitMessage, RowEvent, ToWorker } from './protocol.js';
 import { OrtRuntime } from './runtime.js';
 
 if (parentPort === null) throw new Error('engine/worker must run in a worker thread');
@@ -20,6 +20,18 @@ const cancelled = new Map<number, Set<number>>();
 
 function post(message: FromWorker): void {
   port.postMessage(message);
+}
+
+/** Events of the current decoder run, posted as one message once the run's events are all in. */
+let runEvents: Array<{ batchId: number; events: RowEvent[] }> = [];
+function postEvents(batchId: number, events: RowEvent[]): void {
+  if (runEvents.length === 0) {
+    queueMicrotask(() => {
+      post({ type: 'events', batches: runEvents });
+      runEvents = [];
+    });
+  }
+  runEvents.push({ batchId, events });
 }
 
 async function init(message: InitMessage): Promise<void> {
@@ -75,7 +87,7 @@ function generate(message: GenerateMessage): void {
   const hooks: JobHooks = {
     onAdapted: (hypernetMs) => post({ type: 'adapted', batchId, hypernetMs, contexts: message.contextCount }),
     onPrompt: (row, logprobs) => post({ type: 'prompt', batchId, row, logprobs }),
-    onEvents: (events) => post({ type: 'events', batchId, events }),
+    onEvents: (events) => postEvents(batchId, events),
     isCancelled: (row) => cancelled.get(batchId)?.has(row) ?? false,
   };
   loop.submit({ batchId, rows: message.rows, contexts: message.contexts, contextCount: message.contextCount }, hooks).then(
