@@ -19,6 +19,7 @@ test('a completion sent during the drain gets 503 shutting_down in OpenAI shape'
     contextLength: 16,
     tokenizer: null,
     created: 0,
+    queueFull: false,
     submit() {
       throw new ServiceError('shutting_down', 'The server is shutting down and accepts no new requests.');
     },
