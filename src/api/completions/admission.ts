@@ -30,8 +30,8 @@ export interface AdmissionLimits {
 
 /**
  * Checks everything that is cheap first (model, options, state, number of prompts, each prompt's size in
- * bytes and a lower bound of its tokens), so that an oversized request is refused before any BPE work; the
- * prompts that pass are then tokenised one after the other off the event loop.
+ * bytes), so that an oversized request is refused before any BPE work; then, prompt by prompt, a linear-time
+ * lower bound of its tokens and the tokenisation itself, off the event loop.
  */
 export async function admit(body: CompletionRequest, service: CompletionService, requestId: string, limits: AdmissionLimits): Promise<Completion> {
   if (body.model !== service.modelName) {
@@ -63,6 +63,11 @@ export async function admit(body: CompletionRequest, service: CompletionService,
         `This model's maximum context length is ${context} tokens, however ${where(i)} has ${bytes} bytes, more than ${context} tokens can hold (${maxBytes} bytes).`,
         { param: 'prompt' });
     }
+  });
+  const prompts: PromptInput[] = [];
+  for (const [i, text] of texts.entries()) {
+    // The lower bound costs a pass over the text: taken per prompt, so that a request refused at its first
+    // prompt pays for that one only.
     const least = tokenizer.minPromptTokens(text);
     if (least > context) {
       throw new ServiceError('context_length_exceeded',
@@ -73,9 +78,6 @@ export async function admit(body: CompletionRequest, service: CompletionService,
         `This model's maximum context length is ${context} tokens, however you requested at least ${least + maxTokens} tokens (${least} or more in ${where(i)}, ${maxTokens} for the completion). Reduce max_tokens or the prompt.`,
         { param: 'max_tokens' });
     }
-  });
-  const prompts: PromptInput[] = [];
-  for (const [i, text] of texts.entries()) {
     const ids = await tokenizer.tokenizePrompt(text);
     const textTokens = tokenizer.addBos ? ids.length - 1 : ids.length;
     if (ids.length === 0) {

@@ -24,6 +24,13 @@ export interface CompletionRouteOptions {
 /** Room for the JSON around the prompts (field names, the other options) in the body limit. */
 const BODY_OVERHEAD_BYTES = 64 * 1024;
 
+/**
+ * Bodies larger than this are "large": parsing and checking one costs the event loop milliseconds, so only a
+ * few are taken in at once; the others are refused with 429 before they are read.
+ */
+const LARGE_BODY_BYTES = 64 * 1024;
+const LARGE_BODIES_AT_ONCE = 2;
+
 /** Status of a stream (sent as 200 before its outcome was known), for the request counter. */
 const streamOutcome = new WeakMap<FastifyRequest, number>();
 
@@ -41,11 +48,28 @@ export async function completionRoutes(app: FastifyInstance, options: Completion
     reply.raw.once('finish', () => count(streamOutcome.get(request) ?? reply.raw.statusCode));
     reply.raw.once('close', () => count(499));
   });
-  // A full queue refuses before the body is read or parsed, the cheapest way to say 429 to a burst.
-  app.addHook('onRequest', async () => {
+  // A full queue refuses before the body is read or parsed, the cheapest way to say 429 to a burst; so does
+  // a large body while LARGE_BODIES_AT_ONCE others are being read and admitted (each holds its slot until admitted).
+  let largeBodies = 0;
+  const largeSlot = new WeakMap<FastifyRequest, () => void>();
+  app.addHook('onRequest', async (request, reply) => {
     if (service.queueFull) {
       throw new ServiceError('queue_full', 'The request queue is full; retry later.', { retryAfterSeconds });
     }
+    const length = Number(request.headers['content-length'] ?? Number.POSITIVE_INFINITY);
+    if (!(length > LARGE_BODY_BYTES)) return;
+    if (largeBodies >= LARGE_BODIES_AT_ONCE) {
+      reply.header('connection', 'close'); // not worth reading the body only to discard it
+      throw new ServiceError('queue_full', `Too many large requests (over ${LARGE_BODY_BYTES} bytes) at once; retry later.`, { retryAfterSeconds });
+    }
+    largeBodies++;
+    let held = true;
+    const release = () => {
+      if (held) largeBodies--;
+      held = false;
+    };
+    largeSlot.set(request, release);
+    reply.raw.once('close', release);
   });
 
   const tokenizer = service.tokenizer;
@@ -77,7 +101,12 @@ export async function completionRoutes(app: FastifyInstance, options: Completion
     },
     async (request, reply) => {
       const body = request.body as CompletionRequest;
-      const completion = await admit(body, service, request.id, { maxPrompts });
+      let completion: Completion;
+      try {
+        completion = await admit(body, service, request.id, { maxPrompts });
+      } finally {
+        largeSlot.get(request)?.();
+      }
       service.submit(completion);
       request.log.debug({ prompts: completion.rows, mode: completion.params.mode, user: body.user ?? undefined }, 'completion admitted');
       reply.raw.on('close', () => completion.cancel());
