@@ -74,6 +74,8 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     return503OnClosing: false,
   }).withTypeProvider<TypeBoxTypeProvider>();
   const connections = installConnectionHygiene(app);
+  // Only JSON bodies: anything else is 415, not a string that fails the schema with a puzzling 400.
+  app.removeContentTypeParser('text/plain');
 
   // The service opens (and checks) the model package before anything listens.
   let service: CompletionService;

@@ -20,7 +20,7 @@ export interface ConnectionTracker {
 export function installConnectionHygiene(app: FastifyInstance): ConnectionTracker {
   const server = app.server;
   const sockets = new Set<Socket>();
-  const requests = new Map<Socket, IncomingMessage>();
+  const requests = new Map<Socket, { request: IncomingMessage; response: ServerResponse }>();
   let closing = false;
   let wakeSettled: (() => void) | null = null;
 
@@ -43,24 +43,21 @@ export function installConnectionHygiene(app: FastifyInstance): ConnectionTracke
   });
   server.on('request', (request: IncomingMessage, response: ServerResponse) => {
     const socket = request.socket;
-    requests.set(socket, request);
+    requests.set(socket, { request, response });
     if (closing) response.setHeader('connection', 'close');
     response.once('close', () => {
-      if (requests.get(socket) === request) requests.delete(socket);
+      if (requests.get(socket)?.request === request) requests.delete(socket);
       if (closing) hangUp(socket);
     });
-  });
-
-  app.addHook('onRequest', async (_request, reply) => {
-    if (closing) reply.header('connection', 'close');
   });
 
   app.addHook('preClose', async () => {
     closing = true;
     server.close();
     for (const socket of sockets) {
-      const request = requests.get(socket);
-      if (request === undefined || !request.complete) socket.destroy();
+      const busy = requests.get(socket);
+      if (busy === undefined || !busy.request.complete) socket.destroy();
+      else if (!busy.response.headersSent) busy.response.setHeader('connection', 'close');
     }
   });
 
