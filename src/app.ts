@@ -9,7 +9,8 @@ import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
-import { installErrorHandling } from './api/error-handler.js';
+import { installConnectionHygiene, type ConnectionTracker } from './api/connections.js';
+import { clientErrorHandler, frameworkErrors, installErrorHandling } from './api/error-handler.js';
 import { completionRoutes } from './api/routes/completions.js';
 import { healthRoutes } from './api/routes/health.js';
 import { metricsRoutes } from './api/routes/metrics.js';
@@ -29,6 +30,8 @@ export interface ChameleonHandle {
   started: Promise<void>;
   /** Registers a callback for an engine that dies after the start (the process should stop). */
   onFailure(listener: (error: Error) => void): void;
+  /** The open connections: after close(), `connections.settled()` resolves when the last one is gone. */
+  connections: ConnectionTracker;
 }
 
 declare module 'fastify' {
@@ -55,15 +58,24 @@ export const API_INFO = {
 
 export async function buildApp(config: Config, options: AppOptions = {}): Promise<FastifyInstance> {
   const metrics = options.metrics ?? new Metrics();
+  const receiveTimeout = config.receiveTimeoutMs;
   const app = Fastify({
     logger: options.logger ?? { level: config.logLevel },
     requestIdHeader: 'x-request-id',
     genReqId: () => `req-${randomUUID()}`,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
-    forceCloseConnections: 'idle',
-    // While draining, newcomers reach the routes and get a 503 in OpenAI's error shape, not fastify's own body.
+    keepAliveTimeout: config.keepAliveTimeoutMs,
+    requestTimeout: receiveTimeout,
+    // Node checks both timeouts on this interval (30 s by default, which would let a half-open socket live that long).
+    http: { headersTimeout: Math.min(config.headersTimeoutMs, receiveTimeout), connectionsCheckingInterval: 1000 },
+    clientErrorHandler,
+    frameworkErrors,
+    // While draining, requests already on a connection reach the routes and get a 503 in OpenAI's error shape.
     return503OnClosing: false,
   }).withTypeProvider<TypeBoxTypeProvider>();
+  const connections = installConnectionHygiene(app);
+  // Only JSON bodies: anything else is 415, not a string that fails the schema with a puzzling 400.
+  app.removeContentTypeParser('text/plain');
 
   // The service opens (and checks) the model package before anything listens.
   let service: CompletionService;
@@ -83,7 +95,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
       await real.close();
     });
   }
-  app.decorate('chameleon', { service, metrics, started, onFailure });
+  app.decorate('chameleon', { service, metrics, started, onFailure, connections });
 
   await app.register(swagger, {
     openapi: {
@@ -106,11 +118,8 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   app.addHook('onSend', async (request, reply) => {
     reply.header('x-request-id', request.id);
   });
-  app.addHook('onResponse', async (request, reply) => {
-    if (request.routeOptions.url === '/v1/completions') metrics.requests.inc({ status: String(reply.statusCode) });
-  });
 
-  await app.register(completionRoutes, { service });
+  await app.register(completionRoutes, { service, metrics, maxPrompts: config.maxBatchSize, retryAfterSeconds: config.retryAfterSeconds });
   await app.register(modelRoutes, { service });
   // Probes and scrapes log only warnings, unless the whole app is quieter than that.
   const quiet = ['fatal', 'error', 'silent'].includes(config.logLevel) ? config.logLevel : 'warn';

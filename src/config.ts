@@ -46,6 +46,14 @@ export interface Config {
   requestTimeoutMs: number;
   /** Seconds a client is told to wait (Retry-After) when the queue is full. */
   retryAfterSeconds: number;
+  /** A connection that has not sent complete request headers within this many ms is closed (408). */
+  headersTimeoutMs: number;
+  /** A connection that has not sent a complete request (headers and body) within this many ms is closed (408). */
+  receiveTimeoutMs: number;
+  /** An idle keep-alive connection is closed after this many ms. */
+  keepAliveTimeoutMs: number;
+  /** Longest a graceful shutdown may take before the process exits with code 1, ms. */
+  shutdownTimeoutMs: number;
 }
 
 interface Setting<K extends keyof Config> {
@@ -96,6 +104,10 @@ export const SETTINGS: ReadonlyArray<Setting<keyof Config>> = [
   { key: 'kmeansSeed', env: 'KMEANS_SEED', default: '0', describe: 'base seed of the per-batch k-means (seed = base + batch number)', parse: integer(0, 2 ** 31 - 1), expect: 'an integer from 0 to 2147483647' },
   { key: 'requestTimeoutMs', env: 'REQUEST_TIMEOUT_MS', default: '0', describe: 'answer 504 when a request takes longer, ms (0 = no deadline)', parse: integer(0), expect: 'an integer >= 0' },
   { key: 'retryAfterSeconds', env: 'RETRY_AFTER_SECONDS', default: '1', describe: 'Retry-After sent with 429 (queue full), s', parse: integer(0, 3600), expect: 'an integer from 0 to 3600' },
+  { key: 'headersTimeoutMs', env: 'HEADERS_TIMEOUT_MS', default: '10000', describe: 'close a connection whose request headers are not complete after this long (408), ms', parse: integer(100, 600_000), expect: 'an integer from 100 to 600000' },
+  { key: 'receiveTimeoutMs', env: 'RECEIVE_TIMEOUT_MS', default: '30000', describe: 'close a connection whose request (headers and body) is not complete after this long (408), ms', parse: integer(100, 600_000), expect: 'an integer from 100 to 600000' },
+  { key: 'keepAliveTimeoutMs', env: 'KEEP_ALIVE_TIMEOUT_MS', default: '5000', describe: 'close an idle keep-alive connection after this long, ms', parse: integer(1, 600_000), expect: 'an integer from 1 to 600000' },
+  { key: 'shutdownTimeoutMs', env: 'SHUTDOWN_TIMEOUT_MS', default: '30000', describe: 'longest graceful shutdown (SIGTERM) before exiting with code 1, ms', parse: integer(100, 3_600_000), expect: 'an integer from 100 to 3600000' },
 ];
 
 /** Reads the configuration from `env` (process.env by default); throws ConfigError listing every bad value. */

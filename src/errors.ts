@@ -9,6 +9,13 @@ export type ErrorCode =
   | 'unsupported_parameter'
   | 'model_not_found'
   | 'not_found'
+  | 'request_timeout'
+  | 'payload_too_large'
+  | 'uri_too_long'
+  | 'unsupported_media_type'
+  | 'expectation_failed'
+  | 'headers_too_large'
+  | 'client_closed'
   | 'queue_full'
   | 'not_ready'
   | 'shutting_down'
@@ -27,6 +34,14 @@ const MAPPINGS: Record<ErrorCode, Mapping> = {
   unsupported_parameter: { status: 400, type: 'invalid_request_error' },
   model_not_found: { status: 404, type: 'invalid_request_error' },
   not_found: { status: 404, type: 'invalid_request_error' },
+  request_timeout: { status: 408, type: 'invalid_request_error' },
+  payload_too_large: { status: 413, type: 'invalid_request_error' },
+  uri_too_long: { status: 414, type: 'invalid_request_error' },
+  unsupported_media_type: { status: 415, type: 'invalid_request_error' },
+  expectation_failed: { status: 417, type: 'invalid_request_error' },
+  headers_too_large: { status: 431, type: 'invalid_request_error' },
+  // nginx's 499: the client closed the connection before the answer was complete (logged and counted, never sent).
+  client_closed: { status: 499, type: 'invalid_request_error' },
   queue_full: { status: 429, type: 'rate_limit_error' },
   not_ready: { status: 503, type: 'server_error' },
   shutting_down: { status: 503, type: 'server_error' },

@@ -17,6 +17,7 @@ function schemaOnlyService(modelName: string): CompletionService {
     contextLength: 0,
     tokenizer: null,
     created: 0,
+    queueFull: false,
     submit() {
       throw new ServiceError('not_ready', 'No model in schema-only mode.');
     },

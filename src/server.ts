@@ -1,8 +1,11 @@
 /**
- * Process entry: configuration from the environment, the app, listen, and a graceful shutdown on SIGTERM /
- * SIGINT (stop accepting, finish the admitted requests and running batches, stop the worker).
+ * Process entry: configuration from the environment, the app, listen, and a graceful shutdown (close-with-grace)
+ * on SIGTERM / SIGINT: stop listening, close idle and half-open connections, finish the admitted requests and
+ * running batches, stop the worker, exit 0. An uncaught exception or unhandled rejection is logged and drains the
+ * same way, then exits 1; so does a shutdown that takes longer than SHUTDOWN_TIMEOUT_MS.
  * A bad configuration or model package stops the start with a message naming the problem (exit code 1).
  */
+import closeWithGrace from 'close-with-grace';
 import { buildApp } from './app.js';
 import { loadConfig } from './config.js';
 import { ConfigError, ModelPackageError } from './errors.js';
@@ -10,29 +13,19 @@ import { ConfigError, ModelPackageError } from './errors.js';
 async function main(): Promise<void> {
   const config = loadConfig();
   const app = await buildApp(config);
-  let closing = false;
-  const shutdown = (signal: string) => {
-    if (closing) return;
-    closing = true;
-    app.log.info({ signal }, 'shutting down');
-    const force = setTimeout(() => {
-      app.log.error('shutdown took longer than 30 s; exiting');
-      process.exit(1);
-    }, 30_000);
-    force.unref();
-    app.close().then(
-      () => {
-        app.log.info('stopped');
-        process.exit(0);
-      },
-      (error: Error) => {
-        app.log.error({ err: error }, 'shutdown failed');
-        process.exit(1);
-      },
-    );
-  };
-  process.once('SIGTERM', () => shutdown('SIGTERM'));
-  process.once('SIGINT', () => shutdown('SIGINT'));
+  closeWithGrace(
+    {
+      delay: config.shutdownTimeoutMs,
+      logger: { error: (message: unknown) => app.log.error(message instanceof Error ? { err: message } : { detail: message }, 'shutdown failed') },
+    },
+    async ({ signal, err }) => {
+      if (err !== undefined) app.log.fatal({ err }, `uncaught error: ${err.message}; draining, then exiting with code 1`);
+      else app.log.info({ signal }, 'shutting down');
+      await app.close();
+      await app.chameleon.connections.settled();
+      app.log.info('stopped');
+    },
+  );
 
   app.chameleon.onFailure((error) => {
     app.log.fatal({ err: error }, `inference engine failed: ${error.message}; stopping`);

@@ -28,6 +28,8 @@ export interface CompletionService {
   readonly contextLength: number;
   readonly tokenizer: TextTokenizer | null;
   readonly created: number;
+  /** True when a new request would be refused with 429 anyway: checked before its body is even read. */
+  readonly queueFull: boolean;
   submit(completion: Completion): void;
 }
 
@@ -102,6 +104,10 @@ export class InferenceService implements CompletionService {
   /** Called if the engine dies after a successful start (the process should restart). */
   onFailure(listener: (error: Error) => void): void {
     this.failureListeners.push(listener);
+  }
+
+  get queueFull(): boolean {
+    return this.scheduler?.queueFull ?? false;
   }
 
   get ready(): boolean {

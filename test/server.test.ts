@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { rmSync } from 'node:fs';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { MODEL, MODEL_DIR } from './helpers/app.js';
@@ -77,6 +78,43 @@ describe('server process', () => {
       assert.equal(await run.exit, 0);
       assert.match(run.output(), /"msg":"draining: no new requests; finishing admitted ones"/);
       assert.match(run.output(), /"msg":"stopped"/);
+    } finally {
+      run.child.kill('SIGKILL');
+    }
+  });
+
+  test('SIGTERM: a half-open connection and an idle keep-alive one do not delay the exit; exit code 0', async () => {
+    const run = start({ HEADERS_TIMEOUT_MS: '60000', RECEIVE_TIMEOUT_MS: '60000', KEEP_ALIVE_TIMEOUT_MS: '60000' });
+    try {
+      const [, url] = await waitFor(run, /Server listening at (http:\/\/127\.0\.0\.1:(\d+))/);
+      await waitFor(run, /"msg":"ready"/);
+      const { port } = new URL(url);
+      const halfOpen = connect(Number(port), '127.0.0.1');
+      halfOpen.on('error', () => {});
+      halfOpen.write('POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Ty');
+      const idle = connect(Number(port), '127.0.0.1');
+      idle.on('error', () => {});
+      const answered = new Promise<string>((resolve) => idle.once('data', (d) => resolve(String(d))));
+      idle.write('GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n');
+      assert.match(await answered, /^HTTP\/1.1 200/);
+      const closed = Promise.all([halfOpen, idle].map((s) => new Promise((resolve) => s.once('close', resolve))));
+      const signalled = performance.now();
+      run.child.kill('SIGTERM');
+      assert.equal(await run.exit, 0);
+      await closed;
+      assert.ok(performance.now() - signalled < 10_000, `exited ${Math.round(performance.now() - signalled)} ms after SIGTERM`);
+      assert.match(run.output(), /"msg":"stopped"/);
+    } finally {
+      run.child.kill('SIGKILL');
+    }
+  });
+
+  test('an uncaught exception is logged, drains, and exits non-zero', async () => {
+    const run = start({ NODE_OPTIONS: '--import ./test/helpers/throw-later.mjs' });
+    try {
+      await waitFor(run, /"msg":"ready"/);
+      assert.equal(await run.exit, 1);
+      assert.match(run.output(), /uncaught error: thrown on purpose; draining, then exiting with code 1/);
     } finally {
       run.child.kill('SIGKILL');
     }

@@ -1,7 +1,11 @@
 /**
- * Every error answer, whatever raised it, leaves in OpenAI's shape { error: { message, type, param, code } }.
+ * Every error answer, whatever raised it, leaves in OpenAI's shape { error: { message, type, param, code } }:
+ * the route and hook errors (fastify's error handler), unknown routes, URLs fastify cannot route, requests
+ * Node's HTTP parser rejects before fastify sees them ('clientError'), and Expect headers Node refuses.
  */
-import type { FastifyError, FastifyInstance } from 'fastify';
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { ServiceError, type ErrorCode } from '../errors.js';
 
 /** The parameter a JSON-schema validation error is about ("/max_tokens" -> "max_tokens"). */
@@ -29,35 +33,95 @@ function describeValidation(issues: readonly ValidationIssue[]): string {
   return [...new Set([...other, ...merged])].slice(0, 3).join('; ') || 'the body does not match the schema';
 }
 
+const CODE_OF_STATUS: Record<number, ErrorCode> = {
+  404: 'not_found',
+  408: 'request_timeout',
+  413: 'payload_too_large',
+  414: 'uri_too_long',
+  415: 'unsupported_media_type',
+  417: 'expectation_failed',
+  431: 'headers_too_large',
+};
+
 function codeForStatus(status: number): ErrorCode {
-  if (status === 404) return 'not_found';
-  if (status >= 500) return 'internal_error';
-  return 'invalid_request';
+  return CODE_OF_STATUS[status] ?? (status >= 500 ? 'internal_error' : 'invalid_request');
+}
+
+/** What the connection's client gets when the request cannot be read to its end (the socket will close). */
+function closesConnection(status: number): boolean {
+  return status === 408 || status === 413 || status === 431;
 }
 
 export function installErrorHandling(app: FastifyInstance): void {
   app.setErrorHandler((error: FastifyError | ServiceError, request, reply) => {
     let service: ServiceError;
+    let status: number;
     if (error instanceof ServiceError) {
       service = error;
+      status = error.status;
     } else if (error.validation) {
-      const param = paramOf(error);
-      service = new ServiceError('invalid_request', `Invalid request: ${describeValidation(error.validation)}.`, { param });
+      service = new ServiceError('invalid_request', `Invalid request: ${describeValidation(error.validation)}.`, { param: paramOf(error) });
+      status = service.status;
     } else if (typeof error.statusCode === 'number' && error.statusCode >= 400 && error.statusCode < 500) {
-      service = new ServiceError(codeForStatus(error.statusCode), error.message);
-      reply.code(error.statusCode);
-      return reply.send(service.toJSON());
+      status = error.statusCode;
+      service = new ServiceError(codeForStatus(status), error.message);
     } else {
       request.log.error({ err: error }, 'unhandled error');
       service = new ServiceError('internal_error', 'Internal server error.');
+      status = service.status;
     }
-    if (service.status >= 500) request.log.warn({ code: service.code }, service.message);
+    if (status >= 500) request.log.warn({ code: service.code }, service.message);
     if (service.retryAfterSeconds !== undefined) reply.header('retry-after', String(service.retryAfterSeconds));
-    return reply.code(service.status).send(service.toJSON());
+    if (closesConnection(status)) reply.header('connection', 'close');
+    return reply.code(status).send(service.toJSON());
   });
 
   app.setNotFoundHandler((request, reply) => {
     const error = new ServiceError('not_found', `No route for ${request.method} ${request.url}.`);
     return reply.code(404).send(error.toJSON());
   });
+
+  // Node answers an Expect other than 100-continue with a bare 417 unless someone listens.
+  app.server.on('checkExpectation', (request: IncomingMessage, response: ServerResponse) => {
+    const error = new ServiceError('expectation_failed', `Expect: ${request.headers.expect ?? ''} is not supported; only 100-continue is.`, { param: 'expect' });
+    const body = JSON.stringify(error.toJSON());
+    response.writeHead(417, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), connection: 'close' });
+    response.end(body);
+  });
+}
+
+/** fastify's `frameworkErrors`: URLs it cannot route (bad percent-encoding, a path parameter that is too long). */
+export function frameworkErrors(error: FastifyError, _request: FastifyRequest, reply: FastifyReply): void {
+  const status = error.code === 'FST_ERR_MAX_PARAM_LENGTH' ? 414 : error.statusCode ?? 400;
+  const message = error.code === 'FST_ERR_BAD_URL' ? `The URL is not valid (bad percent-encoding): ${error.message}` : error.message;
+  void reply.code(status).send(new ServiceError(codeForStatus(status), message).toJSON());
+}
+
+const PARSER_ERRORS: Record<string, { status: number; message: string }> = {
+  ERR_HTTP_REQUEST_TIMEOUT: { status: 408, message: 'The request was not received in time (HEADERS_TIMEOUT_MS / RECEIVE_TIMEOUT_MS).' },
+  HPE_HEADER_OVERFLOW: { status: 431, message: 'The request headers are too large.' },
+};
+
+/**
+ * fastify's `clientErrorHandler`, for requests Node's HTTP parser rejects (bad chunking, a duplicate
+ * Content-Length, an invalid method or header, too large headers, a timeout): the socket cannot be reused,
+ * so the answer says `Connection: close`.
+ */
+export function clientErrorHandler(this: FastifyInstance, error: NodeJS.ErrnoException, socket: Socket): void {
+  if (error.code === 'ECONNRESET' || socket.destroyed) return;
+  // A response already under way on this socket must not be corrupted by a second status line.
+  const inFlight = (socket as Socket & { _httpMessage?: ServerResponse })._httpMessage;
+  if (socket.writable && (inFlight === undefined || inFlight === null || !inFlight.headersSent)) {
+    const known = PARSER_ERRORS[error.code ?? ''];
+    const status = known?.status ?? 400;
+    const message = known?.message ?? `Malformed HTTP request: ${error.message.replace(/^Parse Error: /, '')}${error.code ? ` (${error.code})` : ''}.`;
+    const body = JSON.stringify(new ServiceError(codeForStatus(status), message).toJSON());
+    this.log.debug({ err: error }, 'malformed request refused');
+    socket.end(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+      () => socket.destroy(),
+    );
+    return;
+  }
+  socket.destroy();
 }

@@ -27,6 +27,11 @@ export class BoundedQueue<T extends Queued> {
     return this.items.length;
   }
 
+  /** True when not even a one-prompt request would be admitted now. */
+  get full(): boolean {
+    return this.waitingRows >= this.capacity;
+  }
+
   get isClosed(): boolean {
     return this.closed;
   }

@@ -84,6 +84,8 @@ export class Scheduler {
     return this.queue.rows;
   }
 
+  get queueFull(): boolean { return this.queue.full; }
+
   start(): void {
     this.loop ??= this.runLoop();
   }
@@ -114,7 +116,7 @@ export class Scheduler {
     completion.onCancel(() => {
       if (timer !== undefined) clearTimeout(timer);
       stop();
-      completion.emit({ type: 'error', error: new ServiceError('invalid_request', 'The request was cancelled by its client (connection closed).') });
+      completion.emit({ type: 'error', error: new ServiceError('client_closed', 'The request was cancelled by its client (connection closed).') });
     });
     this.placed.set(completion, (id, assigned) => {
       batchId = id;

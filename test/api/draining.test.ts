@@ -1,6 +1,7 @@
 /**
- * A request that arrives while the server drains (SIGTERM) is refused with 503 shutting_down, in OpenAI's
- * error shape, by the route itself: not with fastify's own 503 body, nor with "still loading".
+ * While the server drains (SIGTERM), it no longer listens, and a request that was already received when the
+ * drain began is answered with 503 shutting_down in OpenAI's shape (not fastify's own 503 body, nor "still
+ * loading"), with Connection: close.
  */
 import assert from 'node:assert/strict';
 import type { AddressInfo } from 'node:net';
@@ -10,39 +11,49 @@ import { configWith } from '../../src/config.js';
 import { ServiceError } from '../../src/errors.js';
 import type { CompletionService } from '../../src/service.js';
 
-test('a completion sent during the drain gets 503 shutting_down in OpenAI shape', async () => {
+test('a completion received before the drain and admitted during it gets 503 shutting_down; new connections are refused', async () => {
+  let state: CompletionService['state'] = 'ready';
   const service: CompletionService = {
-    state: 'draining',
+    get state() { return state; },
     failure: null,
     provider: 'cpu',
     modelName: 'm',
     contextLength: 16,
     tokenizer: null,
     created: 0,
+    queueFull: false,
     submit() {
       throw new ServiceError('shutting_down', 'The server is shutting down and accepts no new requests.');
     },
   };
   const app = await buildApp(configWith({ logLevel: 'silent', host: '127.0.0.1', port: 0 }), { service, logger: false });
-  let releaseDrain = () => {};
-  const drainHeld = new Promise<void>((resolve) => { releaseDrain = resolve; });
-  app.addHook('preClose', () => drainHeld);
+  let inHandler = () => {};
+  const reached = new Promise<void>((resolve) => { inHandler = resolve; });
+  let releaseHandler = () => {};
+  const held = new Promise<void>((resolve) => { releaseHandler = resolve; });
+  app.addHook('preHandler', async () => {
+    inHandler();
+    await held;
+  });
   await app.listen({ host: '127.0.0.1', port: 0 });
   const { port } = app.server.address() as AddressInfo;
+  const pending = fetch(`http://127.0.0.1:${port}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'm', prompt: 'a' }),
+  });
+  await reached;
+  state = 'draining';
   const closed = app.close();
-  try {
-    const res = await fetch(`http://127.0.0.1:${port}/v1/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'm', prompt: 'a' }),
-    });
-    assert.equal(res.status, 503);
-    const body = (await res.json()) as { error: Record<string, unknown> };
-    assert.deepEqual(Object.keys(body.error).sort(), ['code', 'message', 'param', 'type']);
-    assert.equal(body.error.code, 'shutting_down');
-    assert.equal(body.error.type, 'server_error');
-  } finally {
-    releaseDrain();
-    await closed;
-  }
+  await assert.rejects(fetch(`http://127.0.0.1:${port}/health/live`), 'no longer listening');
+  releaseHandler();
+  const res = await pending;
+  assert.equal(res.status, 503);
+  assert.equal(res.headers.get('connection'), 'close');
+  const body = (await res.json()) as { error: Record<string, unknown> };
+  assert.deepEqual(Object.keys(body.error).sort(), ['code', 'message', 'param', 'type']);
+  assert.equal(body.error.code, 'shutting_down');
+  assert.equal(body.error.type, 'server_error');
+  await closed;
+  await app.chameleon.connections.settled();
 });

@@ -158,7 +158,7 @@ describe('429 when the queue is full', () => {
     scheduler.start();
     const service: CompletionService = {
       state: 'ready', failure: null, provider: 'cpu', modelName: MODEL, contextLength: model.dims.context,
-      tokenizer: model.tokenizer, created: 0, submit: (c) => scheduler.submit(c),
+      tokenizer: model.tokenizer, created: 0, get queueFull() { return scheduler.queueFull; }, submit: (c) => scheduler.submit(c),
     };
     const app = await buildApp(config, { service, metrics, logger: false });
     try {

@@ -3,6 +3,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { Tokenizer } from '@huggingface/tokenizers';
+import { Tokenizer as NativeTokenizer } from 'tokenizers';
 import { runPython } from './python.js';
 
 const TOKENIZER = 'models/default/tokenizer.json';
@@ -47,7 +48,7 @@ function sampleStrings(count: number): string[] {
   return strings;
 }
 
-test('Python (training) and TypeScript (serving) tokenizers produce the same ids', () => {
+test('Python (training) and TypeScript (serving) tokenizers produce the same ids', async () => {
   const strings = sampleStrings(3000);
   const expected: number[][] = JSON.parse(runPython(['training/encode_cli.py', TOKENIZER], JSON.stringify(strings)));
   const tokenizer = new Tokenizer(JSON.parse(readFileSync(TOKENIZER, 'utf8')), {});
@@ -57,5 +58,10 @@ test('Python (training) and TypeScript (serving) tokenizers produce the same ids
     checked++;
   }
   assert.equal(checked, 3000);
+  // Prompts are served by Hugging Face's native binding (src/model/tokenizer.ts), the same Rust code as Python's.
+  const native = NativeTokenizer.fromFile(TOKENIZER);
+  for (const [i, text] of strings.entries()) {
+    assert.deepEqual((await native.encode(text, null, { addSpecialTokens: false })).getIds(), expected[i], `native, string #${i}`);
+  }
   assert.deepEqual(expected[0], [], 'the empty string encodes to nothing');
 });

@@ -23,7 +23,17 @@ function checkUnsupported(body: CompletionRequest): void {
   if (body.logit_bias != null && Object.keys(body.logit_bias).length > 0) refuse('logit_bias', 'logit_bias is not supported.');
 }
 
-export function admit(body: CompletionRequest, service: CompletionService, requestId: string): Completion {
+export interface AdmissionLimits {
+  /** Most prompts in one request (MAX_BATCH_SIZE: more could never share a batch). */
+  maxPrompts: number;
+}
+
+/**
+ * Checks everything that is cheap first (model, options, state, number of prompts, each prompt's size in
+ * bytes), so that an oversized request is refused before any BPE work; then, prompt by prompt, a linear-time
+ * lower bound of its tokens and the tokenisation itself, off the event loop.
+ */
+export async function admit(body: CompletionRequest, service: CompletionService, requestId: string, limits: AdmissionLimits): Promise<Completion> {
   if (body.model !== service.modelName) {
     throw new ServiceError('model_not_found', `The model '${body.model}' does not exist; this server serves '${service.modelName}'.`, { param: 'model' });
   }
@@ -40,25 +50,51 @@ export function admit(body: CompletionRequest, service: CompletionService, reque
   const maxTokens = body.max_tokens ?? DEFAULT_MAX_TOKENS;
   const context = service.contextLength;
   const texts = typeof body.prompt === 'string' ? [body.prompt] : body.prompt;
-  const prompts: PromptInput[] = texts.map((text, i) => {
-    const ids = tokenizer.encodePrompt(text);
+  if (texts.length > limits.maxPrompts) {
+    throw new ServiceError('invalid_request', `At most ${limits.maxPrompts} prompts per request (MAX_BATCH_SIZE); got ${texts.length}.`, { param: 'prompt' });
+  }
+  const where = (i: number) => (texts.length > 1 ? `prompt ${i}` : 'the prompt');
+  const bos = tokenizer.addBos ? ' (beginning-of-text token included)' : '';
+  const maxBytes = context * tokenizer.maxTokenBytes;
+  texts.forEach((text, i) => {
+    const bytes = Buffer.byteLength(text);
+    if (bytes > maxBytes) {
+      throw new ServiceError('context_length_exceeded',
+        `This model's maximum context length is ${context} tokens, however ${where(i)} has ${bytes} bytes, more than ${context} tokens can hold (${maxBytes} bytes).`,
+        { param: 'prompt' });
+    }
+  });
+  const prompts: PromptInput[] = [];
+  for (const [i, text] of texts.entries()) {
+    // The lower bound costs a pass over the text: taken per prompt, so that a request refused at its first
+    // prompt pays for that one only.
+    const least = tokenizer.minPromptTokens(text);
+    if (least > context) {
+      throw new ServiceError('context_length_exceeded',
+        `This model's maximum context length is ${context} tokens, however ${where(i)} has at least ${least} tokens${bos}.`, { param: 'prompt' });
+    }
+    if (least + maxTokens > context) {
+      throw new ServiceError('context_length_exceeded',
+        `This model's maximum context length is ${context} tokens, however you requested at least ${least + maxTokens} tokens (${least} or more in ${where(i)}, ${maxTokens} for the completion). Reduce max_tokens or the prompt.`,
+        { param: 'max_tokens' });
+    }
+    const ids = await tokenizer.tokenizePrompt(text);
     const textTokens = tokenizer.addBos ? ids.length - 1 : ids.length;
-    const where = texts.length > 1 ? `prompt ${i}` : 'the prompt';
     if (ids.length === 0) {
-      throw new ServiceError('invalid_request', `${where} is empty; this model needs at least one token.`, { param: 'prompt' });
+      throw new ServiceError('invalid_request', `${where(i)} is empty; this model needs at least one token.`, { param: 'prompt' });
     }
     if (ids.length > context) {
       throw new ServiceError('context_length_exceeded',
-        `This model's maximum context length is ${context} tokens, however ${where} has ${ids.length} tokens${tokenizer.addBos ? ' (beginning-of-text token included)' : ''}.`,
+        `This model's maximum context length is ${context} tokens, however ${where(i)} has ${ids.length} tokens${bos}.`,
         { param: 'prompt' });
     }
     if (ids.length + maxTokens > context) {
       throw new ServiceError('context_length_exceeded',
-        `This model's maximum context length is ${context} tokens, however you requested ${ids.length + maxTokens} tokens (${ids.length} in ${where}, ${maxTokens} for the completion). Reduce max_tokens or the prompt.`,
+        `This model's maximum context length is ${context} tokens, however you requested ${ids.length + maxTokens} tokens (${ids.length} in ${where(i)}, ${maxTokens} for the completion). Reduce max_tokens or the prompt.`,
         { param: 'max_tokens' });
     }
-    return { text, ids, textTokens };
-  });
+    prompts.push({ text, ids, textTokens });
+  }
   const stop = body.stop == null ? [] : (typeof body.stop === 'string' ? [body.stop] : body.stop).filter((s) => s !== '');
   const params: GenerationParams = {
     maxTokens,

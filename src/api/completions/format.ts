@@ -4,6 +4,7 @@
  */
 import type { BatchInfo, Completion } from '../../batching/completion.js';
 import type { FinishReason, TokenLogprob } from '../../engine/protocol.js';
+import { pieceBytes } from '../../model/tokenizer.js';
 import type { ChameleonInfo, CompletionChoice, CompletionResponse, Logprobs, Usage } from '../schemas/completions.js';
 
 export function chameleonInfo(batch: BatchInfo): ChameleonInfo {
@@ -23,17 +24,65 @@ export function publicFinish(reason: FinishReason): 'stop' | 'length' | null {
   return reason === 'cancelled' ? null : reason;
 }
 
-/** Logprobs of consecutive tokens, with text offsets that continue from `offset`. */
-export function logprobsOf(entries: readonly TokenLogprob[], offset: number): Logprobs {
+/**
+ * Where each token starts in the text, in characters (code points, as OpenAI counts them). A token that ends
+ * inside a character (`bytes:\xe6\x97`) and the tokens that complete that character all start where it starts.
+ */
+export class TextOffsets {
+  private chars: number;
+  /** Continuation bytes the character in progress still needs. */
+  private pending = 0;
+
+  constructor(start = 0) {
+    this.chars = start;
+  }
+
+  /** The offset of `token` (a logprobs token text), then advances past it. */
+  next(token: string): number {
+    const at = this.chars;
+    for (const byte of pieceBytes(token)) this.push(byte);
+    return at;
+  }
+
+  private push(byte: number): void {
+    if ((byte & 0xc0) === 0x80) {
+      if (this.pending > 0 && --this.pending > 0) return;
+      this.chars++; // the character is complete, or a stray continuation byte became U+FFFD
+      return;
+    }
+    if (this.pending > 0) {
+      this.pending = 0;
+      this.chars++; // a truncated character became U+FFFD
+    }
+    const length = byte < 0x80 ? 1 : byte >= 0xc0 && byte < 0xe0 ? 2 : byte >= 0xe0 && byte < 0xf0 ? 3 : byte >= 0xf0 && byte < 0xf8 ? 4 : 1;
+    if (length === 1) this.chars++;
+    else this.pending = length - 1;
+  }
+}
+
+/** Characters of `text` as OpenAI's offsets count them (code points). */
+export function charLength(text: string): number {
+  let n = 0;
+  for (const _ of text) n++;
+  return n;
+}
+
+/** Logprobs of consecutive tokens, their offsets taken from `offsets`. */
+export function logprobsOf(entries: readonly TokenLogprob[], offsets: TextOffsets): Logprobs {
   const out: Logprobs = { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] };
-  let at = offset;
   for (const e of entries) {
     out.tokens.push(e.token);
     out.token_logprobs.push(e.logprob);
-    out.top_logprobs.push(e.top === null ? null : Object.fromEntries(e.top));
-    out.text_offset.push(at);
-    at += e.token.length;
+    out.top_logprobs.push(e.top === null ? null : topOf(e.top));
+    out.text_offset.push(offsets.next(e.token));
   }
+  return out;
+}
+
+/** Alternatives, most likely first; should two ever share a text, the more likely one keeps it. */
+function topOf(top: ReadonlyArray<readonly [string, number]>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [token, logprob] of top) if (!Object.hasOwn(out, token)) out[token] = logprob;
   return out;
 }
 
@@ -66,7 +115,7 @@ export class ChoiceBuilder {
     return {
       text: this.text,
       index: this.index,
-      logprobs: this.wantLogprobs ? logprobsOf(this.entries, this.echo ? 0 : this.prompt.length) : null,
+      logprobs: this.wantLogprobs ? logprobsOf(this.entries, new TextOffsets(this.echo ? 0 : charLength(this.prompt))) : null,
       finish_reason: this.finish,
     };
   }

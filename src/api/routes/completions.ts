@@ -6,17 +6,79 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import Type from 'typebox';
 import type { BatchInfo, Completion } from '../../batching/completion.js';
 import { ServiceError } from '../../errors.js';
+import type { Metrics } from '../../observability/metrics.js';
 import type { CompletionService } from '../../service.js';
 import { admit } from '../completions/admission.js';
-import { ChoiceBuilder, buildResponse, chameleonInfo, logprobsOf, publicFinish, usageOf, type ResponseHead } from '../completions/format.js';
+import { ChoiceBuilder, TextOffsets, buildResponse, chameleonInfo, charLength, logprobsOf, publicFinish, usageOf, type ResponseHead } from '../completions/format.js';
 import { errorResponses } from '../schemas/common.js';
 import type { CompletionRequest } from '../schemas/completions.js';
 
-export async function completionRoutes(app: FastifyInstance, options: { service: CompletionService }): Promise<void> {
-  const { service } = options;
+export interface CompletionRouteOptions {
+  service: CompletionService;
+  metrics: Metrics;
+  /** Most prompts per request (MAX_BATCH_SIZE). */
+  maxPrompts: number;
+  retryAfterSeconds: number;
+}
+
+/** Room for the JSON around the prompts (field names, the other options) in the body limit. */
+const BODY_OVERHEAD_BYTES = 64 * 1024;
+
+/**
+ * Bodies larger than this are "large": parsing and checking one costs the event loop milliseconds, so only a
+ * few are taken in at once; the others are refused with 429 before they are read.
+ */
+const LARGE_BODY_BYTES = 64 * 1024;
+const LARGE_BODIES_AT_ONCE = 2;
+
+/** Status of a stream (sent as 200 before its outcome was known), for the request counter. */
+const streamOutcome = new WeakMap<FastifyRequest, number>();
+
+export async function completionRoutes(app: FastifyInstance, options: CompletionRouteOptions): Promise<void> {
+  const { service, metrics, maxPrompts, retryAfterSeconds } = options;
+
+  // Counted once per request: the status sent (a stream's outcome), or 499 when the client left before the end.
+  app.addHook('onRequest', async (request, reply) => {
+    let counted = false;
+    const count = (status: number) => {
+      if (counted) return;
+      counted = true;
+      metrics.requests.inc({ status: String(status) });
+    };
+    reply.raw.once('finish', () => count(streamOutcome.get(request) ?? reply.raw.statusCode));
+    reply.raw.once('close', () => count(499));
+  });
+  // A full queue refuses before the body is read or parsed, the cheapest way to say 429 to a burst; so does
+  // a large body while LARGE_BODIES_AT_ONCE others are being read and admitted (each holds its slot until admitted).
+  let largeBodies = 0;
+  const largeSlot = new WeakMap<FastifyRequest, () => void>();
+  app.addHook('onRequest', async (request, reply) => {
+    if (service.queueFull) {
+      throw new ServiceError('queue_full', 'The request queue is full; retry later.', { retryAfterSeconds });
+    }
+    const length = Number(request.headers['content-length'] ?? Number.POSITIVE_INFINITY);
+    if (!(length > LARGE_BODY_BYTES)) return;
+    if (largeBodies >= LARGE_BODIES_AT_ONCE) {
+      reply.header('connection', 'close'); // not worth reading the body only to discard it
+      throw new ServiceError('queue_full', `Too many large requests (over ${LARGE_BODY_BYTES} bytes) at once; retry later.`, { retryAfterSeconds });
+    }
+    largeBodies++;
+    let held = true;
+    const release = () => {
+      if (held) largeBodies--;
+      held = false;
+    };
+    largeSlot.set(request, release);
+    reply.raw.once('close', release);
+  });
+
+  const tokenizer = service.tokenizer;
   app.post(
     '/v1/completions',
     {
+      // The largest useful body: MAX_BATCH_SIZE prompts of the most bytes a context can hold, twice over for
+      // JSON escapes (\u00e9 for a two-byte character). A larger one is refused unread (413).
+      bodyLimit: tokenizer === null ? undefined : 2 * maxPrompts * service.contextLength * tokenizer.maxTokenBytes + BODY_OVERHEAD_BYTES,
       schema: {
         summary: 'Create a completion (OpenAI-compatible)',
         description:
@@ -33,13 +95,18 @@ export async function completionRoutes(app: FastifyInstance, options: { service:
               'text/event-stream': { schema: Type.String({ description: 'Lines `data: <completion chunk JSON>`, ending with `data: [DONE]`' }) },
             },
           },
-          ...errorResponses(400, 404, 429, 500, 503, 504),
+          ...errorResponses(400, 404, 413, 415, 429, 500, 503, 504),
         },
       },
     },
     async (request, reply) => {
       const body = request.body as CompletionRequest;
-      const completion = admit(body, service, request.id);
+      let completion: Completion;
+      try {
+        completion = await admit(body, service, request.id, { maxPrompts });
+      } finally {
+        largeSlot.get(request)?.();
+      }
       service.submit(completion);
       request.log.debug({ prompts: completion.rows, mode: completion.params.mode, user: body.user ?? undefined }, 'completion admitted');
       reply.raw.on('close', () => completion.cancel());
@@ -90,10 +157,10 @@ async function stream(request: FastifyRequest, reply: FastifyReply, completion: 
     'x-request-id': request.id,
   });
   const send = (data: unknown) => {
-    if (!raw.destroyed) raw.write(`data: ${JSON.stringify(data)}\n\n`);
+    if (!raw.destroyed) raw.write(`data: ${data === '[DONE]' ? data : JSON.stringify(data)}\n\n`);
   };
   const { params, prompts } = completion;
-  const offsets = prompts.map((p) => (params.echo ? 0 : p.text.length));
+  const offsets = prompts.map((p) => new TextOffsets(params.echo ? 0 : charLength(p.text)));
   let chameleon: ReturnType<typeof chameleonInfo> | null = null;
   let tokens = 0;
   const chunk = (choice: number, text: string, logprobs: ReturnType<typeof logprobsOf> | null, finish: 'stop' | 'length' | null) => ({
@@ -111,35 +178,29 @@ async function stream(request: FastifyRequest, reply: FastifyReply, completion: 
         chameleon = chameleonInfo(event.batch);
         if (params.echo && params.logprobs === null) prompts.forEach((p, i) => send(chunk(i, p.text, null, null)));
         break;
-      case 'prompt': {
-        const logprobs = logprobsOf(event.logprobs, 0);
-        offsets[event.choice] = logprobs.tokens.reduce((at, t) => at + t.length, 0);
-        send(chunk(event.choice, prompts[event.choice].text, logprobs, null));
+      case 'prompt':
+        send(chunk(event.choice, prompts[event.choice].text, logprobsOf(event.logprobs, offsets[event.choice]), null));
         break;
-      }
-      case 'text': {
-        let logprobs = null;
-        if (event.logprob !== undefined) {
-          logprobs = logprobsOf([event.logprob], offsets[event.choice]);
-          offsets[event.choice] += event.logprob.token.length;
-        }
-        send(chunk(event.choice, event.text, logprobs, null));
+      case 'text':
+        send(chunk(event.choice, event.text, event.logprob === undefined ? null : logprobsOf([event.logprob], offsets[event.choice]), null));
         break;
-      }
       case 'finish':
         tokens += event.completionTokens;
         if (event.reason !== 'cancelled') send(chunk(event.choice, '', null, publicFinish(event.reason)));
         break;
       case 'error':
+        // As vLLM does: the error as one more event, then the usual end, so that clients stop cleanly.
         status = event.error.status;
         send(event.error.toJSON());
+        send('[DONE]');
         break;
       case 'done':
         if (includeUsage) send({ id: head.id, object: 'text_completion', created: head.created, model: head.model, choices: [], usage: usageOf(completion, tokens), ...(chameleon ? { chameleon } : {}) });
-        if (!raw.destroyed) raw.write('data: [DONE]\n\n');
+        send('[DONE]');
         break;
     }
   }
+  streamOutcome.set(request, status);
   request.log.info({ statusCode: status, streamed: true, tokens }, 'stream completed');
   raw.end();
 }

@@ -1,0 +1,67 @@
+/**
+ * Connection hygiene. Node keeps a connection that never finishes its headers, and an idle keep-alive one,
+ * open for as long as the client likes, and `server.close()` waits for both. Here the timeouts are set (a
+ * half-open connection is closed with 408 after HEADERS_TIMEOUT_MS), and closing the app first stops listening,
+ * then closes every connection that has no admitted request on it (idle ones, half-open ones, ones still
+ * uploading a body), lets the others finish their response and closes each as soon as it has.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import type { FastifyInstance } from 'fastify';
+
+/** How long a closed connection may take to say goodbye (FIN) before it is destroyed. */
+const LINGER_MS = 1000;
+
+export interface ConnectionTracker {
+  /** Resolves once no connection is left open (after the app started closing). */
+  settled(): Promise<void>;
+}
+
+export function installConnectionHygiene(app: FastifyInstance): ConnectionTracker {
+  const server = app.server;
+  const sockets = new Set<Socket>();
+  const requests = new Map<Socket, { request: IncomingMessage; response: ServerResponse }>();
+  let closing = false;
+  let wakeSettled: (() => void) | null = null;
+
+  const hangUp = (socket: Socket) => {
+    socket.end();
+    setTimeout(() => socket.destroy(), LINGER_MS).unref();
+  };
+
+  server.on('connection', (socket: Socket) => {
+    if (closing) {
+      socket.destroy();
+      return;
+    }
+    sockets.add(socket);
+    socket.once('close', () => {
+      sockets.delete(socket);
+      requests.delete(socket);
+      if (sockets.size === 0) wakeSettled?.();
+    });
+  });
+  server.on('request', (request: IncomingMessage, response: ServerResponse) => {
+    const socket = request.socket;
+    requests.set(socket, { request, response });
+    if (closing) response.setHeader('connection', 'close');
+    response.once('close', () => {
+      if (requests.get(socket)?.request === request) requests.delete(socket);
+      if (closing) hangUp(socket);
+    });
+  });
+
+  app.addHook('preClose', async () => {
+    closing = true;
+    server.close();
+    for (const socket of sockets) {
+      const busy = requests.get(socket);
+      if (busy === undefined || !busy.request.complete) socket.destroy();
+      else if (!busy.response.headersSent) busy.response.setHeader('connection', 'close');
+    }
+  });
+
+  return {
+    settled: () => (sockets.size === 0 ? Promise.resolve() : new Promise<void>((resolve) => { wakeSettled = resolve; })),
+  };
+}

@@ -1,0 +1,172 @@
+/**
+ * Hostile input against the real server on a real port: whatever arrives, the answer has the right status and
+ * OpenAI's error shape (with Connection: close where the socket is closed), and /health/live keeps answering.
+ * Seeded and bounded: the whole file runs in well under a minute.
+ */
+import assert from 'node:assert/strict';
+import { connect, type Socket } from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { after, before, describe, test } from 'node:test';
+import type { FastifyInstance } from 'fastify';
+import { MODEL, startApp } from '../helpers/app.js';
+
+let app: FastifyInstance;
+let port: number;
+
+before(async () => {
+  app = await startApp({ maxWaitMs: 5, headersTimeoutMs: 1000, receiveTimeoutMs: 2000 });
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  port = (app.server.address() as AddressInfo).port;
+});
+after(async () => {
+  await app.close();
+});
+
+interface RawReply { status: number; headers: Record<string, string>; body: string; closed: boolean }
+
+/** Writes raw bytes on a fresh connection and reads one response (the server may close after it). */
+function raw(...parts: Array<string | Buffer>): Promise<RawReply> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1');
+    let data = Buffer.alloc(0);
+    let closed = false;
+    const finish = () => {
+      const text = data.toString('utf8');
+      const split = text.indexOf('\r\n\r\n');
+      if (split < 0) return reject(new Error(`no response: ${JSON.stringify(text)}`));
+      const [statusLine, ...lines] = text.slice(0, split).split('\r\n');
+      const headers = Object.fromEntries(lines.map((l) => [l.slice(0, l.indexOf(':')).toLowerCase(), l.slice(l.indexOf(':') + 1).trim()]));
+      let body = text.slice(split + 4);
+      if (headers['transfer-encoding'] === 'chunked') body = body.replace(/^[0-9a-f]+\r\n/, '').replace(/\r\n0\r\n\r\n$/, '');
+      resolve({ status: Number(statusLine!.split(' ')[1]), headers, body, closed });
+    };
+    socket.on('data', (chunk) => {
+      data = Buffer.concat([data, chunk]);
+      const text = data.toString('utf8');
+      const split = text.indexOf('\r\n\r\n');
+      const length = /content-length: (\d+)/i.exec(text.slice(0, split))?.[1];
+      if (split >= 0 && length !== undefined && Buffer.byteLength(text.slice(split + 4)) >= Number(length)) {
+        socket.destroy();
+        finish();
+      }
+    });
+    socket.on('end', () => { closed = true; });
+    socket.on('close', () => { closed = true; if (!socket.destroyed || data.length > 0) finish(); });
+    socket.on('error', () => {});
+    for (const part of parts) socket.write(part);
+  });
+}
+
+const post = (body: string | Buffer, headers = 'Content-Type: application/json\r\n') =>
+  raw(`POST /v1/completions HTTP/1.1\r\nHost: x\r\n${headers}Content-Length: ${Buffer.byteLength(body)}\r\n\r\n`, body);
+
+function assertError(reply: RawReply, status: number, code: string): void {
+  assert.equal(reply.status, status, reply.body);
+  const body = JSON.parse(reply.body) as { error: Record<string, unknown> };
+  assert.deepEqual(Object.keys(body), ['error']);
+  assert.deepEqual(Object.keys(body.error).sort(), ['code', 'message', 'param', 'type']);
+  assert.equal(body.error.code, code);
+  assert.equal(typeof body.error.message, 'string');
+}
+
+async function assertAlive(): Promise<void> {
+  const started = performance.now();
+  const res = await fetch(`http://127.0.0.1:${port}/health/live`);
+  assert.equal(res.status, 200);
+  assert.ok(performance.now() - started < 1000, '/health/live answered quickly');
+}
+
+function seeded(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+describe('hostile bodies', () => {
+  const cases: Array<[string, () => Promise<RawReply>, number, string]> = [
+    ['malformed JSON', () => post('{"model": "x", "prompt": '), 400, 'invalid_request'],
+    ['an empty body', () => post(''), 400, 'invalid_request'],
+    ['wrong types', () => post(JSON.stringify({ model: 7, prompt: { a: 1 }, max_tokens: 'many' })), 400, 'invalid_request'],
+    ['a prompt nested 10,000 deep', () => post(`{"model":"${MODEL}","prompt":${'['.repeat(10_000)}${']'.repeat(10_000)}}`), 400, 'invalid_request'],
+    ['an array of 10,000 prompts', () => post(JSON.stringify({ model: MODEL, prompt: Array.from({ length: 10_000 }, (_, i) => `p${i}`) })), 400, 'invalid_request'],
+    ['a prompt over the byte bound', () => post(JSON.stringify({ model: MODEL, prompt: 'a'.repeat(256 * 64 + 1) })), 400, 'context_length_exceeded'],
+    ['a prompt of 16,000 spaces (passes the bounds, too many tokens)', () => post(JSON.stringify({ model: MODEL, prompt: ' '.repeat(16_000), max_tokens: 0 })), 400, 'context_length_exceeded'],
+    ['__proto__ in the body', () => post(`{"model":"${MODEL}","prompt":"a","__proto__":{"x":1}}`), 400, 'invalid_request'],
+    ['a body over the limit', () => post(JSON.stringify({ model: MODEL, prompt: 'a'.repeat(3 * 2 ** 20) })), 413, 'payload_too_large'],
+    ['text/plain', () => post('hello', 'Content-Type: text/plain\r\n'), 415, 'unsupported_media_type'],
+    ['an unknown model', () => post(JSON.stringify({ model: 'gpt-4', prompt: 'a' })), 404, 'model_not_found'],
+  ];
+  for (const [what, send, status, code] of cases) {
+    test(`${what}: ${status} ${code}`, async () => {
+      const reply = await send();
+      assertError(reply, status, code);
+      if (status === 413) assert.equal(reply.headers.connection, 'close');
+      await assertAlive();
+    });
+  }
+
+  test('invalid UTF-8, lone surrogates and unknown fields are served, not crashed on', async () => {
+    const invalid = Buffer.concat([Buffer.from(`{"model":"${MODEL}","max_tokens":1,"prompt":"a`), Buffer.from([0xff, 0xfe, 0xc3]), Buffer.from('b"}')]);
+    for (const body of [invalid, `{"model":"${MODEL}","max_tokens":1,"prompt":"x\\ud800y\\udfffz"}`, JSON.stringify({ model: MODEL, prompt: 'a', max_tokens: 1, frobnicate: true })]) {
+      const reply = await post(body);
+      assert.equal(reply.status, 200, reply.body);
+      assert.equal(JSON.parse(reply.body).object, 'text_completion');
+    }
+    await assertAlive();
+  });
+
+  test('random bytes, seeded: never a 500, always the error shape', async () => {
+    const random = seeded(8);
+    for (let i = 0; i < 30; i++) {
+      const bytes = Buffer.from(Array.from({ length: 1 + Math.floor(random() * 300) }, () => Math.floor(random() * 256)));
+      const reply = await post(bytes);
+      assert.ok(reply.status >= 400 && reply.status < 500, `${reply.status} ${reply.body}`);
+      assertError(reply, reply.status, JSON.parse(reply.body).error.code);
+    }
+    await assertAlive();
+  });
+});
+
+describe('hostile requests (routes, methods, the HTTP layer)', () => {
+  const cases: Array<[string, () => Promise<RawReply>, number, string, boolean]> = [
+    ['an unknown route', () => raw('GET /v2/everything HTTP/1.1\r\nHost: x\r\n\r\n'), 404, 'not_found', false],
+    ['a method without a route', () => raw('DELETE /v1/completions HTTP/1.1\r\nHost: x\r\n\r\n'), 404, 'not_found', false],
+    ['an invalid method', () => raw('FOO\x01 / HTTP/1.1\r\nHost: x\r\n\r\n'), 400, 'invalid_request', true],
+    ['bad percent-encoding', () => raw('GET /v1/models/%E0%A4%A HTTP/1.1\r\nHost: x\r\n\r\n'), 400, 'invalid_request', false],
+    ['a path parameter that is too long', () => raw(`GET /v1/models/${'m'.repeat(500)} HTTP/1.1\r\nHost: x\r\n\r\n`), 414, 'uri_too_long', false],
+    ['headers over 16 KiB', () => raw(`GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: ${'b'.repeat(20_000)}\r\n\r\n`), 431, 'headers_too_large', true],
+    ['bad chunking', () => raw('POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n'), 400, 'invalid_request', true],
+    ['a duplicate Content-Length', () => raw('POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}'), 400, 'invalid_request', true],
+    ['Expect: other than 100-continue', () => raw('POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}'), 417, 'expectation_failed', true],
+  ];
+  for (const [what, send, status, code, closes] of cases) {
+    test(`${what}: ${status} ${code}${closes ? ', Connection: close' : ''}`, async () => {
+      const reply = await send();
+      assertError(reply, status, code);
+      if (closes) {
+        assert.equal(reply.headers.connection, 'close');
+      }
+      await assertAlive();
+    });
+  }
+
+  test('a half-open connection (partial headers) gets 408 after HEADERS_TIMEOUT_MS; the server answers meanwhile', async () => {
+    const socket: Socket = connect(port, '127.0.0.1');
+    socket.write('POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Le');
+    let data = '';
+    socket.on('data', (d) => { data += d; });
+    const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
+    await assertAlive();
+    await closed;
+    assert.match(data, /^HTTP\/1.1 408 /);
+    assert.match(data, /Connection: close/i);
+    const body = JSON.parse(data.slice(data.indexOf('\r\n\r\n') + 4));
+    assert.equal(body.error.code, 'request_timeout');
+    await assertAlive();
+  });
+});
