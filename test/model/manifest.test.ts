@@ -41,7 +41,7 @@ describe('model package validation', () => {
     const copy = copyPackage();
     try {
       copy.writeManifest({ ...copy.manifest, format: 'other/2' });
-      rejects(copy.dir, /does not follow chameleon-package\/1/);
+      rejects(copy.dir, /does not follow chameleon-package\/2/);
       copy.writeManifest({ ...copy.manifest, dims: { ...copy.manifest.dims, head_dim: copy.manifest.dims.head_dim + 1 } });
       rejects(copy.dir, /dims.n_head \(\d+\) x dims.head_dim \(\d+\) != dims.d_model/);
       copy.writeManifest({ ...copy.manifest, lora: { ...copy.manifest.lora, rank: copy.manifest.lora.rank + 1 } });
