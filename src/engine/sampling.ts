@@ -70,10 +70,12 @@ const BINS = 1 << (31 - BIN_SHIFT);
 /** Reusable buffers for one vocabulary size. */
 export class SamplingScratch {
   readonly order: Int32Array;
+  readonly edge: Int32Array;
   readonly binCount = new Int32Array(BINS);
   readonly binMass = new Float64Array(BINS);
   constructor(readonly vocabSize: number) {
     this.order = new Int32Array(vocabSize);
+    this.edge = new Int32Array(vocabSize);
   }
 }
 
@@ -107,18 +109,22 @@ export function softmaxRow(logits: Float32Array, offset: number, size: number, t
 export function sampleFromProbs(probs: Float32Array, offset: number, params: SamplingParams, rng: Random, scratch: SamplingScratch): number {
   const V = scratch.vocabSize;
   const row = probs.subarray(offset, offset + V);
-  const bits = new Uint32Array(probs.buffer, probs.byteOffset + offset * 4, V);
   const cutK = params.topK > 0 && params.topK < V;
   const cutP = params.topP < 1;
-  const { order } = scratch;
-  let size = V;
-  for (let i = 0; i < V; i++) order[i] = i;
-  if (cutK) size = cutHead(row, bits, order, size, params.topK, Infinity, scratch);
-  if (cutP) {
+  if (!cutK && !cutP) {
     let total = 0;
-    for (let j = 0; j < size; j++) total += row[order[j]];
-    size = cutHead(row, bits, order, size, Infinity, params.topP * total, scratch);
+    for (let i = 0; i < V; i++) total += row[i];
+    let r = rng.next() * total;
+    for (let i = 0; i < V; i++) {
+      r -= row[i];
+      if (r < 0) return i;
+    }
+    return V - 1;
   }
+  const bits = new Uint32Array(probs.buffer, probs.byteOffset + offset * 4, V);
+  const { order } = scratch;
+  let size = cutHead(row, bits, null, V, cutK ? params.topK : V, cutP && !cutK ? params.topP : Infinity, scratch);
+  if (cutK && cutP) size = cutHead(row, bits, order, size, size, params.topP, scratch);
   let mass = 0;
   for (let j = 0; j < size; j++) mass += row[order[j]];
   let r = rng.next() * mass;
@@ -135,41 +141,50 @@ function before(row: Float32Array, a: number, b: number): boolean {
 }
 
 /**
- * Moves into order[0, size) the shortest head of the ranking of order[0, n) that holds `count` ids or reaches
- * `target` mass, whichever comes first, and returns its size.
+ * Writes into order[0, size) the shortest head of the ranking of the candidates (order[0, n), or every id when
+ * `from` is null) that holds `count` ids or `fraction` of their mass, whichever comes first; returns its size.
  */
-function cutHead(row: Float32Array, bits: Uint32Array, order: Int32Array, n: number, count: number, target: number, scratch: SamplingScratch): number {
-  const { binCount, binMass } = scratch;
-  binCount.fill(0);
-  binMass.fill(0);
+function cutHead(row: Float32Array, bits: Uint32Array, from: Int32Array | null, n: number, count: number, fraction: number, scratch: SamplingScratch): number {
+  const { binCount, binMass, order, edge } = scratch;
   // A non-negative float's bit pattern orders like its value: its top bits are a bin index, larger bins first.
+  let low = BINS;
+  let high = 0;
+  let total = 0;
   for (let j = 0; j < n; j++) {
-    const b = bits[order[j]] >>> BIN_SHIFT;
+    const id = from === null ? j : from[j];
+    const b = bits[id] >>> BIN_SHIFT;
     binCount[b]++;
-    binMass[b] += row[order[j]];
+    binMass[b] += row[id];
+    total += row[id];
+    if (b < low) low = b;
+    if (b > high) high = b;
   }
+  const target = fraction * total;
   let above = 0;
   let aboveMass = 0;
-  let edge = BINS - 1;
-  for (; edge > 0; edge--) {
-    if (binCount[edge] === 0) continue;
-    if (above + binCount[edge] >= count || aboveMass + binMass[edge] >= target) break;
-    above += binCount[edge];
-    aboveMass += binMass[edge];
+  let cut = high;
+  for (; cut > low; cut--) {
+    if (binCount[cut] === 0) continue;
+    if (above + binCount[cut] >= count || aboveMass + binMass[cut] >= target) break;
+    above += binCount[cut];
+    aboveMass += binMass[cut];
   }
-  // order[0, above): the bins above the edge; then the edge bin, sorted; the rest is dropped.
+  binCount.fill(0, low, high + 1);
+  binMass.fill(0, low, high + 1);
+  // order[0, above): the bins above the cut; then the cut's bin, sorted; the rest is dropped. Writing order while
+  // reading it (from === order) is safe: an id is written at or before the position it was read from.
   let front = 0;
-  const edgeIds: number[] = [];
+  let edgeSize = 0;
   for (let j = 0; j < n; j++) {
-    const id = order[j];
+    const id = from === null ? j : from[j];
     const b = bits[id] >>> BIN_SHIFT;
-    if (b > edge) order[front++] = id;
-    else if (b === edge) edgeIds.push(id);
+    if (b > cut) order[front++] = id;
+    else if (b === cut) edge[edgeSize++] = id;
   }
-  edgeIds.sort((x, y) => (before(row, x, y) ? -1 : 1));
+  const sorted = edge.subarray(0, edgeSize).sort((x, y) => (before(row, x, y) ? -1 : 1));
   let size = front;
   let mass = aboveMass;
-  for (const id of edgeIds) {
+  for (const id of sorted) {
     order[size++] = id;
     mass += row[id];
     if (size >= count || mass >= target) break;
