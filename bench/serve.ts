@@ -15,7 +15,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { availableParallelism } from 'node:os';
 import { createServer } from 'node:net';
+import { Worker } from 'node:worker_threads';
 import { loadConfig } from '../src/config.js';
+import { EngineClient } from '../src/engine/client.js';
+import type { RowSpec } from '../src/engine/protocol.js';
 import { ModelPackage } from '../src/model/package.js';
 import { matmulGflops, RawLoop } from './raw-loop.js';
 
@@ -129,18 +132,7 @@ async function scenario(base: string, model: string, traffic: Traffic, clients: 
   let next = 0;
   const started = performance.now();
   const deadline = started + seconds * 1000;
-  let polling = true;
-  const poller = (async () => {
-    while (polling) {
-      const t = performance.now();
-      const answered = await fetch(`${base}/health/live`).then((r) => r.ok, (error: Error) => {
-        console.error(`/health/live failed: ${error.message} (${String((error.cause as Error | undefined)?.message)})`);
-        return false;
-      });
-      liveMs.push(answered ? performance.now() - t : Infinity);
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-  })();
+  const poller = livePoller(base, seconds * 1000);
   await Promise.all(Array.from({ length: clients }, async () => {
     while (performance.now() < deadline) {
       try {
@@ -151,8 +143,7 @@ async function scenario(base: string, model: string, traffic: Traffic, clients: 
     }
   }));
   const elapsed = (performance.now() - started) / 1000;
-  polling = false;
-  await poller;
+  liveMs.push(...(await poller));
   const after = await decodeCounters(base);
   const runs = after.runs - before.runs;
   return { traffic, clients, elapsed, samples, errors, liveMs, decodeRows: (after.rows - before.rows) / runs, decodeStepMs: ((after.seconds - before.seconds) / runs) * 1000 };
@@ -162,7 +153,7 @@ async function scenario(base: string, model: string, traffic: Traffic, clients: 
  * 31 streams decode long generations; then one request with a prompt of about 240 tokens arrives. Returns the
  * longest gap between two tokens of a running stream while that prompt is prefilled, and the median gap.
  */
-async function longPromptArrival(base: string, model: string, prompt: string): Promise<{ maxGap: number; medianGap: number; promptTokens: number }> {
+async function longPromptArrival(base: string, model: string, prompt: string): Promise<{ maxGap: number; maxGapBefore: number; medianGap: number; promptTokens: number }> {
   const arrivals: number[] = [];
   const gaps: Array<{ at: number; gap: number }> = [];
   const stream = async (i: number) => {
@@ -190,8 +181,47 @@ async function longPromptArrival(base: string, model: string, prompt: string): P
   const body = (await res.json()) as { usage?: { prompt_tokens: number }; error?: { message: string } };
   const answered = performance.now();
   await Promise.all(running);
-  const during = gaps.filter((g) => g.at >= sent && g.at <= answered + 50).map((g) => g.gap);
-  return { maxGap: Math.max(...during), medianGap: quantile(gaps.map((g) => g.gap), 0.5), promptTokens: body.usage?.prompt_tokens ?? NaN };
+  const span = answered + 50 - sent;
+  const during = gaps.filter((g) => g.at >= sent && g.at <= sent + span).map((g) => g.gap);
+  const before = gaps.filter((g) => g.at >= sent - span && g.at < sent).map((g) => g.gap);
+  return { maxGap: Math.max(...during), maxGapBefore: Math.max(...before), medianGap: quantile(gaps.map((g) => g.gap), 0.5), promptTokens: body.usage?.prompt_tokens ?? NaN };
+}
+
+/**
+ * The same question inside the engine (worker thread, real model, no HTTP or client noise): 31 rows decode, then a
+ * prompt of `promptTokens` tokens is admitted. Returns the longest interval between two decode events of the
+ * running rows while that prompt is prefilled, and the median interval (the decode step as the rows see it).
+ */
+async function engineGap(promptIds: number[]): Promise<{ maxGap: number; medianGap: number; chunks: number }> {
+  const logger = { warn() {}, info() {}, error() {} };
+  const engine = await EngineClient.start({
+    modelDir, device: config.device, threads: config.threads, spinning: config.ortSpinning, slots: config.maxBatchSize,
+    prefillChunkTokens: config.prefillChunkTokens, logger,
+  });
+  try {
+    const tokenizer = ModelPackage.open(modelDir).tokenizer;
+    const row = (ids: number[], maxTokens: number): RowSpec => ({
+      promptIds: ids, bosAdded: true, slot: 0, maxTokens, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: null, promptLogprobs: false, ignoreEos: true,
+    });
+    const arrivals: number[] = [];
+    let chunks = 0;
+    engine.onForward((phase) => { if (phase === 'prefill') chunks++; });
+    const running = engine.run({
+      batchId: 1, rows: Array.from({ length: 31 }, (_, i) => row(tokenizer.encodePrompt(`The ${WORDS[i % WORDS.length]} of day ${i}`), 200)),
+      contexts: new Float32Array(1), contextCount: 0,
+    }, { onPrompt() {}, onEvents: () => arrivals.push(performance.now()) });
+    while (arrivals.length < 40) await new Promise((resolve) => setTimeout(resolve, 5));
+    const before = chunks;
+    const sent = performance.now();
+    await engine.run({ batchId: 2, rows: [row(promptIds, 1)], contexts: new Float32Array(1), contextCount: 0 }, { onPrompt() {}, onEvents() {} });
+    const done = performance.now();
+    await running;
+    const gaps = arrivals.slice(1).map((t, i) => ({ at: t, gap: t - arrivals[i] }));
+    const during = gaps.filter((g) => g.at >= sent && g.at <= done + 1).map((g) => g.gap);
+    return { maxGap: Math.max(...during), medianGap: quantile(gaps.map((g) => g.gap), 0.5), chunks: chunks - before };
+  } finally {
+    await engine.close();
+  }
 }
 
 /** A prompt of `tokens` tokens (BOS included) under the package's tokenizer. */
@@ -201,6 +231,34 @@ function promptOfTokens(tokens: number): string {
   while (tokenizer.encodePrompt(words.join(' ')).length < tokens) words.push(WORDS[(words.length * 5) % WORDS.length]);
   while (tokenizer.encodePrompt(words.join(' ')).length > tokens) words.pop();
   return words.join(' ');
+}
+
+/**
+ * Probes /health/live every 50 ms for `ms`, from a thread of its own: this process's event loop is busy reading 32
+ * streams, and its delays must not be counted as the server's. A failed probe counts as Infinity.
+ */
+function livePoller(base: string, ms: number): Promise<number[]> {
+  const code = `
+    const { parentPort, workerData } = require('node:worker_threads');
+    (async () => {
+      const times = [];
+      const end = performance.now() + workerData.ms;
+      while (performance.now() < end) {
+        const t = performance.now();
+        const ok = await fetch(workerData.base + '/health/live').then((r) => r.text().then(() => r.ok), () => false);
+        times.push(ok ? performance.now() - t : Infinity);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      parentPort.postMessage(times);
+    })();`;
+  const worker = new Worker(code, { eval: true, workerData: { base, ms } });
+  return new Promise((resolve, reject) => {
+    worker.once('message', (times: number[]) => {
+      resolve(times);
+      void worker.terminate();
+    });
+    worker.once('error', reject);
+  });
 }
 
 const outputRate = (r: ScenarioResult) => r.samples.reduce((s, x) => s + x.tokens, 0) / r.elapsed;
@@ -266,6 +324,7 @@ async function main(): Promise<void> {
   console.log(`chameleon-serve benchmark: server = node dist/server.js (own process), clients in this process; ${seconds} s per run, ` +
     `${availableParallelism()} CPUs, THREADS=${threadsLabel}, MAX_BATCH_SIZE=${config.maxBatchSize}, MAX_WAIT_MS=${config.maxWaitMs}, ` +
     `CONTEXT_WINDOW_MS=${config.contextWindowMs}, PREFILL_CHUNK_TOKENS=${config.prefillChunkTokens}, model ${modelDir}`);
+  const longPrompt = promptOfTokens(240);
   const server = await startServer({});
   const model = ((await (await fetch(`${server.base}/v1/models`)).json()) as { data: Array<{ id: string }> }).data[0].id;
   const results: ScenarioResult[] = [];
@@ -273,7 +332,7 @@ async function main(): Promise<void> {
   try {
     await scenario(server.base, model, 'uniform', 8); // warm-up, not reported
     for (const traffic of traffics) for (const clients of levels) results.push(await scenario(server.base, model, traffic, clients));
-    arrival = await longPromptArrival(server.base, model, promptOfTokens(240));
+    arrival = await longPromptArrival(server.base, model, longPrompt);
   } finally {
     await stopServer(server.child);
   }
@@ -294,6 +353,7 @@ async function main(): Promise<void> {
     console.log(table(['THREADS', ...HEAD], threadRuns.map((t) => [String(t.threads), ...row(t.result)])));
   }
 
+  const inEngine = await engineGap(ModelPackage.open(modelDir).tokenizer.encodePrompt(longPrompt));
   const settings = { threads: config.threads, spinning: config.ortSpinning };
   const raw = await RawLoop.open(modelDir, settings, config.maxBatchSize);
   const find = (traffic: Traffic, clients: number) => results.find((r) => r.traffic === traffic && r.clients === clients);
@@ -346,8 +406,11 @@ async function main(): Promise<void> {
     goal('mixed, 32 clients: prompts clustered with', window, '>= 24', window >= 24);
     goal('mixed, 32 clients: cluster that formed context', cluster, '>= 3', cluster >= 3);
   }
-  const gapRatio = arrival.maxGap / arrival.medianGap;
-  goal(`longest gap / median gap while a ${arrival.promptTokens}-token prompt prefills (31 streams)`, gapRatio, '<= 3', gapRatio <= 3);
+  const gapRatio = inEngine.maxGap / inEngine.medianGap;
+  goal(`engine: longest / median decode interval, 240-token prompt`, gapRatio, '<= 3', gapRatio <= 3);
+  console.log(`  (31 rows decoding; the prompt took ${inEngine.chunks} prefill chunks; longest ${inEngine.maxGap.toFixed(1)} ms, median ${inEngine.medianGap.toFixed(1)} ms. ` +
+    `Seen by HTTP clients: longest token gap ${arrival.maxGap.toFixed(0)} ms while it was prefilled, ${arrival.maxGapBefore.toFixed(0)} ms in as long a time just before, ` +
+    `median ${arrival.medianGap.toFixed(1)} ms)`);
   const saturated = find('uniform', 32);
   if (saturated !== undefined) {
     const live = quantile(saturated.liveMs, 0.99);

@@ -36,6 +36,8 @@ export interface Config {
   device: Device;
   /** ONNX Runtime intra-op threads (0 = ONNX Runtime's default). */
   threads: number;
+  /** Nice value of the inference thread and its ONNX Runtime threads, above the event loop's (Linux). */
+  engineNice: number;
   /** Let ONNX Runtime's intra-op threads spin while waiting for work (lower latency, but they compete with the event loop for CPU). */
   ortSpinning: boolean;
   /** pino log level. */
@@ -96,9 +98,10 @@ export const SETTINGS: ReadonlyArray<Setting<keyof Config>> = [
   { key: 'queueSize', env: 'QUEUE_SIZE', default: '256', describe: 'most prompts waiting for a batch; more are refused with 429', parse: integer(1), expect: 'an integer >= 1' },
   { key: 'idleDispatch', env: 'IDLE_DISPATCH', default: '1', describe: 'an idle engine takes a request at once (1) instead of waiting MAX_WAIT_MS for companions (0)', parse: (raw) => (raw.trim() === '1' ? true : raw.trim() === '0' ? false : undefined), expect: '0 or 1' },
   { key: 'contextWindowMs', env: 'CONTEXT_WINDOW_MS', default: '1000', describe: 'batch prompts admitted this recently (up to MAX_BATCH_SIZE) are clustered with each new window, ms (0 = the window alone)', parse: integer(0, 3_600_000), expect: 'an integer from 0 to 3600000' },
-  { key: 'prefillChunkTokens', env: 'PREFILL_CHUNK_TOKENS', default: '128', describe: 'most prompt tokens per prefill run (longer prompts are prefilled in chunks between decode steps)', parse: integer(1, 65_536), expect: 'an integer from 1 to 65536' },
+  { key: 'prefillChunkTokens', env: 'PREFILL_CHUNK_TOKENS', default: '64', describe: 'most prompt tokens per prefill run (longer prompts are prefilled in chunks between decode steps)', parse: integer(1, 65_536), expect: 'an integer from 1 to 65536' },
   { key: 'device', env: 'DEVICE', default: 'cpu', describe: 'execution provider: cpu or cuda (cuda falls back to cpu with a warning)', parse: oneOf(['cpu', 'cuda'] as const), expect: 'cpu or cuda' },
   { key: 'threads', env: 'THREADS', default: '0', describe: 'ONNX Runtime intra-op threads (0 = its default)', parse: integer(0, 1024), expect: 'an integer from 0 to 1024' },
+  { key: 'engineNice', env: 'ENGINE_NICE', default: '10', describe: 'the inference thread and its ONNX Runtime threads run at this nice value, so the event loop (HTTP, health checks) goes first when the cores are busy (0 = same priority; Linux)', parse: integer(0, 19), expect: 'an integer from 0 to 19' },
   { key: 'ortSpinning', env: 'ORT_SPINNING', default: '0', describe: 'let ONNX Runtime threads spin while idle (1) or sleep (0)', parse: (raw) => (raw.trim() === '1' ? true : raw.trim() === '0' ? false : undefined), expect: '0 or 1' },
   { key: 'logLevel', env: 'LOG_LEVEL', default: 'info', describe: 'log level (fatal, error, warn, info, debug, trace, silent)', parse: oneOf(LOG_LEVELS), expect: LOG_LEVELS.join(', ') },
   { key: 'kmeansSeed', env: 'KMEANS_SEED', default: '0', describe: 'base seed of the per-batch k-means (seed = base + batch number)', parse: integer(0, 2 ** 31 - 1), expect: 'an integer from 0 to 2147483647' },

@@ -23,6 +23,8 @@ export interface EngineOptions {
   slots: number;
   /** Most new tokens in one prefill run. */
   prefillChunkTokens: number;
+  /** Nice value of the inference thread (and its ONNX Runtime threads); 0 = the event loop's priority. */
+  nice?: number;
   logger: EngineLogger;
 }
 
@@ -109,7 +111,7 @@ export class EngineClient {
       worker.on('exit', onExit);
       const init: ToWorker = {
         type: 'init', modelDir: options.modelDir, device: options.device, threads: options.threads, spinning: options.spinning ?? false,
-        slots: options.slots, prefillChunkTokens: options.prefillChunkTokens,
+        slots: options.slots, prefillChunkTokens: options.prefillChunkTokens, nice: options.nice ?? 0,
       };
       worker.postMessage(init);
     });

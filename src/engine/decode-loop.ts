@@ -90,7 +90,7 @@ export interface LoopOptions {
   yieldToEvents?: () => Promise<void>;
 }
 
-export const DEFAULT_PREFILL_CHUNK_TOKENS = 128;
+const DEFAULT_PREFILL_CHUNK_TOKENS = 64;
 
 interface Window {
   job: Job;

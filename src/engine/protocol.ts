@@ -38,6 +38,8 @@ export interface InitMessage {
   slots: number;
   /** Most new tokens in one prefill run (PREFILL_CHUNK_TOKENS). */
   prefillChunkTokens: number;
+  /** Nice value of the inference thread relative to the event loop (ENGINE_NICE). */
+  nice: number;
 }
 
 /** One batch window as the engine runs it: its rows and the hypernetwork inputs of its clusters. */

@@ -3,6 +3,8 @@
  * 'generate' messages and join the running decode at its next step; results go back as messages
  * (protocol.ts), the only link with the main thread.
  */
+import { readlinkSync } from 'node:fs';
+import { setPriority } from 'node:os';
 import { parentPort } from 'node:worker_threads';
 import { ModelPackageError } from '../errors.js';
 import { ModelPackage } from '../model/package.js';
@@ -34,8 +36,29 @@ function postEvents(batchId: number, events: RowEvent[]): void {
   runEvents.push({ batchId, events });
 }
 
+/**
+ * Lowers this thread's scheduling priority (Linux: a thread is a task with its own nice value, and the ONNX Runtime
+ * threads the sessions start inherit it), so that when the cores are busy the event loop (HTTP, health checks) runs
+ * first and inference takes what is left. Returns a warning where it cannot be done.
+ */
+function lowerPriority(nice: number): string | null {
+  if (nice === 0) return null;
+  try {
+    const thread = Number(readlinkSync('/proc/thread-self').split('/').pop());
+    setPriority(thread, nice);
+    return null;
+  } catch (error) {
+    return `ENGINE_NICE=${nice} could not be applied to the inference thread (${(error as Error).message}); it runs at the event loop's priority`;
+  }
+}
+
 async function init(message: InitMessage): Promise<void> {
   const warnings: string[] = [];
+  const niceWarning = lowerPriority(message.nice);
+  if (niceWarning !== null) {
+    warnings.push(niceWarning);
+    post({ type: 'log', level: 'warn', message: niceWarning });
+  }
   try {
     const pkg = ModelPackage.open(message.modelDir);
     runtime = await OrtRuntime.create(pkg, {

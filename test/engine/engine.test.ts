@@ -3,7 +3,7 @@
  * adapter slots exactly as if each ran alone.
  */
 import assert from 'node:assert/strict';
-import { copyFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { EngineClient } from '../../src/engine/client.js';
@@ -159,6 +159,21 @@ describe('engine worker', () => {
       assert.ok(warnings.some((w) => /CUDA execution provider could not start.*falling back to CPU/.test(w)), warnings.join('\n'));
     } finally {
       await cuda.close();
+    }
+  });
+});
+
+describe('engine priority', () => {
+  test('ENGINE_NICE lowers the inference thread and its ONNX Runtime threads, not the event loop', { skip: !existsSync('/proc/thread-self') }, async () => {
+    const niceOf = () => readdirSync('/proc/self/task').map((tid) => Number(readFileSync(`/proc/self/task/${tid}/stat`, 'utf8').split(') ')[1].split(' ')[16]));
+    const before = niceOf().filter((n) => n === 7).length;
+    const nice = await EngineClient.start({ modelDir: MODEL_DIR, device: 'cpu', threads: 2, slots: 2, prefillChunkTokens: 16, nice: 7, logger });
+    try {
+      const lowered = niceOf().filter((n) => n === 7).length - before;
+      assert.ok(lowered >= 2, `the worker and at least one ONNX Runtime thread run at nice 7 (${lowered} threads)`);
+      assert.equal(readFileSync('/proc/thread-self/stat', 'utf8').split(') ')[1].split(' ')[16], '0', 'the event loop keeps its priority');
+    } finally {
+      await nice.close();
     }
   });
 });
