@@ -323,7 +323,7 @@ async function main(): Promise<void> {
   const threadsLabel = process.env.THREADS ?? `${config.threads} (default)`;
   console.log(`chameleon-serve benchmark: server = node dist/server.js (own process), clients in this process; ${seconds} s per run, ` +
     `${availableParallelism()} CPUs, THREADS=${threadsLabel}, MAX_BATCH_SIZE=${config.maxBatchSize}, MAX_WAIT_MS=${config.maxWaitMs}, ` +
-    `CONTEXT_WINDOW_MS=${config.contextWindowMs}, PREFILL_CHUNK_TOKENS=${config.prefillChunkTokens}, model ${modelDir}`);
+    `CLUSTER_IN_FLIGHT=${config.clusterInFlight ? 1 : 0}, PREFILL_CHUNK_TOKENS=${config.prefillChunkTokens}, model ${modelDir}`);
   const longPrompt = promptOfTokens(240);
   const server = await startServer({});
   const model = ((await (await fetch(`${server.base}/v1/models`)).json()) as { data: Array<{ id: string }> }).data[0].id;

@@ -28,8 +28,8 @@ export interface Config {
   queueSize: number;
   /** An idle engine takes a request at once instead of waiting MAX_WAIT_MS for companions. */
   idleDispatch: boolean;
-  /** How long an admitted batch prompt stays in the context pool that later windows are clustered with, ms. */
-  contextWindowMs: number;
+  /** Cluster each window's batch prompts together with the batch prompts in flight (else the window alone). */
+  clusterInFlight: boolean;
   /** Most new tokens (rows x padded width) in one prefill run; longer prompts are prefilled in chunks. */
   prefillChunkTokens: number;
   /** ONNX Runtime execution provider. */
@@ -97,7 +97,7 @@ export const SETTINGS: ReadonlyArray<Setting<keyof Config>> = [
   { key: 'maxClusters', env: 'MAX_CLUSTERS', default: '8', describe: 'most clusters (adapters) per batch', parse: integer(1, 1024), expect: 'an integer from 1 to 1024' },
   { key: 'queueSize', env: 'QUEUE_SIZE', default: '256', describe: 'most prompts waiting for a batch; more are refused with 429', parse: integer(1), expect: 'an integer >= 1' },
   { key: 'idleDispatch', env: 'IDLE_DISPATCH', default: '1', describe: 'an idle engine takes a request at once (1) instead of waiting MAX_WAIT_MS for companions (0)', parse: (raw) => (raw.trim() === '1' ? true : raw.trim() === '0' ? false : undefined), expect: '0 or 1' },
-  { key: 'contextWindowMs', env: 'CONTEXT_WINDOW_MS', default: '1000', describe: 'batch prompts admitted this recently (up to MAX_BATCH_SIZE) are clustered with each new window, ms (0 = the window alone)', parse: integer(0, 3_600_000), expect: 'an integer from 0 to 3600000' },
+  { key: 'clusterInFlight', env: 'CLUSTER_IN_FLIGHT', default: '1', describe: 'cluster each window\'s batch prompts together with the batch prompts in flight (1) or the window alone (0)', parse: (raw) => (raw.trim() === '1' ? true : raw.trim() === '0' ? false : undefined), expect: '0 or 1' },
   { key: 'prefillChunkTokens', env: 'PREFILL_CHUNK_TOKENS', default: '64', describe: 'most prompt tokens per prefill run (longer prompts are prefilled in chunks between decode steps)', parse: integer(1, 65_536), expect: 'an integer from 1 to 65536' },
   { key: 'device', env: 'DEVICE', default: 'cpu', describe: 'execution provider: cpu or cuda (cuda falls back to cpu with a warning)', parse: oneOf(['cpu', 'cuda'] as const), expect: 'cpu or cuda' },
   { key: 'threads', env: 'THREADS', default: '0', describe: 'ONNX Runtime intra-op threads (0 = its default)', parse: integer(0, 1024), expect: 'an integer from 0 to 1024' },

@@ -14,6 +14,21 @@ import type { Metrics } from './observability/metrics.js';
 
 export type ServiceState = 'loading' | 'ready' | 'failed' | 'draining' | 'closed';
 
+/** The 503 that a service in `state` answers new work with, or null when it takes work: one mapping for every route. */
+export function unavailableError(state: ServiceState, failure: Error | null): ServiceError | null {
+  switch (state) {
+    case 'ready':
+      return null;
+    case 'loading':
+      return new ServiceError('not_ready', 'The model is still loading; retry shortly.', { retryAfterSeconds: 1 });
+    case 'failed':
+      return new ServiceError('not_ready', `The model failed to load: ${failure?.message ?? 'unknown error'}`, { retryAfterSeconds: 1 });
+    case 'draining':
+    case 'closed':
+      return new ServiceError('shutting_down', 'The server is shutting down and accepts no new requests.');
+  }
+}
+
 export interface ServiceLogger extends EngineLogger {
   debug(obj: object, msg: string): void;
 }
@@ -110,20 +125,10 @@ export class InferenceService implements CompletionService {
     return this.scheduler?.queueFull ?? false;
   }
 
-  get ready(): boolean {
-    return this.state === 'ready' && (this.engine?.healthy ?? false);
-  }
-
   submit(completion: Completion): void {
-    if (this.state === 'draining' || this.state === 'closed') {
-      throw new ServiceError('shutting_down', 'The server is shutting down and accepts no new requests.');
-    }
-    if (!this.ready || this.scheduler === null) {
-      throw new ServiceError('not_ready', this.state === 'failed' ? `The model failed to load: ${this.failure?.message}` : 'The model is still loading; retry shortly.', {
-        retryAfterSeconds: 1,
-      });
-    }
-    this.scheduler.submit(completion);
+    const unavailable = unavailableError(this.state, this.failure);
+    if (unavailable !== null) throw unavailable;
+    this.scheduler!.submit(completion); // the scheduler exists before the state becomes ready
   }
 
   /** Stops admitting, finishes every admitted request, then stops the worker. */

@@ -1,31 +1,25 @@
 /**
- * The recent `batch`-mode prompts a new window is clustered with. Under saturation, rows free up one or two at a
- * time, so a window alone would hold one or two requests and ChameleonLLM's batch adaptation would silently turn
- * into per-request adaptation. Clustering each window together with the prompts admitted just before it (within
- * `windowMs`, at most `capacity` of them) keeps the clusters that form a context as large as in a full window,
- * however the engine's room frees up. Only `batch`-mode prompts enter the pool: other modes never change a batch
- * request's adapter.
+ * The batch prompts in flight, which each new window's batch prompts are clustered with. Under saturation, rows
+ * free up one or two at a time, so a window alone would hold one or two requests and ChameleonLLM's batch
+ * adaptation would silently turn into per-request adaptation. Clustering a window together with the batch prompts
+ * the engine is serving at that moment keeps the clusters as large as a full batch's, however the room frees up and
+ * whatever the throughput: the pool is exactly the batch the newcomers will share decoder runs with. Only
+ * `batch`-mode prompts enter it: other modes never change a batch request's adapter.
  */
-export interface ContextPoolOptions {
-  /** Most recent prompts kept (MAX_BATCH_SIZE: a window never clusters more prompts than that). */
-  capacity: number;
-  /** How long an admitted prompt stays a neighbour of later windows, ms. */
-  windowMs: number;
-}
+export class ContextPool<Key> {
+  private readonly members = new Map<Key, Float32Array>();
 
-export class ContextPool {
-  private entries: Array<{ feature: Float32Array; at: number }> = [];
-
-  constructor(private readonly options: ContextPoolOptions) {}
-
-  /** Features of at most `max` prompts admitted within the window before `now`, most recent last. */
-  recent(now: number, max: number): Float32Array[] {
-    this.entries = this.entries.filter((e) => now - e.at <= this.options.windowMs);
-    return this.entries.slice(Math.max(0, this.entries.length - max)).map((e) => e.feature);
+  /** Features of the prompts in flight, in admission order. */
+  features(): Float32Array[] {
+    return [...this.members.values()];
   }
 
-  add(features: readonly Float32Array[], now: number): void {
-    for (const feature of features) this.entries.push({ feature, at: now });
-    if (this.entries.length > this.options.capacity) this.entries.splice(0, this.entries.length - this.options.capacity);
+  add(key: Key, feature: Float32Array): void {
+    this.members.set(key, feature);
+  }
+
+  /** The prompt finished (or failed): it no longer shapes the context of later windows. */
+  remove(key: Key): void {
+    this.members.delete(key);
   }
 }

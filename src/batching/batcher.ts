@@ -2,7 +2,7 @@
  * The time-window batcher. A window opens with the oldest waiting request and closes when it holds
  * maxBatchSize prompts or maxWaitMs after that request arrived, whichever comes first, or at once when the engine
  * is idle (with idle dispatch on: waiting for companions then only delays the first token, and later windows are
- * clustered with this one through the context pool); it then hands over as many whole requests as the engine has
+ * clustered with this one while it is in flight); it then hands over as many whole requests as the engine has
  * room for. The window does not close early just because the engine's
  * free room is small: under steady load rows finish one at a time, and closing at once would shrink every
  * window to a single request, turning batch adaptation into per-request adaptation.

@@ -31,7 +31,7 @@ export interface PromptInput {
 
 export interface BatchInfo {
   batchId: number;
-  /** Prompts this request was clustered with (batch mode: the window and its context pool), else the window's prompts. */
+  /** Prompts this request was clustered with (batch mode: the window and the batch prompts in flight), else the window's prompts. */
   batchSize: number;
   /** Clusters among them (0 when the mode clusters nothing). */
   clusters: number;

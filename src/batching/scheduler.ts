@@ -1,7 +1,7 @@
 /**
  * The pipeline:
  *
- *   queue -> window batcher -> features -> k-means over the window and the recent batch prompts (context pool)
+ *   queue -> window batcher -> features -> k-means over the window and the batch prompts in flight (context pool)
  *   -> adapter slots -> engine (hypernetwork once per window, chunked prefill, then decode steps over a slot KV
  *   cache, one decoder run for every running row) -> per-row events routed back to each request.
  *
@@ -37,8 +37,8 @@ export interface SchedulerOptions {
   queueSize: number;
   /** An idle engine takes the first request at once instead of waiting maxWaitMs for companions. */
   idleDispatch: boolean;
-  /** How long an admitted batch prompt stays in the context pool of later windows, ms. */
-  contextWindowMs: number;
+  /** Cluster each window's batch prompts together with the batch prompts in flight (else the window alone). */
+  clusterInFlight: boolean;
   kmeansSeed: number;
   requestTimeoutMs: number;
   retryAfterSeconds: number;
@@ -57,7 +57,7 @@ interface Row {
 export class Scheduler {
   private readonly queue: BoundedQueue<Completion>;
   private readonly batcher: WindowBatcher<Completion>;
-  private readonly pool: ContextPool;
+  private readonly pool = new ContextPool<Row>();
   private loop: Promise<void> | null = null;
   private nextBatchId = 1;
   private inFlightRows = 0;
@@ -75,7 +75,6 @@ export class Scheduler {
   ) {
     this.queue = new BoundedQueue(options.queueSize, options.retryAfterSeconds);
     this.batcher = new WindowBatcher(this.queue, options);
-    this.pool = new ContextPool({ capacity: options.maxBatchSize, windowMs: options.contextWindowMs });
     metrics.watchQueue(() => this.queue.rows);
   }
 
@@ -177,10 +176,9 @@ export class Scheduler {
     const features = rows.map((r, i) => (modes[i] === 'batch' || modes[i] === 'request' ? this.features.feature(r.completion.prompts[r.choice].ids) : new Float32Array(dim)));
     this.metrics.adaptationSeconds.observe({ stage: 'features' }, (performance.now() - t) / 1000);
     t = performance.now();
-    // Batch rows are clustered with the recent batch prompts; the other modes take no part in any context.
+    // Batch rows are clustered with the batch prompts in flight; the other modes take no part in any context.
     const batchRows = rows.flatMap((_, i) => (modes[i] === 'batch' ? [i] : []));
-    const now = performance.now();
-    const neighbours = batchRows.length > 0 ? this.pool.recent(now, this.options.maxBatchSize - batchRows.length) : [];
+    const neighbours = batchRows.length > 0 && this.options.clusterInFlight ? this.pool.features() : [];
     const points = [...neighbours, ...batchRows.map((i) => features[i])];
     const clustering = clusterFeatures(points, {
       targetClusterSize: this.options.targetClusterSize,
@@ -190,7 +188,7 @@ export class Scheduler {
     const contexts = clusterContexts(points, clustering, dim);
     const memberCount = new Array<number>(clustering.k).fill(0);
     for (const c of clustering.assignments) memberCount[c]++;
-    this.pool.add(batchRows.map((i) => features[i]), now);
+    for (const i of batchRows) this.pool.add(rows[i], features[i]);
     const rowCluster = new Array<number>(rows.length).fill(-1);
     batchRows.forEach((i, j) => { rowCluster[i] = clustering.assignments[neighbours.length + j]; });
     const plan = planSlots(rows.map((_, i) => ({ mode: modes[i], feature: features[i], cluster: rowCluster[i] })), contexts, dim);
@@ -255,6 +253,7 @@ export class Scheduler {
           completion.emit({ type: 'text', choice, text: event.text, ...(event.logprob ? { logprob: event.logprob } : {}) });
         }
         if (event.finish !== undefined) {
+          this.pool.remove(rows[event.row]);
           completion.emit({ type: 'finish', choice, reason: event.finish, completionTokens: event.completionTokens });
           released++;
           this.release(1);
@@ -280,6 +279,7 @@ export class Scheduler {
       for (const completion of live) if (!completion.finished) completion.emit({ type: 'error', error: failure });
       throw error;
     } finally {
+      for (const row of rows) this.pool.remove(row);
       this.release(rows.length - released);
       for (const completion of live) this.complete(completion);
     }

@@ -38,7 +38,7 @@ export class Metrics {
     this.clustersPerBatch = new Histogram({ name: 'chameleon_clusters_per_batch', help: 'k-means clusters per batch', buckets: [1, 2, 3, 4, 6, 8, 12, 16, 32], registers });
     this.clusteredWith = new Histogram({
       name: 'chameleon_clustered_prompts',
-      help: 'Prompts a window of batch requests was clustered with (the window and the recent batch prompts of the context pool)',
+      help: 'Prompts a window of batch requests was clustered with (the window and the batch prompts in flight)',
       buckets: SIZES,
       registers,
     });

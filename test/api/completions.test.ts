@@ -11,10 +11,10 @@ import { distinctPrompts, LICENSE, SEA } from '../helpers/prompts.js';
 let app: FastifyInstance;
 
 before(async () => {
-  // A wide window so that requests sent together reliably share one; full batches leave at once. No context pool:
+  // A wide window so that requests sent together reliably share one; full batches leave at once. Windows are clustered alone:
   // these tests check what one window does (test/batching/window-policy.test.ts covers the pool),
   // and windows always wait for companions.
-  app = await startApp({ maxWaitMs: 400, maxBatchSize: 32, targetClusterSize: 8, maxClusters: 4, contextWindowMs: 0, idleDispatch: false });
+  app = await startApp({ maxWaitMs: 400, maxBatchSize: 32, targetClusterSize: 8, maxClusters: 4, clusterInFlight: false, idleDispatch: false });
 });
 after(async () => {
   await app.close();

@@ -48,7 +48,7 @@ const params = (over: Partial<GenerationParams> = {}): GenerationParams => ({
 
 function scheduler(engine: Engine, over: Partial<ConstructorParameters<typeof Scheduler>[2]> = {}) {
   const s = new Scheduler(engine, features, {
-    maxBatchSize: 8, maxWaitMs: 30, targetClusterSize: 2, maxClusters: 4, queueSize: 16, idleDispatch: false, contextWindowMs: 0, kmeansSeed: 0, requestTimeoutMs: 0, retryAfterSeconds: 1, ...over,
+    maxBatchSize: 8, maxWaitMs: 30, targetClusterSize: 2, maxClusters: 4, queueSize: 16, idleDispatch: false, clusterInFlight: false, kmeansSeed: 0, requestTimeoutMs: 0, retryAfterSeconds: 1, ...over,
   }, new Metrics({ defaultMetrics: false }), { debug() {}, error() {} });
   s.start();
   return s;

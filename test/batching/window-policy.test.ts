@@ -1,7 +1,7 @@
 /**
  * The window policy under saturation: 32 clients, each sending its next request as soon as the last one ends,
  * with mixed output lengths, so that the engine's rows free up one or two at a time. Every batch request must
- * still be clustered with a full window's worth of prompts (the context pool), never more than MAX_BATCH_SIZE
+ * still be clustered with a full batch's worth of prompts (the batch prompts in flight), never more than MAX_BATCH_SIZE
  * prompts may be in flight, and every caller gets its own rows.
  */
 import assert from 'node:assert/strict';
@@ -49,10 +49,10 @@ const params = (maxTokens: number): GenerationParams => ({
   maxTokens, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: null, echo: false, ignoreEos: true, mode: 'batch',
 });
 
-async function saturate(contextWindowMs: number): Promise<{ infos: BatchInfo[]; peak: number }> {
+async function saturate(clusterInFlight: boolean): Promise<{ infos: BatchInfo[]; peak: number }> {
   const engine = new TickingEngine();
   const scheduler = new Scheduler(engine, features, {
-    maxBatchSize: 32, maxWaitMs: 5, targetClusterSize: 4, maxClusters: 8, queueSize: 256, idleDispatch: true, contextWindowMs, kmeansSeed: 0, requestTimeoutMs: 0, retryAfterSeconds: 1,
+    maxBatchSize: 32, maxWaitMs: 5, targetClusterSize: 4, maxClusters: 8, queueSize: 256, idleDispatch: true, clusterInFlight, kmeansSeed: 0, requestTimeoutMs: 0, retryAfterSeconds: 1,
   }, new Metrics({ defaultMetrics: false }), { debug() {}, error() {} });
   scheduler.start();
   const rng = new Random(3);
@@ -81,7 +81,7 @@ async function saturate(contextWindowMs: number): Promise<{ infos: BatchInfo[]; 
 const mean = (xs: number[]) => xs.reduce((s, x) => s + x, 0) / xs.length;
 
 test('under saturation with mixed lengths, batch requests are still clustered in large windows', async () => {
-  const { infos, peak } = await saturate(1000);
+  const { infos, peak } = await saturate(true);
   const clusteredWith = mean(infos.map((i) => i.batchSize));
   const clusterSize = mean(infos.map((i) => i.clusterSizes[0]));
   assert.ok(peak <= 32, `at most MAX_BATCH_SIZE prompts in flight (peak ${peak})`);
@@ -90,8 +90,8 @@ test('under saturation with mixed lengths, batch requests are still clustered in
   for (const info of infos) assert.ok(info.clusterSizes[0] >= 1 && info.clusterSizes[0] <= info.batchSize);
 });
 
-test('without the context pool the same traffic collapses to tiny windows (what the pool prevents)', async () => {
-  const { infos } = await saturate(0);
+test('clustering each window alone, the same traffic collapses to tiny windows (what the pool prevents)', async () => {
+  const { infos } = await saturate(false);
   const clusteredWith = mean(infos.map((i) => i.batchSize));
   assert.ok(clusteredWith < 12, `mean window ${clusteredWith.toFixed(1)}`);
 });

@@ -4,7 +4,7 @@
  */
 import { Completion, type GenerationParams, type PromptInput } from '../../batching/completion.js';
 import { ServiceError } from '../../errors.js';
-import type { CompletionService } from '../../service.js';
+import { unavailableError, type CompletionService } from '../../service.js';
 import type { CompletionRequest } from '../schemas/completions.js';
 
 export const DEFAULT_MAX_TOKENS = 16;
@@ -38,15 +38,10 @@ export async function admit(body: CompletionRequest, service: CompletionService,
     throw new ServiceError('model_not_found', `The model '${body.model}' does not exist; this server serves '${service.modelName}'.`, { param: 'model' });
   }
   checkUnsupported(body);
+  const unavailable = unavailableError(service.state, service.failure);
+  if (unavailable !== null) throw unavailable;
   const tokenizer = service.tokenizer;
-  if (service.state === 'draining' || service.state === 'closed') {
-    throw new ServiceError('shutting_down', 'The server is shutting down and accepts no new requests.');
-  }
-  if (tokenizer === null || service.state !== 'ready') {
-    throw new ServiceError('not_ready', service.state === 'failed' ? `The model failed to load: ${service.failure?.message ?? ''}` : 'The model is still loading; retry shortly.', {
-      retryAfterSeconds: 1,
-    });
-  }
+  if (tokenizer === null) throw unavailableError('loading', null)!;
   const maxTokens = body.max_tokens ?? DEFAULT_MAX_TOKENS;
   const context = service.contextLength;
   const texts = typeof body.prompt === 'string' ? [body.prompt] : body.prompt;

@@ -72,7 +72,7 @@ export const ChameleonInfo = Type.Object(
   {
     batch_id: Type.Integer({ description: 'The batch window this request was served in (requests of one window share it)' }),
     batch_size: Type.Integer({
-      description: 'Prompts this request was clustered with: for `batch` mode its window and the recent batch prompts of the context pool; for other modes the prompts of its window',
+      description: 'Prompts this request was clustered with: for `batch` mode its window and the batch prompts in flight; for other modes the prompts of its window',
     }),
     cluster_index: Type.Integer({ description: 'k-means cluster of the (first) prompt among them' }),
     cluster_indices: Type.Array(Type.Integer(), { description: 'Cluster of each prompt (choice), in choice order' }),
