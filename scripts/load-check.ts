@@ -12,6 +12,7 @@
 import { spawn } from 'node:child_process';
 import { request as httpRequest, Agent } from 'node:http';
 import { fileURLToPath } from 'node:url';
+import { Random } from '../src/engine/sampling.js';
 
 const hostileRole = process.argv[2] === '--hostile';
 const BASE = (hostileRole ? process.argv[3] : process.argv[2]) ?? process.env.BASE_URL ?? 'http://127.0.0.1:8080';
@@ -35,15 +36,10 @@ function send(agent: Agent, method: string, path: string, body?: string | Buffer
   });
 }
 
+/** A seeded uniform [0, 1) source (the engine's own generator). */
 function seeded(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const rng = new Random(seed);
+  return () => rng.next();
 }
 
 const random = seeded(7);

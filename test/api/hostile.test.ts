@@ -9,6 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import { MODEL, startApp } from '../helpers/app.js';
+import { Random } from '../../src/engine/sampling.js';
 
 let app: FastifyInstance;
 let port: number;
@@ -76,15 +77,10 @@ async function assertAlive(): Promise<void> {
   assert.ok(performance.now() - started < 1000, '/health/live answered quickly');
 }
 
+/** A seeded uniform [0, 1) source (the engine's own generator). */
 function seeded(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const rng = new Random(seed);
+  return () => rng.next();
 }
 
 describe('hostile bodies', () => {

@@ -5,18 +5,14 @@ import { test } from 'node:test';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { Tokenizer as NativeTokenizer } from 'tokenizers';
 import { runPython } from './python.js';
+import { Random } from '../../src/engine/sampling.js';
 
 const TOKENIZER = 'models/default/tokenizer.json';
 
+/** A seeded uniform [0, 1) source (the engine's own generator). */
 function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const rng = new Random(seed);
+  return () => rng.next();
 }
 
 function sampleStrings(count: number): string[] {
