@@ -75,7 +75,7 @@ export class OrtRuntime implements Runtime {
     return this.cache.shape.slots;
   }
 
-  /** Opens both sessions (CUDA when asked, CPU when CUDA cannot start) and checks them against the manifest. */
+  /** Opens the sessions (decoder, hypernetwork, the sampler's softmax; CUDA when asked, CPU when CUDA cannot start) and checks the package's against its manifest. */
   static async create(pkg: ModelPackage, options: RuntimeOptions): Promise<OrtRuntime> {
     const base: ort.InferenceSession.SessionOptions = {
       graphOptimizationLevel: 'all',
