@@ -49,14 +49,37 @@ def subset(texts, keep):
     return sub
 
 
+def tables_markdown(results):
+    """Validation tables: static runs (LR search), then one row per (run, split, prompt length) of Chameleon."""
+    lines = ["| static run | echo | continuation 16 | 32 | 64 | 128 |", "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        if "static_only" in r["overrides"]:
+            split = next(iter(r["splits"].values()))
+            lines.append(f"| {name} | {split['echo']['static']:.2f} | " + " | ".join(f"{split['continuation'][p]['static']['overall']:.2f}" for p in split["continuation"]) + " |")
+    lines += ["", "| run | split | prompt | static | windows | oracle | per request | windows/static | request/static | windows/request |", "|" + "---|" * 10]
+    for name, r in results.items():
+        if "static_only" in r["overrides"]:
+            continue
+        for split, s in r["splits"].items():
+            for p, row in s["continuation"].items():
+                o = {m: row[m]["overall"] for m in row}
+                lines.append(f"| {name} | {split} | {p} | {o['static']:.2f} | {o['chameleon_windows']:.2f} | {o['chameleon_oracle']:.2f} | {o['chameleon_request']:.2f} | "
+                             f"{o['chameleon_windows'] / o['static']:.3f} | {o['chameleon_request'] / o['static']:.3f} | {o['chameleon_windows'] / o['chameleon_request']:.3f} |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default=str(ROOT / "training/configs/default.json"))
     parser.add_argument("--steps-fraction", type=float, default=0.5)
-    parser.add_argument("--run", action="append", required=True, help="name:json overrides")
+    parser.add_argument("--run", action="append", default=[], help="name:json overrides")
+    parser.add_argument("--table", action="store_true", help="print the tables of quality.json and exit")
     args = parser.parse_args()
     cfg = json.loads(Path(args.config).read_text())
     work = ROOT / "training/.cache" / cfg["name"]
+    if args.table:
+        print(tables_markdown(json.loads((work / "quality.json").read_text())))
+        return
     setup_torch(cfg["seed"])
     ckpt = torch.load(work / "base.pt")
     base = GPT(**ckpt["config"])
