@@ -199,6 +199,10 @@ def main():
     @stage("export", out / "manifest.json", timings, exported)
     def run_export():
         from export import export_package
+        # Both levers are validation experiments so far: the service computes embedding features and serves
+        # hypernetwork factors of the manifest's rank, so such a package would be served wrongly.
+        if cfg["hypernet"].get("context", "embedding") != "embedding" or cfg["hypernet"].get("on_static"):
+            raise SystemExit("export: hypernet.context=hidden and hypernet.on_static are not servable by chameleon-package/2 yet")
         base, history = load_base()
         sets = text_sets()
         report = json.loads((work / "eval.json").read_text())

@@ -4,7 +4,7 @@
         --run 'static_lr0.03:{"static":{"lr":0.03}}' --run 'hidden:{"hypernet":{"context":"hidden"}}'
 
 Each --run is name:JSON overrides of the config (merged key by key); "static_only" in the overrides skips the
-hypernetwork, "on_static" trains the hypernetwork on top of that run's static LoRA (frozen), "holdout" drops
+hypernetwork, {"hypernet": {"on_static": true}} trains it on top of that run's static LoRA (frozen), "holdout" drops
 one M domain from training and reports it apart. Static LoRA and hypernetwork get the same budget (steps
 x tokens per step, scaled by --steps-fraction). Runs on the cached hidden states of the build's work folder
 (`build.py --until cache`) and scores validation only. Results are appended to <work>/quality.json.
@@ -110,7 +110,7 @@ def main():
             torch.save({"key": static_key, "factors": static}, static_path)
         net = None
         if not c.get("static_only"):
-            net = train_hypernet(wte, train, c, c["seed"], static if c.get("on_static") else None)
+            net = train_hypernet(wte, train, c, c["seed"], static if c["hypernet"].get("on_static") else None)
         kind = c["hypernet"].get("context", "embedding")
         entry = {"overrides": overrides, "steps": c["hypernet"]["steps"], "seconds": None, "splits": {}}
         for split, texts in vals.items():
