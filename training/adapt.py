@@ -56,6 +56,45 @@ def text_features(wte, texts):
     return F.normalize(feats, dim=-1)
 
 
+def prompt_features(wte, texts, ids, lengths, kind="embedding"):
+    """Features of prompts: text ids[k] cut to its first lengths[k] tokens after BOS (None: the whole text).
+
+    kind "embedding": the L2-normalised mean token embedding (what the shipped service computes);
+    kind "hidden": the L2-normalised mean of the base's final hidden states over the prompt's positions (BOS
+    excluded), read from the cache; a served prefill can produce it before the head runs, since only the head
+    is adapted. The last token of a text has no cached hidden state (nothing follows it), so a whole-text
+    prompt averages the positions before it.
+    """
+    feats = []
+    for i, n in zip(ids, lengths):
+        tokens = texts.token_ids[i]
+        n = len(tokens) - 1 if n is None else n
+        if kind == "embedding":
+            feats.append(wte[torch.tensor(tokens[1:1 + n])].mean(0))
+        else:
+            start = int(texts.offsets[i])
+            last = min(n, int(texts.offsets[i + 1]) - start - 1)
+            feats.append(texts.hidden[start + 1:start + 1 + max(1, last)].mean(0))
+    return F.normalize(torch.stack(feats), dim=-1)
+
+
+class Stacked(torch.nn.Module):
+    """Chameleon on top of a static LoRA: the generated factors are concatenated (along the rank) to fixed
+    static ones, so the head gets the static update plus the dynamic one, and a zero dynamic update is exactly
+    the static baseline."""
+
+    def __init__(self, net, static):
+        super().__init__()
+        self.net = net
+        self.register_buffer("static_a", static[0].clone())
+        self.register_buffer("static_b", static[1].clone())
+
+    def forward(self, context):
+        a, b = self.net(context)
+        k = a.shape[0]
+        return (torch.cat([self.static_a.expand(k, -1, -1), a], 1), torch.cat([self.static_b.expand(k, -1, -1), b], 2))
+
+
 def head_loss(wte, hidden, targets, a, b, scale, reduction="mean"):
     """Next-token loss of the LM head for G groups of n rows: hidden [G, n, d], targets [G, n].
 
@@ -87,7 +126,8 @@ def kmeans(x, k, seed, iters=50):
 
 
 def train_static(wte, train, cfg, seed):
-    s = cfg["static"]
+    """Static LoRA; by default with the hypernetwork's budget (steps, tokens per step), for a fair baseline."""
+    s = {"steps": cfg["hypernet"]["steps"], "tokens_per_step": cfg["hypernet"]["tokens_per_step"], **cfg["static"]}
     rank, d, vocab = cfg["lora"]["rank"], wte.shape[1], wte.shape[0]
     g = torch.Generator().manual_seed(seed)
     a = torch.nn.Parameter(torch.randn(1, rank, d, generator=g) / math.sqrt(d))
@@ -104,34 +144,37 @@ def train_static(wte, train, cfg, seed):
     return a.detach(), b.detach()
 
 
-def group_context(wte, train, texts, prefix_context, g):
+def group_context(wte, train, texts, prefix_context, g, kind="embedding"):
     """The mean member feature. With prefix_context, each member's feature comes from a random prefix of it
     (at least prefix_context["min_tokens"] tokens), as a served prompt would: the network then cannot count on
     seeing every token it is scored on, and learns what short prompts imply."""
     if not prefix_context:
-        return train.features[texts].mean(0)
-    feats = []
+        return prompt_features(wte, train, texts.tolist(), [None] * len(texts), kind).mean(0)
+    lengths = []
     for i in texts.tolist():
         ids = train.token_ids[i]
         low = min(prefix_context["min_tokens"], len(ids) - 1)
-        length = int(torch.randint(low, len(ids), (1,), generator=g).item())
-        feats.append(text_features(wte, [ids[:1 + length]])[0])
-    return torch.stack(feats).mean(0)
+        lengths.append(int(torch.randint(low, len(ids), (1,), generator=g).item()))
+    return prompt_features(wte, train, texts.tolist(), lengths, kind).mean(0)
 
 
-def train_hypernet(wte, train, cfg, seed):
+def train_hypernet(wte, train, cfg, seed, static=None):
     """Paper-style batches: offline k-means over training features, every group drawn from one cluster.
 
     Group sizes vary so that the network also sees the small clusters (down to one text) that online
-    windows and per-request adaptation produce.
+    windows and per-request adaptation produce. With static factors (hypernet.on_static), the network learns a
+    dynamic update on top of that frozen static LoRA and the returned module outputs both, stacked.
     """
     h = cfg["hypernet"]
     rank, d, vocab = cfg["lora"]["rank"], wte.shape[1], wte.shape[0]
     torch.manual_seed(seed)
+    kind = h.get("context", "embedding")
     net = HyperNetwork(d, vocab, rank, h["hidden"], wte if h.get("embedding_basis") else None)
     opt = torch.optim.AdamW(net.parameters(), lr=h["lr"], weight_decay=h.get("weight_decay", 0.0))
     g = torch.Generator().manual_seed(seed)
-    assign = kmeans(train.features, h["train_clusters"], seed)
+    features = train.features if kind == "embedding" else prompt_features(wte, train, range(len(train)), [None] * len(train), kind)
+    assign = kmeans(features, h["train_clusters"], seed)
+    adapter = Stacked(net, static) if static is not None else net
     members = [torch.nonzero(assign == j).flatten() for j in range(int(assign.max()) + 1)]
     members = [m for m in members if len(m) > 0]
     log(f"hypernet: {len(members)} training clusters of sizes {[len(m) for m in members]}")
@@ -143,10 +186,10 @@ def train_hypernet(wte, train, cfg, seed):
             cluster = members[torch.randint(len(members), (1,), generator=g).item()]
             size = min(len(cluster), sizes[torch.randint(len(sizes), (1,), generator=g).item()])
             texts = cluster[torch.randperm(len(cluster), generator=g)[:size]]
-            contexts.append(group_context(wte, train, texts, h.get("prefix_context"), g))
+            contexts.append(group_context(wte, train, texts, h.get("prefix_context"), g, kind))
             tokens = train.token_rows(texts.tolist())
             rows.append(tokens[torch.randint(len(tokens), (per_group,), generator=g)])
-        a, b = net(torch.stack(contexts))
+        a, b = adapter(torch.stack(contexts))
         rows = torch.stack(rows)
         loss = head_loss(wte, train.hidden[rows], train.targets[rows], a, b, cfg["lora"]["scale"])
         opt.zero_grad(set_to_none=True)
@@ -155,5 +198,5 @@ def train_hypernet(wte, train, cfg, seed):
         opt.step()
         if (step + 1) % max(1, h["steps"] // 5) == 0:
             log(f"hypernet step {step + 1}: loss {loss.item():.3f}")
-    net.eval()
-    return net
+    adapter.eval()
+    return adapter

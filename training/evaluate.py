@@ -146,3 +146,107 @@ def held_out_context(wte, texts, static, hypernet, cfg, seed):
         return texts.token_rows([i])[halves[i]:]
 
     return {method: perplexity_table(wte, texts, plan, cfg["lora"]["scale"], second_half) for method, plan in plans.items()}
+
+
+# --- Prompt -> continuation (the primary metric) -----------------------------------------------------------
+
+PROMPT_LENGTHS = (16, 32, 64, 128)
+CONTINUATION_METHODS = ("base", "static", "chameleon_windows", "chameleon_oracle", "chameleon_request")
+
+
+def continuation_plans(wte, texts, prompt_tokens, static, hypernet, cfg, seed, kind="embedding"):
+    """For each method, the adapter of every eligible text when the adapter sees only its first prompt_tokens
+    tokens (after BOS) and the rest is scored. Eligible: texts with at least one token after the prompt.
+
+    Windows model the service: 32 random prompts, split by k-means on their prompt features, each cluster
+    adapted to its mean feature. Oracle: one-domain windows of 32, one context each. Returns
+    ({method: (factor a [K, r, d], factor b [K, V, r], group index per eligible text)}, eligible ids).
+    """
+    from adapt import prompt_features
+
+    ids = [i for i in range(len(texts)) if len(texts.token_ids[i]) - 1 > prompt_tokens]
+    feats = prompt_features(wte, texts, ids, [prompt_tokens] * len(ids), kind)
+    pos = {i: k for k, i in enumerate(ids)}
+    plans = {}
+    if static is not None:
+        plans["static"] = (static[0], static[1], [0] * len(ids))
+    if hypernet is not None:
+        window_groups = [[ids[k] for k in g] for g in window_clusters(feats, cfg["eval"], seed)]
+        sub = texts_subset_domains(texts, ids)
+        oracle = [[ids[k] for k in g] for g in groups_for("chameleon_oracle", sub, cfg["eval"], seed)]
+        for method, groups in (("chameleon_windows", window_groups), ("chameleon_oracle", oracle), ("chameleon_request", [[i] for i in ids])):
+            contexts = torch.stack([feats[[pos[i] for i in g]].mean(0) for g in groups])
+            with torch.no_grad():
+                a, b = hypernet(contexts)
+            index = [0] * len(ids)
+            for k, g in enumerate(groups):
+                for i in g:
+                    index[pos[i]] = k
+            plans[method] = (a, b, index)
+    return plans, ids
+
+
+class texts_subset_domains:
+    """The domains of a subset of texts, in the shape groups_for's oracle branch reads (len and .domains)."""
+
+    def __init__(self, texts, ids):
+        self.domains = [texts.domains[i] for i in ids]
+
+    def __len__(self):
+        return len(self.domains)
+
+
+def continuation_tables(wte, texts, prompt_lengths, static, hypernet, cfg, seed, kind="embedding"):
+    """{prompt_tokens: {method: {domain: ppl, "overall": ppl, "tokens": n}}}: perplexity of the continuation.
+
+    The base logits of a text are computed once and shared by every (prompt length, method); only the
+    low-rank update differs.
+    """
+    scale = cfg["lora"]["scale"]
+    jobs = []  # (prompt_tokens, method, factors, group index by text id)
+    for p in prompt_lengths:
+        plans, ids = continuation_plans(wte, texts, p, static, hypernet, cfg, seed, kind)
+        jobs.append((p, "base", None, {i: None for i in ids}))
+        for method, (a, b, index) in plans.items():
+            jobs.append((p, method, (a, b), dict(zip(ids, index))))
+    nll, count = {}, {}
+    with torch.no_grad():
+        for i in range(len(texts)):
+            rows = texts.token_rows([i])
+            h, y = texts.hidden[rows], texts.targets[rows]
+            base_logits = h @ wte.T
+            for p, method, factors, index in jobs:
+                if i not in index:
+                    continue
+                hp, yp, logits = h[p:], y[p:], base_logits[p:]
+                if factors is not None:
+                    k = index[i]
+                    a, b = factors[0][k], factors[1][k]
+                    logits = logits + scale * (hp @ a.T) @ b.T
+                key = (p, method, texts.domains[i])
+                nll[key] = nll.get(key, 0.0) + torch.nn.functional.cross_entropy(logits, yp, reduction="sum").item()
+                count[key] = count.get(key, 0) + len(yp)
+    tables = {}
+    for p in prompt_lengths:
+        tables[p] = {}
+        for method in CONTINUATION_METHODS:
+            keys = [k for k in nll if k[0] == p and k[1] == method]
+            if not keys:
+                continue
+            row = {k[2]: math.exp(nll[k] / count[k]) for k in sorted(keys)}
+            row["overall"] = math.exp(sum(nll[k] for k in keys) / sum(count[k] for k in keys))
+            row["tokens"] = sum(count[k] for k in keys)
+            tables[p][method] = row
+    return tables
+
+
+def continuation_markdown(tables):
+    """One row per prompt length: overall continuation perplexity per method, and the ratios the issue asks for."""
+    methods = [m for m in CONTINUATION_METHODS if m in next(iter(tables.values()))]
+    head = "| prompt tokens | " + " | ".join(methods) + " | windows / static | windows / per request |"
+    lines = [head, "|" + "---|" * (len(methods) + 3)]
+    for p, row in tables.items():
+        cells = [f"{row[m]['overall']:.2f}" for m in methods]
+        ratio = lambda a, b: f"{row[a]['overall'] / row[b]['overall']:.3f}" if a in row and b in row else "-"  # noqa: E731
+        lines.append(f"| {p} | " + " | ".join(cells) + f" | {ratio('chameleon_windows', 'static')} | {ratio('chameleon_windows', 'chameleon_request')} |")
+    return "\n".join(lines)

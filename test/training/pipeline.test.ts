@@ -24,11 +24,15 @@ test('the tiny configuration of the training pipeline builds a servable package 
 
   const report = JSON.parse(readFileSync(join(out, 'eval.json'), 'utf8'));
   for (const method of ['base', 'static', 'chameleon_windows', 'chameleon_oracle', 'chameleon_request']) {
-    const row = report.test[method];
+    const row = report.validation[method];
     assert.ok(Number.isFinite(row.M.overall) && row.M.overall > 1, `${method} has an M perplexity`);
     assert.ok(Number.isFinite(row.P.overall) && row.P.overall > 1, `${method} has a P perplexity`);
   }
-  assert.ok(report.test.static.M.overall < report.test.base.M.overall, 'static LoRA trained on M lowers M perplexity');
+  assert.ok(report.validation.static.M.overall < report.validation.base.M.overall, 'static LoRA trained on M lowers M perplexity');
+  assert.equal(report.test, undefined, 'a build scores test only when asked (--final)');
+  for (const prompt of ['16', '32']) {
+    assert.ok(Number.isFinite(report.continuation.validation[prompt].chameleon_windows.overall), `continuation at ${prompt} tokens`);
+  }
   assert.equal(typeof report.target.ratio, 'number');
 });
 

@@ -1,0 +1,131 @@
+"""Validation experiments for the prompt -> continuation metric (issue 9): fair static baseline, levers, unseen domain.
+
+    python3 training/quality.py --config training/configs/default.json --steps-fraction 0.5 \
+        --run 'static_lr0.03:{"static":{"lr":0.03}}' --run 'hidden:{"hypernet":{"context":"hidden"}}'
+
+Each --run is name:JSON overrides of the config (merged key by key); "static_only" in the overrides skips the
+hypernetwork, {"hypernet": {"on_static": true}} trains it on top of that run's static LoRA (frozen), "holdout" drops
+one M domain from training and reports it apart. Static LoRA and hypernetwork get the same budget (steps
+x tokens per step, scaled by --steps-fraction). Runs on the cached hidden states of the build's work folder
+(`build.py --until cache`) and scores validation only. Results are appended to <work>/quality.json.
+"""
+import argparse
+import copy
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from adapt import TextSet, train_hypernet, train_static  # noqa: E402
+from common import ROOT, log, setup_torch, write_json  # noqa: E402
+from evaluate import continuation_markdown, continuation_tables, perplexities  # noqa: E402
+from model import GPT  # noqa: E402
+
+from evaluate import PROMPT_LENGTHS as PROMPTS  # noqa: E402
+
+
+def merge(cfg, overrides):
+    out = copy.deepcopy(cfg)
+    for key, value in overrides.items():
+        out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def subset(texts, keep):
+    """A TextSet of the texts whose domain passes keep (hidden rows copied)."""
+    ids = [i for i in range(len(texts)) if keep(texts.domains[i])]
+    sub = TextSet.__new__(TextSet)
+    sub.token_ids = [texts.token_ids[i] for i in ids]
+    sub.domains = [texts.domains[i] for i in ids]
+    sub.features = texts.features[ids]
+    rows = texts.token_rows(ids)
+    sub.hidden, sub.targets = texts.hidden[rows], texts.targets[rows]
+    sub.offsets = torch.tensor([0] + [len(t) - 1 for t in sub.token_ids]).cumsum(0)
+    return sub
+
+
+def tables_markdown(results):
+    """Validation tables: static runs (LR search), then one row per (run, split, prompt length) of Chameleon."""
+    lines = ["| static run | echo | continuation 16 | 32 | 64 | 128 |", "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        if "static_only" in r["overrides"]:
+            split = next(iter(r["splits"].values()))
+            lines.append(f"| {name} | {split['echo']['static']:.2f} | " + " | ".join(f"{split['continuation'][p]['static']['overall']:.2f}" for p in split["continuation"]) + " |")
+    lines += ["", "| run | split | prompt | static | windows | oracle | per request | windows/static | request/static | windows/request |", "|" + "---|" * 10]
+    for name, r in results.items():
+        if "static_only" in r["overrides"]:
+            continue
+        for split, s in r["splits"].items():
+            for p, row in s["continuation"].items():
+                o = {m: row[m]["overall"] for m in row}
+                lines.append(f"| {name} | {split} | {p} | {o['static']:.2f} | {o['chameleon_windows']:.2f} | {o['chameleon_oracle']:.2f} | {o['chameleon_request']:.2f} | "
+                             f"{o['chameleon_windows'] / o['static']:.3f} | {o['chameleon_request'] / o['static']:.3f} | {o['chameleon_windows'] / o['chameleon_request']:.3f} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default=str(ROOT / "training/configs/default.json"))
+    parser.add_argument("--steps-fraction", type=float, default=0.5)
+    parser.add_argument("--run", action="append", default=[], help="name:json overrides")
+    parser.add_argument("--table", action="store_true", help="print the tables of quality.json and exit")
+    args = parser.parse_args()
+    cfg = json.loads(Path(args.config).read_text())
+    work = ROOT / "training/.cache" / cfg["name"]
+    if args.table:
+        print(tables_markdown(json.loads((work / "quality.json").read_text())))
+        return
+    setup_torch(cfg["seed"])
+    ckpt = torch.load(work / "base.pt")
+    base = GPT(**ckpt["config"])
+    base.load_state_dict(ckpt["model"])
+    wte = base.wte.weight.detach()
+    sets = torch.load(work / "textsets.pt")
+    results_path = work / "quality.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    for spec in args.run:
+        name, _, overrides = spec.partition(":")
+        overrides = json.loads(overrides or "{}")
+        c = merge(cfg, overrides)
+        c["hypernet"]["steps"] = int(c["hypernet"]["steps"] * args.steps_fraction)
+        c["static"].pop("steps", None)  # same budget as the hypernetwork
+        c["static"].pop("tokens_per_step", None)
+        holdout = c.get("holdout")
+        train = subset(sets["M_train"], lambda d: d != holdout) if holdout else sets["M_train"]
+        vals = {"M_val": sets["M_val"]}
+        if holdout:
+            vals = {"seen_val": subset(sets["M_val"], lambda d: d != holdout), "unseen_val": subset(sets["M_val"], lambda d: d == holdout)}
+        started = time.time()
+        static_key = json.dumps({"static": c["static"], "steps": c["hypernet"]["steps"], "holdout": holdout, "rank": c["lora"]["rank"]}, sort_keys=True)
+        static_path = work / f"quality_static_{hashlib.sha1(static_key.encode()).hexdigest()[:10]}.pt"  # reused by runs that share it
+        if static_path.exists() and torch.load(static_path)["key"] == static_key:
+            static = torch.load(static_path)["factors"]
+        else:
+            static = train_static(wte, train, c, c["seed"])
+            torch.save({"key": static_key, "factors": static}, static_path)
+        net = None
+        if not c.get("static_only"):
+            net = train_hypernet(wte, train, c, c["seed"], static if c["hypernet"].get("on_static") else None)
+        kind = c["hypernet"].get("context", "embedding")
+        entry = {"overrides": overrides, "steps": c["hypernet"]["steps"], "seconds": None, "splits": {}}
+        for split, texts in vals.items():
+            echo = {m: perplexities(wte, texts, m, static, net, c, c["seed"])["overall"] for m in (["static"] if net is None else ["static", "chameleon_windows", "chameleon_request"])}
+            if kind != "embedding":
+                echo = {"static": echo["static"]}  # the echo table's contexts are embedding features
+            prompts = [p for p in PROMPTS if p <= c["model"]["context"] // 2]
+            tables = continuation_tables(wte, texts, prompts, static, net, c, c["seed"], kind)
+            entry["splits"][split] = {"echo": echo, "continuation": {str(p): t for p, t in tables.items()}}
+            log(f"{name} {split} echo: " + ", ".join(f"{m} {v:.2f}" for m, v in echo.items()))
+            print(f"{name} / {split} (validation, prompt -> continuation)\n" + continuation_markdown(tables), flush=True)
+        entry["seconds"] = round(time.time() - started, 1)
+        results[name] = entry
+        write_json(results, results_path)
+
+
+if __name__ == "__main__":
+    main()
