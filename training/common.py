@@ -48,3 +48,13 @@ def chunk_texts(docs, eos_id, context, min_tokens):
             if len(piece) >= min_tokens:
                 texts.append([eos_id] + piece)
     return texts
+
+
+def load_cached(work):
+    """The pretrained base model (eval mode) and the cached text sets of a build's work folder."""
+    from model import GPT
+    ckpt = torch.load(work / "base.pt")
+    base = GPT(**ckpt["config"])
+    base.load_state_dict(ckpt["model"])
+    base.eval()
+    return base, torch.load(work / "textsets.pt")

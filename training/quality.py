@@ -22,9 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from adapt import TextSet, train_hypernet, train_static  # noqa: E402
-from common import ROOT, log, setup_torch, write_json  # noqa: E402
+from common import ROOT, load_cached, log, setup_torch, write_json  # noqa: E402
 from evaluate import continuation_markdown, continuation_tables, perplexities  # noqa: E402
-from model import GPT  # noqa: E402
 
 from evaluate import PROMPT_LENGTHS as PROMPTS  # noqa: E402
 
@@ -81,11 +80,8 @@ def main():
         print(tables_markdown(json.loads((work / "quality.json").read_text())))
         return
     setup_torch(cfg["seed"])
-    ckpt = torch.load(work / "base.pt")
-    base = GPT(**ckpt["config"])
-    base.load_state_dict(ckpt["model"])
+    base, sets = load_cached(work)
     wte = base.wte.weight.detach()
-    sets = torch.load(work / "textsets.pt")
     results_path = work / "quality.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     for spec in args.run:

@@ -18,9 +18,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from adapt import train_hypernet, train_static  # noqa: E402
-from common import ROOT, log, setup_torch, write_json  # noqa: E402
+from common import ROOT, load_cached, log, setup_torch, write_json  # noqa: E402
 from evaluate import held_out_context, perplexities  # noqa: E402
-from model import GPT  # noqa: E402
 
 
 def main():
@@ -37,11 +36,8 @@ def main():
     cfg = json.loads(Path(args.config).read_text())
     work = ROOT / "training/.cache" / cfg["name"]
     setup_torch(cfg["seed"])
-    ckpt = torch.load(work / "base.pt")
-    base = GPT(**ckpt["config"])
-    base.load_state_dict(ckpt["model"])
+    base, sets = load_cached(work)
     wte = base.wte.weight.detach()
-    sets = torch.load(work / "textsets.pt")
     val = {"M": sets["M_val"], "P": sets["P_val"]}
     results_path = work / "sweep.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else []
