@@ -201,19 +201,19 @@ async function engineGap(promptIds: number[]): Promise<{ maxGap: number; medianG
   try {
     const tokenizer = ModelPackage.open(modelDir).tokenizer;
     const row = (ids: number[], maxTokens: number): RowSpec => ({
-      promptIds: ids, bosAdded: true, slot: 0, maxTokens, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: null, promptLogprobs: false, ignoreEos: true,
+      promptIds: ids, bosAdded: true, slot: 0, maxTokens, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: null, promptLogprobs: false, ignoreEos: true, adaptationScale: 1,
     });
     const arrivals: number[] = [];
     let chunks = 0;
     engine.onForward((phase) => { if (phase === 'prefill') chunks++; });
     const running = engine.run({
       batchId: 1, rows: Array.from({ length: 31 }, (_, i) => row(tokenizer.encodePrompt(`The ${WORDS[i % WORDS.length]} of day ${i}`), 200)),
-      contexts: new Float32Array(1), contextCount: 0,
+      contexts: new Float32Array(1), contextCount: 0, factors: [],
     }, { onPrompt() {}, onEvents: () => arrivals.push(performance.now()) });
     while (arrivals.length < 40) await new Promise((resolve) => setTimeout(resolve, 5));
     const before = chunks;
     const sent = performance.now();
-    await engine.run({ batchId: 2, rows: [row(promptIds, 1)], contexts: new Float32Array(1), contextCount: 0 }, { onPrompt() {}, onEvents() {} });
+    await engine.run({ batchId: 2, rows: [row(promptIds, 1)], contexts: new Float32Array(1), contextCount: 0, factors: [] }, { onPrompt() {}, onEvents() {} });
     const done = performance.now();
     await running;
     const gaps = arrivals.slice(1).map((t, i) => ({ at: t, gap: t - arrivals[i] }));

@@ -11,6 +11,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import { installConnectionHygiene, type ConnectionTracker } from './api/connections.js';
 import { clientErrorHandler, frameworkErrors, installErrorHandling } from './api/error-handler.js';
+import { adapterRoutes } from './api/routes/adapters.js';
 import { completionRoutes } from './api/routes/completions.js';
 import { healthRoutes } from './api/routes/health.js';
 import { metricsRoutes } from './api/routes/metrics.js';
@@ -18,7 +19,7 @@ import { modelRoutes } from './api/routes/models.js';
 import { ErrorResponse } from './api/schemas/common.js';
 import { completionSchemas } from './api/schemas/completions.js';
 import { Live, Ready } from './api/schemas/health.js';
-import { ModelList, ModelObject } from './api/schemas/models.js';
+import { AdapterDeleted, AdapterList, AdapterObject, LoadAdapterRequest, ModelList, ModelObject } from './api/schemas/models.js';
 import type { Config } from './config.js';
 import { Metrics } from './observability/metrics.js';
 import { InferenceService, type CompletionService } from './service.js';
@@ -101,9 +102,11 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     openapi: {
       openapi: '3.0.3',
       info: API_INFO,
+      components: { securitySchemes: { adminToken: { type: 'http', scheme: 'bearer', description: 'ADMIN_TOKEN' } } },
       tags: [
         { name: 'completions', description: 'OpenAI-compatible text completions' },
-        { name: 'models', description: 'Served models' },
+        { name: 'models', description: 'Served models: the base model and its named adapters' },
+        { name: 'adapters', description: 'Named LoRA adapters: list, load from a file, make from examples, unload' },
         { name: 'health', description: 'Liveness and readiness probes' },
         { name: 'observability', description: 'Prometheus metrics' },
       ],
@@ -112,7 +115,9 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
 
-  for (const schema of [ErrorResponse, ...completionSchemas, ModelObject, ModelList, Live, Ready]) app.addSchema(schema);
+  for (const schema of [ErrorResponse, ...completionSchemas, ModelObject, ModelList, AdapterObject, AdapterList, AdapterDeleted, LoadAdapterRequest, Live, Ready]) {
+    app.addSchema(schema);
+  }
   installErrorHandling(app);
 
   app.addHook('onSend', async (request, reply) => {
@@ -121,6 +126,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
 
   await app.register(completionRoutes, { service, metrics, maxPrompts: config.maxBatchSize, retryAfterSeconds: config.retryAfterSeconds });
   await app.register(modelRoutes, { service });
+  await app.register(adapterRoutes, { service, adminToken: config.adminToken });
   // Probes and scrapes log only warnings, unless the whole app is quieter than that.
   const quiet = ['fatal', 'error', 'silent'].includes(config.logLevel) ? config.logLevel : 'warn';
   await app.register(healthRoutes, { service, logLevel: quiet });

@@ -56,6 +56,10 @@ export interface Config {
   keepAliveTimeoutMs: number;
   /** Longest a graceful shutdown may take before the process exits with code 1, ms. */
   shutdownTimeoutMs: number;
+  /** Bearer token of the adapter admin routes (POST/DELETE /v1/adapters); empty = those routes answer 403. */
+  adminToken: string;
+  /** Most adapters loaded at run time (POST /v1/adapters); the package's library does not count. */
+  maxAdapters: number;
 }
 
 interface Setting<K extends keyof Config> {
@@ -111,6 +115,8 @@ export const SETTINGS: ReadonlyArray<Setting<keyof Config>> = [
   { key: 'receiveTimeoutMs', env: 'RECEIVE_TIMEOUT_MS', default: '30000', describe: 'close a connection whose request (headers and body) is not complete after this long (408), ms', parse: integer(100, 600_000), expect: 'an integer from 100 to 600000' },
   { key: 'keepAliveTimeoutMs', env: 'KEEP_ALIVE_TIMEOUT_MS', default: '5000', describe: 'close an idle keep-alive connection after this long, ms', parse: integer(1, 600_000), expect: 'an integer from 1 to 600000' },
   { key: 'shutdownTimeoutMs', env: 'SHUTDOWN_TIMEOUT_MS', default: '30000', describe: 'longest graceful shutdown (SIGTERM) before exiting with code 1, ms', parse: integer(100, 3_600_000), expect: 'an integer from 100 to 3600000' },
+  { key: 'adminToken', env: 'ADMIN_TOKEN', default: '', describe: 'bearer token of POST/DELETE /v1/adapters (unset: those routes answer 403)', parse: (raw) => raw.trim(), expect: 'a token' },
+  { key: 'maxAdapters', env: 'MAX_ADAPTERS', default: '16', describe: 'most adapters loaded at run time with POST /v1/adapters (the package\'s library does not count); one more is refused with 409', parse: integer(0, 1024), expect: 'an integer from 0 to 1024' },
 ];
 
 /** Reads the configuration from `env` (process.env by default); throws ConfigError listing every bad value. */

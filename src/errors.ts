@@ -8,6 +8,11 @@ export type ErrorCode =
   | 'context_length_exceeded'
   | 'unsupported_parameter'
   | 'model_not_found'
+  | 'invalid_adapter'
+  | 'adapter_exists'
+  | 'adapter_limit'
+  | 'unauthorized'
+  | 'admin_disabled'
   | 'not_found'
   | 'request_timeout'
   | 'payload_too_large'
@@ -33,6 +38,11 @@ const MAPPINGS: Record<ErrorCode, Mapping> = {
   context_length_exceeded: { status: 400, type: 'invalid_request_error' },
   unsupported_parameter: { status: 400, type: 'invalid_request_error' },
   model_not_found: { status: 404, type: 'invalid_request_error' },
+  invalid_adapter: { status: 400, type: 'invalid_request_error' },
+  adapter_exists: { status: 409, type: 'invalid_request_error' },
+  adapter_limit: { status: 409, type: 'invalid_request_error' },
+  unauthorized: { status: 401, type: 'authentication_error' },
+  admin_disabled: { status: 403, type: 'permission_error' },
   not_found: { status: 404, type: 'invalid_request_error' },
   request_timeout: { status: 408, type: 'invalid_request_error' },
   payload_too_large: { status: 413, type: 'invalid_request_error' },

@@ -2,6 +2,7 @@
  * The OpenAPI document, generated from the routes' schemas (no model needed): `npm run openapi` writes it to
  * openapi/openapi.json, and a test fails when the committed file differs from what the routes produce.
  */
+import { AdapterRegistry } from './adaptation/adapters.js';
 import { buildApp } from './app.js';
 import { configWith } from './config.js';
 import { ServiceError } from './errors.js';
@@ -18,7 +19,15 @@ function schemaOnlyService(modelName: string): CompletionService {
     tokenizer: null,
     created: 0,
     queueFull: false,
+    adapters: new AdapterRegistry(0, { vocabSize: 0, dim: 0, maxRank: 0 }, modelName),
+    serves: () => false,
     submit() {
+      throw new ServiceError('not_ready', 'No model in schema-only mode.');
+    },
+    loadAdapter() {
+      throw new ServiceError('not_ready', 'No model in schema-only mode.');
+    },
+    adapterFromExamples() {
       throw new ServiceError('not_ready', 'No model in schema-only mode.');
     },
   };

@@ -2,6 +2,8 @@
  * The inference service behind the HTTP API: opens the model package, starts the engine worker, runs the
  * scheduler, and reports its state (loading -> ready -> draining -> closed, or failed).
  */
+import { AdapterRegistry, loadAdapterFile, type NamedAdapter } from './adaptation/adapters.js';
+import { DomainAdapters, type DomainMode } from './adaptation/domains.js';
 import { FeatureExtractor } from './adaptation/features.js';
 import { Scheduler } from './batching/scheduler.js';
 import type { Completion } from './batching/completion.js';
@@ -45,7 +47,20 @@ export interface CompletionService {
   readonly created: number;
   /** True when a new request would be refused with 429 anyway: checked before its body is even read. */
   readonly queueFull: boolean;
+  /** Named adapters, each served as its own model. */
+  readonly adapters: AdapterRegistry;
+  /** Whether the package serves this baseline mode (its LoRA library, its LoRA*Mask set). */
+  serves(mode: DomainMode): boolean;
   submit(completion: Completion): void;
+  /** Loads a named adapter from a file or folder on the server (see adapters.ts). */
+  loadAdapter(name: string, path: string): Promise<NamedAdapter>;
+  /** Makes a named adapter from example texts: the hypernetwork on their mean feature (a cluster of them). */
+  adapterFromExamples(name: string, examples: readonly string[]): Promise<NamedAdapter>;
+}
+
+/** Name of a package library entry as a named adapter. */
+export function libraryAdapterName(domain: string): string {
+  return `library:${domain}`;
 }
 
 export class InferenceService implements CompletionService {
@@ -57,13 +72,23 @@ export class InferenceService implements CompletionService {
   private engine: EngineClient | null = null;
   private scheduler: Scheduler | null = null;
   private starting: Promise<void> | null = null;
+  private readonly features: FeatureExtractor;
+  private readonly domains: DomainAdapters;
+  readonly adapters: AdapterRegistry;
 
   private constructor(
     private readonly config: Config,
     readonly model: ModelPackage,
     private readonly metrics: Metrics,
     private readonly logger: ServiceLogger,
-  ) {}
+  ) {
+    const m = model.manifest;
+    this.features = new FeatureExtractor(model.readTensor('embeddings'), m.dims.vocab_size, m.dims.d_model, m.features.exclude_token_ids);
+    this.domains = DomainAdapters.fromPackage(model);
+    const maxRank = Math.max(64, m.hypernet.rank);
+    this.adapters = new AdapterRegistry(config.maxAdapters, { vocabSize: m.dims.vocab_size, dim: m.dims.d_model, maxRank }, config.modelName);
+    for (const [domain, factors] of this.domains.libraryEntries()) this.adapters.add(libraryAdapterName(domain), factors, 'package');
+  }
 
   /** Opens and checks the model package (synchronously: a bad package stops the start here). */
   static open(config: Config, metrics: Metrics, logger: ServiceLogger): InferenceService {
@@ -88,9 +113,11 @@ export class InferenceService implements CompletionService {
     return this.starting;
   }
 
+  serves(mode: DomainMode): boolean {
+    return this.domains.has(mode);
+  }
+
   private async boot(): Promise<void> {
-    const m = this.model.manifest;
-    const features = new FeatureExtractor(this.model.readTensor('embeddings'), m.dims.vocab_size, m.dims.d_model, m.features.exclude_token_ids);
     try {
       this.engine = await EngineClient.start({
         modelDir: this.model.dir, device: this.config.device, threads: this.config.threads, spinning: this.config.ortSpinning,
@@ -111,7 +138,7 @@ export class InferenceService implements CompletionService {
       this.failure = error;
       for (const listener of this.failureListeners) listener(error);
     });
-    this.scheduler = new Scheduler(this.engine, features, this.config, this.metrics, this.logger);
+    this.scheduler = new Scheduler(this.engine, this.features, this.domains, this.config, this.metrics, this.logger);
     this.scheduler.start();
     if (this.state === 'loading') this.state = 'ready';
   }
@@ -129,6 +156,26 @@ export class InferenceService implements CompletionService {
     const unavailable = unavailableError(this.state, this.failure);
     if (unavailable !== null) throw unavailable;
     this.scheduler!.submit(completion); // the scheduler exists before the state becomes ready
+  }
+
+  async loadAdapter(name: string, path: string): Promise<NamedAdapter> {
+    this.adapters.checkName(name);
+    const factors = await loadAdapterFile(path, this.model, this.adapters.shape);
+    return this.adapters.add(name, factors, 'file');
+  }
+
+  async adapterFromExamples(name: string, examples: readonly string[]): Promise<NamedAdapter> {
+    this.adapters.checkName(name);
+    const unavailable = unavailableError(this.state, this.failure);
+    if (unavailable !== null) throw unavailable;
+    const D = this.model.dims.d_model;
+    const context = new Float32Array(D);
+    for (const text of examples) {
+      const feature = this.features.feature(await this.tokenizer.tokenizePrompt(text));
+      for (let j = 0; j < D; j++) context[j] += feature[j] / examples.length;
+    }
+    const [factors] = await this.engine!.adapt(context, 1);
+    return this.adapters.add(name, factors, 'examples', { examples: examples.length });
   }
 
   /** Stops admitting, finishes every admitted request, then stops the worker. */

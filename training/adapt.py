@@ -200,3 +200,97 @@ def train_hypernet(wte, train, cfg, seed, static=None):
             log(f"hypernet step {step + 1}: loss {loss.item():.3f}")
     adapter.eval()
     return adapter
+
+
+# --- The seed's baselines: a modular LoRA library and LoRA*Mask ---------------------------------------------
+
+
+def domain_centroids(features, domains, names):
+    """L2-normalised mean feature of each domain's training texts: what a library entry is selected by."""
+    return F.normalize(torch.stack([features[[i for i, d in enumerate(domains) if d == n]].mean(0) for n in names]), dim=-1)
+
+
+def selector_weights(contexts, centroids, temperature):
+    """Softmax over the cosine similarity of each context [K, d] to the domain centroids [D, d]; temperature 0 is
+    the hard choice of the nearest centroid (one-hot)."""
+    sims = F.normalize(contexts, dim=-1) @ centroids.T
+    if temperature == 0:
+        return F.one_hot(sims.argmax(-1), len(centroids)).float()
+    return F.softmax(sims / temperature, dim=-1)
+
+
+def train_library(wte, train, cfg, seed):
+    """Modular LoRA library: one static LoRA per training domain, trained on that domain's texts only. The budget
+    (steps x tokens per step) is the hypernetwork's, split evenly between the domains."""
+    names = sorted(set(train.domains))
+    steps = max(1, cfg["hypernet"]["steps"] // len(names))
+    a_all, b_all = [], []
+    for n, name in enumerate(names):
+        texts = [i for i, d in enumerate(train.domains) if d == name]
+        rows = train.token_rows(texts)
+        domain = _RowSubset(train, rows)
+        log(f"library: {name} ({len(texts)} texts, {steps} steps)")
+        a, b = train_static(wte, domain, {**cfg, "hypernet": {**cfg["hypernet"], "steps": steps}}, seed + n)
+        a_all.append(a)
+        b_all.append(b)
+    return {"names": names, "lora_a": torch.cat(a_all), "lora_b": torch.cat(b_all),
+            "centroids": domain_centroids(train.features, train.domains, names)}
+
+
+class _RowSubset:
+    """The (hidden state, target) rows of some texts, in the shape train_static samples from."""
+
+    def __init__(self, texts, rows):
+        self.hidden, self.targets = texts.hidden[rows], texts.targets[rows]
+
+
+def train_masks(wte, train, cfg, seed):
+    """LoRA*Mask as the seed describes it: one shared low-rank update (A, B) and, per training domain, a mask over
+    every entry of A and of B (sigmoid of a learned logit). Each step trains the shared factors and one domain's
+    mask on that domain's tokens; at inference the masks are blended by a softmax selector over the context
+    (not co-optimised with them), so A_eff = A * sum_i w_i M_i^A and B_eff = B * sum_i w_i M_i^B (rank r).
+    Same budget as the hypernetwork."""
+    names = sorted(set(train.domains))
+    h = cfg["hypernet"]
+    rank, d, vocab = cfg["lora"]["rank"], wte.shape[1], wte.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    a = torch.nn.Parameter(torch.randn(1, rank, d, generator=g) / math.sqrt(d))
+    b = torch.nn.Parameter(torch.zeros(1, vocab, rank))
+    mask_a = torch.nn.Parameter(torch.full((len(names), rank, d), 3.0))
+    mask_b = torch.nn.Parameter(torch.full((len(names), vocab, rank), 3.0))
+    rows_of = [train.token_rows([i for i, dd in enumerate(train.domains) if dd == n]) for n in names]
+    opt = torch.optim.Adam([a, b, mask_a, mask_b], lr=cfg["static"]["lr"])
+    for step in tqdm(range(h["steps"]), desc="masks", mininterval=10):
+        k = step % len(names)
+        pick = rows_of[k][torch.randint(len(rows_of[k]), (h["tokens_per_step"],), generator=g)]
+        ma, mb = torch.sigmoid(mask_a[k:k + 1]), torch.sigmoid(mask_b[k:k + 1])
+        loss = head_loss(wte, train.hidden[pick][None], train.targets[pick][None], a * ma, b * mb, cfg["lora"]["scale"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % max(1, h["steps"] // 5) == 0:
+            log(f"masks step {step + 1}: loss {loss.item():.3f}")
+    return {"names": names, "lora_a": a.detach(), "lora_b": b.detach(), "mask_a": torch.sigmoid(mask_a).detach(),
+            "mask_b": torch.sigmoid(mask_b).detach(), "centroids": domain_centroids(train.features, train.domains, names)}
+
+
+def library_factors(library, weights, combine):
+    """Factors of library adapters for K contexts' selector weights [K, D].
+
+    combine "nearest": the entry with the largest weight (rank r). combine "weighted": the exact weighted sum of the
+    entries' updates, sum_i w_i B_i A_i, written as one LoRA of rank D*r (A's stacked, B's scaled by w_i)."""
+    a, b = library["lora_a"], library["lora_b"]
+    if combine == "nearest":
+        pick = weights.argmax(-1)
+        return a[pick], b[pick]
+    k, count = weights.shape
+    stacked_a = a.reshape(1, -1, a.shape[-1]).expand(k, -1, -1)
+    scaled_b = (b[None] * weights[:, :, None, None]).permute(0, 2, 1, 3).reshape(k, b.shape[1], -1)
+    return stacked_a, scaled_b
+
+
+def mask_factors(masks, weights):
+    """LoRA*Mask factors for K contexts' selector weights [K, D]: the shared update under the blended masks."""
+    blend_a = torch.einsum("kd,drc->krc", weights, masks["mask_a"])
+    blend_b = torch.einsum("kd,dvr->kvr", weights, masks["mask_b"])
+    return masks["lora_a"] * blend_a, masks["lora_b"] * blend_b

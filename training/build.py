@@ -133,6 +133,18 @@ def main():
         net = train_hypernet(base.wte.weight.detach(), sets["M_train"], cfg, cfg["seed"], static)
         save_atomic(net.state_dict(), work / "hypernet.pt")
 
+    @stage("library", work / "library.pt", timings)
+    def run_library():
+        from adapt import train_library
+        base, _ = load_base()
+        save_atomic(train_library(base.wte.weight.detach(), text_sets()["M_train"], cfg, cfg["seed"]), work / "library.pt")
+
+    @stage("masks", work / "masks.pt", timings)
+    def run_masks():
+        from adapt import train_masks
+        base, _ = load_base()
+        save_atomic(train_masks(base.wte.weight.detach(), text_sets()["M_train"], cfg, cfg["seed"]), work / "masks.pt")
+
     def load_hypernet():
         from model import HyperNetwork
         m = cfg["model"]
@@ -152,7 +164,7 @@ def main():
     @stage("evaluate", work / "eval.json", timings, evaluated)
     def run_evaluate():
         """Validation only, unless --final: builds never print test numbers, so nothing is chosen on them."""
-        from evaluate import LABELS, PROMPT_LENGTHS, continuation_markdown, continuation_tables, evaluate_all, markdown_table, plot
+        from evaluate import LABELS, PROMPT_LENGTHS, baseline_adapters, continuation_markdown, continuation_tables, evaluate_all, markdown_table, plot
         base, _ = load_base()
         sets = text_sets()
         wte = base.wte.weight.detach()
@@ -162,13 +174,15 @@ def main():
         # prompts must leave room for a continuation within the model's context (the tiny config's is 64)
         prompts = [p for p in PROMPT_LENGTHS if p <= cfg["model"]["context"] // 2]
         target_p = 64 if 64 in prompts else prompts[-1]
+        temperatures, selection = select_temperatures(wte, sets["M_val"], static, cfg, target_p)
+        baselines = baseline_adapters(torch.load(work / "library.pt"), torch.load(work / "masks.pt"), temperatures)
         names = {"val": "validation", "test": "test", data.TEST2: data.TEST2}
         echo, continuation = {}, {}
         for split in splits:
             log(f"evaluating on {names[split]}")
             p_set = sets["P_val" if split == "val" else "P_test"]
-            echo[names[split]] = evaluate_all(wte, {"M": sets[f"M_{split}"], "P": p_set}, static, net, cfg, cfg["seed"])
-            continuation[names[split]] = continuation_tables(wte, sets[f"M_{split}"], prompts, static, net, cfg, cfg["seed"], kind)
+            echo[names[split]] = evaluate_all(wte, {"M": sets[f"M_{split}"], "P": p_set}, static, net, cfg, cfg["seed"], baselines)
+            continuation[names[split]] = continuation_tables(wte, sets[f"M_{split}"], prompts, static, net, cfg, cfg["seed"], kind, baselines)
         final = names[splits[-1]]
         at = continuation[final][target_p]
         ratio = at["chameleon_windows"]["overall"] / at["static"]["overall"]
@@ -179,6 +193,8 @@ def main():
             "eval": cfg["eval"],
             "labels": LABELS,
             "continuation": continuation,
+            "selector_temperatures": {"chosen": temperatures, "validation": selection},
+            "storage_bytes": storage_bytes(work, cfg),
             **{name: table for name, table in echo.items()},
             "target": {"goal": f"chameleon_windows <= 0.90 x static on M {final}, prompt -> continuation, {target_p}-token prompts",
                        "split": final, "prompt_tokens": target_p, "ratio": round(ratio, 4), "met": ratio <= 0.90},
@@ -190,6 +206,29 @@ def main():
         print(f"{final}, echo:\n{report['table_markdown']}\n{final}, prompt -> continuation:\n{report['continuation_markdown']}")
         log(f"chameleon_windows / static on M {final}, {target_p}-token prompts: {ratio:.4f} (target 0.90)")
 
+    def select_temperatures(wte, val, static, cfg, prompt_tokens):
+        """The selectors' softmax temperature of library_weighted and masks, chosen on validation (continuation
+        perplexity at the target prompt length)."""
+        from evaluate import baseline_adapters, continuation_tables
+        library, masks = torch.load(work / "library.pt"), torch.load(work / "masks.pt")
+        scores = {}
+        for t in cfg.get("selector_temperatures", [0.02, 0.05, 0.1, 0.3]):
+            made = baseline_adapters(library, masks, {"library_weighted": t, "masks": t})
+            table = continuation_tables(wte, val, [prompt_tokens], None, None, cfg, cfg["seed"], "embedding", made)[prompt_tokens]
+            scores[str(t)] = {m: table[m]["overall"] for m in made}
+            log(f"selector temperature {t}: " + ", ".join(f"{m} {v:.2f}" for m, v in scores[str(t)].items()))
+        chosen = {m: float(min(scores, key=lambda t: scores[t][m])) for m in ("library_weighted", "masks")}
+        return chosen, scores
+
+    def storage_bytes(work, cfg):
+        """Bytes each adaptation method stores (float32), for the tables: what the paper weighs against quality."""
+        count = lambda tensors: 4 * sum(t.numel() for t in tensors)  # noqa: E731
+        library, masks = torch.load(work / "library.pt"), torch.load(work / "masks.pt")
+        return {"static": count(torch.load(work / "static.pt")),
+                "hypernet": count(torch.load(work / "hypernet.pt").values()),
+                "library": count([library["lora_a"], library["lora_b"], library["centroids"]]),
+                "masks": count([masks[k] for k in ("lora_a", "lora_b", "mask_a", "mask_b", "centroids")])}
+
     def exported():
         manifest_path = out / "manifest.json"
         if not manifest_path.exists():
@@ -199,10 +238,9 @@ def main():
     @stage("export", out / "manifest.json", timings, exported)
     def run_export():
         from export import export_package
-        # Both levers are validation experiments so far: the service computes embedding features and serves
-        # hypernetwork factors of the manifest's rank, so such a package would be served wrongly.
-        if cfg["hypernet"].get("context", "embedding") != "embedding" or cfg["hypernet"].get("on_static"):
-            raise SystemExit("export: hypernet.context=hidden and hypernet.on_static are not servable by chameleon-package/2 yet")
+        # The service computes embedding features before the prefill, so hidden-state contexts cannot be served.
+        if cfg["hypernet"].get("context", "embedding") != "embedding":
+            raise SystemExit("export: hypernet.context=hidden is a validation experiment; the service computes embedding features")
         base, history = load_base()
         sets = text_sets()
         report = json.loads((work / "eval.json").read_text())
@@ -218,12 +256,14 @@ def main():
             "training": {"config": cfg, "pretrain_history": history, "stage_seconds": timings},
             "eval": {k: report[k] for k in ("metric", "eval", "validation", "test", "test2", "target") if k in report},
         }
-        manifest = export_package(out, base, load_hypernet(), torch.load(work / "static.pt"), work / "tokenizer.json", cfg, eos, prompts, extra)
+        extra["eval"].update({k: report[k] for k in ("selector_temperatures", "storage_bytes") if k in report})
+        manifest = export_package(out, base, load_hypernet(), torch.load(work / "static.pt"), work / "tokenizer.json", cfg, eos, prompts, extra,
+                                  torch.load(work / "library.pt"), torch.load(work / "masks.pt"), report["selector_temperatures"]["chosen"])
         size = sum(p.stat().st_size for p in out.iterdir())
         log(f"package written to {out}: {len(manifest['files'])} files, {size / 1e6:.1f} MB")
 
-    stages = [build_data, build_tokenizer, encode, run_pretrain, cache_hidden, run_static, run_hypernet, run_evaluate, run_export]
-    names = ["data", "tokenizer", "encode", "pretrain", "cache", "static", "hypernet", "evaluate", "export"]
+    stages = [build_data, build_tokenizer, encode, run_pretrain, cache_hidden, run_static, run_hypernet, run_library, run_masks, run_evaluate, run_export]
+    names = ["data", "tokenizer", "encode", "pretrain", "cache", "static", "hypernet", "library", "masks", "evaluate", "export"]
     for name, fn in zip(names, stages):
         fn()
         write_json(timings, timings_path)

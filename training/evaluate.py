@@ -6,13 +6,31 @@ import torch
 from adapt import head_loss, kmeans
 
 METHODS = ("base", "static", "chameleon_windows", "chameleon_oracle", "chameleon_request")
+# The seed's baselines, served as modes: each cluster of a window (as for chameleon_windows) gets its adapter
+# from a selector over its context instead of from the hypernetwork.
+BASELINES = ("library", "library_weighted", "masks")
 LABELS = {
     "base": "base (no adaptation)",
     "static": "static LoRA",
     "chameleon_windows": "Chameleon, random windows + k-means",
     "chameleon_oracle": "Chameleon, oracle one-domain batches",
     "chameleon_request": "Chameleon, per request (cluster of one)",
+    "library": "LoRA library, nearest domain (windows + k-means)",
+    "library_weighted": "LoRA library, softmax-weighted (windows + k-means)",
+    "masks": "LoRA*Mask, softmax-blended masks (windows + k-means)",
 }
+
+
+def baseline_adapters(library, masks, temperatures):
+    """{method: contexts [K, d] -> (a [K, r, d], b [K, V, r])} for the library and mask baselines."""
+    from adapt import library_factors, mask_factors, selector_weights
+    out = {}
+    if library is not None:
+        out["library"] = lambda c: library_factors(library, selector_weights(c, library["centroids"], 0), "nearest")
+        out["library_weighted"] = lambda c: library_factors(library, selector_weights(c, library["centroids"], temperatures["library_weighted"]), "weighted")
+    if masks is not None:
+        out["masks"] = lambda c: mask_factors(masks, selector_weights(c, masks["centroids"], temperatures["masks"]))
+    return out
 
 
 def window_size_clusters(n, eval_cfg):
@@ -74,28 +92,32 @@ def hypernet_assignments(hypernet, groups, contexts):
     return [(group, a_all[k:k + 1], b_all[k:k + 1]) for k, group in enumerate(groups)]
 
 
-def perplexities(wte, texts, method, static, hypernet, cfg, seed):
+def perplexities(wte, texts, method, static, hypernet, cfg, seed, baselines=None):
     everything = list(range(len(texts)))
     if method == "base":
         assignments = [(everything, None, None)]
     elif method == "static":
         assignments = [(everything, *static)]
+    elif method in BASELINES:
+        groups = window_clusters(texts.features, cfg["eval"], seed)
+        assignments = hypernet_assignments(baselines[method], groups, torch.stack([texts.features[g].mean(0) for g in groups]))
     else:
         groups = groups_for(method, texts, cfg["eval"], seed)
         assignments = hypernet_assignments(hypernet, groups, torch.stack([texts.features[g].mean(0) for g in groups]))
     return perplexity_table(wte, texts, assignments, cfg["lora"]["scale"])
 
 
-def evaluate_all(wte, sets, static, hypernet, cfg, seed):
+def evaluate_all(wte, sets, static, hypernet, cfg, seed, baselines=None):
     """sets: {"M": TextSet, "P": TextSet} → {method: {"M": table, "P": table}}."""
-    return {m: {name: perplexities(wte, ts, m, static, hypernet, cfg, seed) for name, ts in sets.items()} for m in METHODS}
+    methods = METHODS + tuple(m for m in BASELINES if m in (baselines or {}))
+    return {m: {name: perplexities(wte, ts, m, static, hypernet, cfg, seed, baselines) for name, ts in sets.items()} for m in methods}
 
 
 def markdown_table(results, domains_m, domains_p):
     head = "| method | " + " | ".join(domains_m) + " | M overall | " + " | ".join(f"P {d}" for d in domains_p) + " |"
     rule = "|" + "---|" * (len(domains_m) + len(domains_p) + 2)
     lines = [head, rule]
-    for m in METHODS:
+    for m in results:
         r = results[m]
         cells = [f"{r['M'][d]:.2f}" for d in domains_m] + [f"**{r['M']['overall']:.2f}**"] + [f"{r['P'][d]:.2f}" for d in domains_p]
         lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
@@ -108,9 +130,10 @@ def plot(results, domains_m, path):
     import matplotlib.pyplot as plt
     columns = list(domains_m) + ["overall"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [len(columns), 1.6]})
-    width = 0.8 / len(METHODS)
-    for n, m in enumerate(METHODS):
-        xs = [c + (n - len(METHODS) / 2 + 0.5) * width for c in range(len(columns))]
+    methods = list(results)
+    width = 0.8 / len(methods)
+    for n, m in enumerate(methods):
+        xs = [c + (n - len(methods) / 2 + 0.5) * width for c in range(len(columns))]
         axes[0].bar(xs, [results[m]["M"][c] for c in columns], width, label=LABELS[m])
         axes[1].bar([n * width], [results[m]["P"]["overall"]], width)
     axes[0].set_xticks(range(len(columns)), columns)
@@ -151,10 +174,10 @@ def held_out_context(wte, texts, static, hypernet, cfg, seed):
 # --- Prompt -> continuation (the primary metric) -----------------------------------------------------------
 
 PROMPT_LENGTHS = (16, 32, 64, 128)
-CONTINUATION_METHODS = ("base", "static", "chameleon_windows", "chameleon_oracle", "chameleon_request")
+CONTINUATION_METHODS = ("base", "static", "chameleon_windows", "chameleon_oracle", "chameleon_request") + BASELINES
 
 
-def continuation_plans(wte, texts, prompt_tokens, static, hypernet, cfg, seed, kind="embedding"):
+def continuation_plans(wte, texts, prompt_tokens, static, hypernet, cfg, seed, kind="embedding", baselines=None):
     """For each method, the adapter of every eligible text when the adapter sees only its first prompt_tokens
     tokens (after BOS) and the rest is scored. Eligible: texts with at least one token after the prompt.
 
@@ -183,6 +206,15 @@ def continuation_plans(wte, texts, prompt_tokens, static, hypernet, cfg, seed, k
                 for i in g:
                     index[pos[i]] = k
             plans[method] = (a, b, index)
+    window_groups = [[pos[i] for i in g] for g in window_groups] if hypernet is not None else window_clusters(feats, cfg["eval"], seed)
+    for method, make in (baselines or {}).items():
+        with torch.no_grad():
+            a, b = make(torch.stack([feats[g].mean(0) for g in window_groups]))
+        index = [0] * len(ids)
+        for k, g in enumerate(window_groups):
+            for j in g:
+                index[j] = k
+        plans[method] = (a, b, index)
     return plans, ids
 
 
@@ -196,7 +228,7 @@ class texts_subset_domains:
         return len(self.domains)
 
 
-def continuation_tables(wte, texts, prompt_lengths, static, hypernet, cfg, seed, kind="embedding"):
+def continuation_tables(wte, texts, prompt_lengths, static, hypernet, cfg, seed, kind="embedding", baselines=None):
     """{prompt_tokens: {method: {domain: ppl, "overall": ppl, "tokens": n}}}: perplexity of the continuation.
 
     The base logits of a text are computed once and shared by every (prompt length, method); only the
@@ -205,7 +237,7 @@ def continuation_tables(wte, texts, prompt_lengths, static, hypernet, cfg, seed,
     scale = cfg["lora"]["scale"]
     jobs = []  # (prompt_tokens, method, factors, group index by text id)
     for p in prompt_lengths:
-        plans, ids = continuation_plans(wte, texts, p, static, hypernet, cfg, seed, kind)
+        plans, ids = continuation_plans(wte, texts, p, static, hypernet, cfg, seed, kind, baselines)
         jobs.append((p, "base", None, {i: None for i in ids}))
         for method, (a, b, index) in plans.items():
             jobs.append((p, method, (a, b), dict(zip(ids, index))))

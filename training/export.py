@@ -14,7 +14,7 @@ from common import write_json
 OPSET = 14
 
 
-FORMAT = "chameleon-package/2"
+FORMAT = "chameleon-package/3"
 
 
 class DecoderGraph(torch.nn.Module):
@@ -26,26 +26,27 @@ class DecoderGraph(torch.nn.Module):
         self.model = model
         self.scale = scale
 
-    def forward(self, input_ids, position_ids, past_length, lora_a, lora_b, cluster_index, logits_index, *caches):
+    def forward(self, input_ids, position_ids, past_length, lora_a, lora_b, cluster_index, lora_scale, logits_index, *caches):
         pairs = [(caches[2 * i], caches[2 * i + 1]) for i in range(len(caches) // 2)]
         return self.model.forward_slots(input_ids, position_ids, past_length, pairs, lora_a, lora_b, cluster_index,
-                                        logits_index, self.scale)
+                                        lora_scale, logits_index, self.scale)
 
 
 def cache_input_names(n_layer):
     return [name for i in range(n_layer) for name in (f"past_key_{i}", f"past_value_{i}")]
 
 
-def decoder_signature(dims, rank):
+def decoder_signature(dims):
     L, H, Dh, V, d = dims["n_layer"], dims["n_head"], dims["head_dim"], dims["vocab_size"], dims["d_model"]
     return {
         "inputs": [
             {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"]},
             {"name": "position_ids", "dtype": "int64", "shape": ["batch", "seq"]},
             {"name": "past_length", "dtype": "int64", "shape": ["batch"]},
-            {"name": "lora_a", "dtype": "float32", "shape": ["clusters", rank, d]},
-            {"name": "lora_b", "dtype": "float32", "shape": ["clusters", V, rank]},
+            {"name": "lora_a", "dtype": "float32", "shape": ["clusters", "rank", d]},
+            {"name": "lora_b", "dtype": "float32", "shape": ["clusters", V, "rank"]},
             {"name": "cluster_index", "dtype": "int64", "shape": ["batch"]},
+            {"name": "lora_scale", "dtype": "float32", "shape": ["batch"]},
             {"name": "logits_index", "dtype": "int64", "shape": ["positions"]},
         ] + [{"name": name, "dtype": "float32", "shape": ["batch", H, "cache", Dh]} for name in cache_input_names(L)],
         "outputs": [
@@ -96,6 +97,15 @@ def encode_array(t):
     return {"shape": list(t.shape), "data_base64": base64.b64encode(t.detach().numpy().astype("<f4").tobytes()).decode()}
 
 
+def pad_rank(a, b, rank):
+    """Factors of a lower rank written at a higher one: the extra rank rows of A and columns of B are zero, so the
+    update is exactly the same."""
+    extra = rank - a.shape[1]
+    if extra == 0:
+        return a, b
+    return (torch.cat([a, torch.zeros(a.shape[0], extra, a.shape[2])], 1), torch.cat([b, torch.zeros(b.shape[0], b.shape[1], extra)], 2))
+
+
 def equivalence_fixture(model, dims, adapters, scale, prompts, decode_steps, chunk=4):
     """What the server does, in PyTorch: each row owns a cache slot; prompts are prefilled in right-padded chunks
     of at most `chunk` tokens (rows with nothing left carry one pad token), the new keys and values are written
@@ -106,6 +116,7 @@ def equivalence_fixture(model, dims, adapters, scale, prompts, decode_steps, chu
     capacity = dims["context"]
     cache = [torch.zeros(rows, dims["n_head"], capacity, dims["head_dim"]) for _ in range(2 * dims["n_layer"])]
     cluster_index = torch.arange(rows) % lora_a.shape[0]
+    row_scale = torch.tensor([(1.0, 0.5, 2.0)[r % 3] for r in range(rows)])
     lengths = [0] * rows
     pending = [list(p) for p in prompts]
     steps, expected = [], []
@@ -118,14 +129,14 @@ def equivalence_fixture(model, dims, adapters, scale, prompts, decode_steps, chu
         logits_index = torch.tensor([r * width + j for r, js in enumerate(want) for j in js])
         with torch.no_grad():
             logits, keys, values = model.forward_slots(ids, positions, past, [(cache[2 * i], cache[2 * i + 1]) for i in range(dims["n_layer"])],
-                                                       lora_a, lora_b, cluster_index, logits_index, scale)
+                                                       lora_a, lora_b, cluster_index, row_scale, logits_index, scale)
         for r, n in enumerate(new_tokens):
             for i in range(dims["n_layer"]):
                 cache[2 * i][r, :, lengths[r]:lengths[r] + len(n)] = keys[i, r, :, :len(n)]
                 cache[2 * i + 1][r, :, lengths[r]:lengths[r] + len(n)] = values[i, r, :, :len(n)]
             lengths[r] += len(n)
         steps.append({"input_ids": ids.tolist(), "position_ids": positions.tolist(), "past_length": past.tolist(),
-                      "new_tokens": [len(n) for n in new_tokens], "cluster_index": cluster_index.tolist(),
+                      "new_tokens": [len(n) for n in new_tokens], "cluster_index": cluster_index.tolist(), "lora_scale": row_scale.tolist(),
                       "logits_index": logits_index.tolist()})
         expected.append(encode_array(logits))
         return logits
@@ -153,21 +164,34 @@ def sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def export_package(out, model, hypernet, static, tokenizer_path, cfg, eos_id, fixture_prompts, extra):
+def baseline_tensors(library, masks):
+    """Raw tensors of the LoRA library and of LoRA*Mask: {tensor name: tensor}."""
+    out = {}
+    if library is not None:
+        out.update({"library_lora_a": library["lora_a"], "library_lora_b": library["lora_b"], "library_centroids": library["centroids"]})
+    if masks is not None:
+        out.update({"masks_lora_a": masks["lora_a"], "masks_lora_b": masks["lora_b"], "masks_mask_a": masks["mask_a"],
+                    "masks_mask_b": masks["mask_b"], "masks_centroids": masks["centroids"]})
+    return out
+
+
+def export_package(out, model, hypernet, static, tokenizer_path, cfg, eos_id, fixture_prompts, extra, library=None, masks=None, temperatures=None):
     out.mkdir(parents=True, exist_ok=True)
     m = model.config
     dims = {**m, "head_dim": m["d_model"] // m["n_head"]}
     rank, scale = cfg["lora"]["rank"], cfg["lora"]["scale"]
     model.eval()
     hypernet.eval()
-    dec_sig, hyp_sig = decoder_signature(dims, rank), hypernet_signature(dims, rank)
+    with torch.no_grad():
+        hyper_rank = hypernet(torch.zeros(1, m["d_model"]))[0].shape[1]
+    dec_sig, hyp_sig = decoder_signature(dims), hypernet_signature(dims, hyper_rank)
 
     batch, seq, capacity = 2, 3, 5
     cache = [torch.zeros(batch, m["n_head"], capacity, dims["head_dim"]) for _ in range(2 * m["n_layer"])]
     dummy = (
         torch.randint(0, m["vocab_size"], (batch, seq)), torch.arange(seq).repeat(batch, 1) + 2, torch.tensor([2, 1]),
         torch.zeros(3, rank, m["d_model"]), torch.zeros(3, m["vocab_size"], rank), torch.tensor([0, 2]),
-        torch.tensor([2, 5]), *cache,
+        torch.tensor([1.0, 0.5]), torch.tensor([2, 5]), *cache,
     )
     export_onnx(DecoderGraph(model, scale), dummy, dec_sig, out / "decoder.onnx")
     export_onnx(hypernet, (torch.randn(2, m["d_model"]),), hyp_sig, out / "hypernet.onnx")
@@ -175,17 +199,31 @@ def export_package(out, model, hypernet, static, tokenizer_path, cfg, eos_id, fi
     write_tensor(model.wte.weight, out / "embeddings.bin")
     write_tensor(static[0], out / "static_lora_a.bin")
     write_tensor(static[1], out / "static_lora_b.bin")
+    baselines = baseline_tensors(library, masks)
+    for name, tensor in baselines.items():
+        write_tensor(tensor, out / f"{name}.bin")
     shutil.copyfile(tokenizer_path, out / "tokenizer.json")
 
     with torch.no_grad():
         context = torch.nn.functional.normalize(model.wte.weight[torch.tensor(fixture_prompts[-1][1:])].mean(0, keepdim=True), dim=-1)
         hyper_a, hyper_b = hypernet(context)
-    adapters = (torch.cat([torch.zeros_like(static[0]), static[0], hyper_a]), torch.cat([torch.zeros_like(static[1]), static[1], hyper_b]))
+    # the zero and static adapters are written at the hypernetwork's rank, as the server stacks them
+    zero_a, zero_b = pad_rank(torch.zeros_like(static[0]), torch.zeros_like(static[1]), hyper_rank)
+    static_a, static_b = pad_rank(static[0], static[1], hyper_rank)
+    adapters = (torch.cat([zero_a, static_a, hyper_a]), torch.cat([zero_b, static_b, hyper_b]))
     (out / "equivalence.json").write_text(json.dumps(equivalence_fixture(model, dims, adapters, scale, fixture_prompts, 3)))
 
     files = {"decoder": "decoder.onnx", "hypernet": "hypernet.onnx", "tokenizer": "tokenizer.json",
              "embeddings": "embeddings.bin", "static_lora_a": "static_lora_a.bin", "static_lora_b": "static_lora_b.bin",
-             "equivalence": "equivalence.json", "eval": "eval.json"}
+             **{name: f"{name}.bin" for name in baselines}, "equivalence": "equivalence.json", "eval": "eval.json"}
+    temperatures = temperatures or {}
+    sections = {}
+    if library is not None:
+        sections["library"] = {"names": library["names"], "rank": rank, "temperature": temperatures.get("library_weighted", 0.1),
+                               "selector": "softmax over cosine(context, domain centroid) / temperature; 'library' takes the largest"}
+    if masks is not None:
+        sections["masks"] = {"names": masks["names"], "rank": rank, "temperature": temperatures.get("masks", 0.1),
+                             "selector": "softmax over cosine(context, domain centroid) / temperature blends the masks"}
     manifest = {
         "format": FORMAT,
         "name": cfg["name"],
@@ -199,9 +237,11 @@ def export_package(out, model, hypernet, static, tokenizer_path, cfg, eos_id, fi
             "embeddings": {"file": "embeddings.bin", "dtype": "float32", "shape": [m["vocab_size"], m["d_model"]]},
             "static_lora_a": {"file": "static_lora_a.bin", "dtype": "float32", "shape": list(static[0].shape)},
             "static_lora_b": {"file": "static_lora_b.bin", "dtype": "float32", "shape": list(static[1].shape)},
+            **{name: {"file": f"{name}.bin", "dtype": "float32", "shape": list(t.shape)} for name, t in baselines.items()},
         },
         "decoder": dec_sig,
-        "hypernet": {**hyp_sig, "hidden": cfg["hypernet"]["hidden"]},
+        "hypernet": {**hyp_sig, "hidden": cfg["hypernet"]["hidden"], "rank": hyper_rank, "on_static": bool(cfg["hypernet"].get("on_static"))},
+        **sections,
         "onnx_opset": OPSET,
         **extra,
     }

@@ -110,13 +110,14 @@ class GPT(nn.Module):
     def forward(self, input_ids):
         return self.hidden(input_ids) @ self.wte.weight.T
 
-    def forward_slots(self, input_ids, position_ids, past_length, caches, lora_a, lora_b, cluster_index, logits_index, lora_scale):
+    def forward_slots(self, input_ids, position_ids, past_length, caches, lora_a, lora_b, cluster_index, row_scale, logits_index, lora_scale):
         """One decoder run over rows that each own a cache slot: the graph that `decoder.onnx` holds.
 
         Rows are right-padded: row b has past_length[b] cached positions and its new tokens start at the
         left of input_ids (padding after them is never attended by a real token, by causality). caches holds
         (keys, values) per layer, [B, H, C, Dh]. Only the positions named by logits_index (flat indices into
-        [B * T]) get logits, each with its row's cluster factors: logits = h Wᵀ + scale · B_k (A_k h).
+        [B * T]) get logits, each with its row's cluster factors and strength: logits = h Wᵀ + scale · s_b · B_k (A_k h).
+        The rank of the factors is free (an adapter of lower rank is zero-padded by the caller).
         Returns logits [N, V] and the new positions' keys and values [L, B, H, T, Dh].
         """
         b, t = input_ids.shape
@@ -131,10 +132,11 @@ class GPT(nn.Module):
             keys.append(k)
             values.append(v)
         h = self.ln_f(x).reshape(b * t, -1)[logits_index]
-        k_index = cluster_index[torch.div(logits_index, t, rounding_mode="floor")]
+        row = torch.div(logits_index, t, rounding_mode="floor")
+        k_index = cluster_index[row]
         a, bb = lora_a[k_index], lora_b[k_index]
         delta = torch.einsum("nr,nvr->nv", torch.einsum("nd,nrd->nr", h, a), bb)
-        logits = h @ self.wte.weight.T + lora_scale * delta
+        logits = h @ self.wte.weight.T + (lora_scale * row_scale[row]).unsqueeze(1) * delta
         return logits, torch.stack(keys), torch.stack(values)
 
 

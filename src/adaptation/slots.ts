@@ -1,55 +1,97 @@
 /**
  * Adapter slots of one batch: the decoder's lora_a/lora_b are stacked along the clusters axis as
  *
- *   [ zero adapter | static LoRA | one per batch cluster in use | one per `request`-mode row ]
+ *   [ zero adapter | static LoRA | hypernetwork outputs: one per batch cluster in use, one per `request` row
+ *     | ready-made factors: one per library / masks cluster in use, one per named adapter in use ]
  *
- * and each row's cluster_index points at its slot. Only the hypernetwork outputs the batch needs are
- * computed: clusters with no `batch`-mode member get no slot.
+ * and each row's cluster_index points at its slot. Only what the batch needs is computed: clusters with no member
+ * of their mode get no slot, and rows that share a cluster or a named adapter share its slot.
  */
-export type AdaptationMode = 'batch' | 'request' | 'static' | 'none';
+import type { LoraFactors } from '../engine/protocol.js';
+import type { DomainMode } from './domains.js';
+
+/** Modes whose rows are clustered (each mode on its own: no mode ever shapes another's context). */
+export const CLUSTERED_MODES = ['batch', 'library', 'library_weighted', 'masks'] as const;
+export type ClusteredMode = (typeof CLUSTERED_MODES)[number];
+/** `adapter`: a named adapter, chosen by the request's `model`. */
+export type AdaptationMode = ClusteredMode | 'request' | 'static' | 'none' | 'adapter';
+
+export function isClustered(mode: AdaptationMode): mode is ClusteredMode {
+  return (CLUSTERED_MODES as readonly string[]).includes(mode);
+}
 
 export const ZERO_SLOT = 0;
 export const STATIC_SLOT = 1;
-export const FIRST_HYPERNET_SLOT = 2;
+export const FIRST_ADAPTER_SLOT = 2;
 
 export interface SlotRow {
   mode: AdaptationMode;
   feature: Float32Array;
+  /** Cluster within its mode's clustering (clustered modes only). */
   cluster: number;
+  /** The named adapter's id and factors (mode `adapter` only). */
+  adapter?: { id: string; factors: LoraFactors };
 }
 
 export interface SlotPlan {
   /** Adapter slot of each row. */
   slots: number[];
-  /** Hypernetwork inputs, [count, dim] row-major: slot FIRST_HYPERNET_SLOT + i reads context i. */
+  /** Hypernetwork inputs, [count, dim] row-major: slot FIRST_ADAPTER_SLOT + i reads context i. */
   contexts: Float32Array;
   count: number;
+  /** Slot FIRST_ADAPTER_SLOT + count + j holds factors[j]. */
+  factors: LoraFactors[];
 }
 
-export function planSlots(rows: readonly SlotRow[], clusterContexts: readonly Float32Array[], dim: number): SlotPlan {
+/**
+ * `clusterContexts.get(mode)[c]` is the context of cluster c of that mode; `makeFactors` builds a library / masks
+ * cluster's adapter from its context.
+ */
+export function planSlots(
+  rows: readonly SlotRow[],
+  clusterContexts: ReadonlyMap<ClusteredMode, readonly Float32Array[]>,
+  dim: number,
+  makeFactors: (mode: DomainMode, context: Float32Array) => LoraFactors,
+): SlotPlan {
   const inputs: Float32Array[] = [];
-  const clusterSlot = new Map<number, number>();
-  const slots = rows.map((row) => {
+  const factors: LoraFactors[] = [];
+  const shared = new Map<string, { kind: 'hypernet' | 'factors'; index: number }>();
+  const hypernet = (key: string | null, context: Float32Array) => {
+    const known = key === null ? undefined : shared.get(key);
+    if (known !== undefined) return known;
+    const entry = { kind: 'hypernet' as const, index: inputs.push(context) - 1 };
+    if (key !== null) shared.set(key, entry);
+    return entry;
+  };
+  const ready = (key: string, make: () => LoraFactors) => {
+    let entry = shared.get(key);
+    if (entry === undefined) {
+      entry = { kind: 'factors', index: factors.push(make()) - 1 };
+      shared.set(key, entry);
+    }
+    return entry;
+  };
+  const entries = rows.map((row) => {
     switch (row.mode) {
       case 'none':
         return ZERO_SLOT;
       case 'static':
         return STATIC_SLOT;
-      case 'batch': {
-        let slot = clusterSlot.get(row.cluster);
-        if (slot === undefined) {
-          slot = FIRST_HYPERNET_SLOT + inputs.length;
-          clusterSlot.set(row.cluster, slot);
-          inputs.push(clusterContexts[row.cluster]);
-        }
-        return slot;
-      }
       case 'request':
-        inputs.push(row.feature);
-        return FIRST_HYPERNET_SLOT + inputs.length - 1;
+        return hypernet(null, row.feature);
+      case 'batch':
+        return hypernet(`batch:${row.cluster}`, clusterContexts.get('batch')![row.cluster]);
+      case 'adapter':
+        return ready(`adapter:${row.adapter!.id}`, () => row.adapter!.factors);
+      default: {
+        const mode = row.mode;
+        return ready(`${mode}:${row.cluster}`, () => makeFactors(mode, clusterContexts.get(mode)![row.cluster]));
+      }
     }
   });
-  const contexts = new Float32Array(Math.max(inputs.length, 1) * dim);
+  const count = inputs.length;
+  const slots = entries.map((e) => typeof e === 'number' ? e : FIRST_ADAPTER_SLOT + (e.kind === 'hypernet' ? e.index : count + e.index));
+  const contexts = new Float32Array(Math.max(count, 1) * dim);
   inputs.forEach((v, i) => contexts.set(v, i * dim));
-  return { slots, contexts, count: inputs.length };
+  return { slots, contexts, count, factors };
 }

@@ -4,7 +4,7 @@
  */
 import type { AdaptationMode } from '../adaptation/slots.js';
 import type { ServiceError } from '../errors.js';
-import type { FinishReason, TokenLogprob } from '../engine/protocol.js';
+import type { FinishReason, LoraFactors, TokenLogprob } from '../engine/protocol.js';
 import type { Queued } from './queue.js';
 
 export interface GenerationParams {
@@ -19,6 +19,10 @@ export interface GenerationParams {
   echo: boolean;
   ignoreEos: boolean;
   mode: AdaptationMode;
+  /** The named adapter the request's `model` chose (mode `adapter`), resolved at admission. */
+  adapter?: { id: string; factors: LoraFactors };
+  /** Strength of the low-rank update for this request's rows (adaptation_scale). */
+  adaptationScale: number;
 }
 
 export interface PromptInput {
@@ -31,15 +35,18 @@ export interface PromptInput {
 
 export interface BatchInfo {
   batchId: number;
-  /** Prompts this request was clustered with (batch mode: the window and the batch prompts in flight), else the window's prompts. */
+  /** Prompts this request was clustered with (clustered modes: the window's and the in-flight prompts of its mode), else the window's prompts. */
   batchSize: number;
   /** Clusters among them (0 when the mode clusters nothing). */
   clusters: number;
   /** Cluster of each prompt (choice) of this request. */
   clusterIndices: number[];
-  /** Members of the cluster whose mean formed each prompt's context (1 for request mode, 0 for none / static). */
+  /** Members of the cluster whose mean formed each prompt's context (1 for request mode, 0 for none / static / adapter). */
   clusterSizes: number[];
   mode: AdaptationMode;
+  /** The named adapter (mode `adapter`), else null. */
+  adapter: string | null;
+  adaptationScale: number;
 }
 
 export type CompletionEvent =

@@ -1,8 +1,9 @@
 /**
  * The pipeline:
  *
- *   queue -> window batcher -> features -> k-means over the window and the batch prompts in flight (context pool)
- *   -> adapter slots -> engine (hypernetwork once per window, chunked prefill, then decode steps over a slot KV
+ *   queue -> window batcher -> features -> per clustered mode, k-means over the window's prompts of that mode and
+ *   those in flight (context pools) -> adapter slots (hypernetwork inputs, library / mask selections, named
+ *   adapters) -> engine (hypernetwork once per window, chunked prefill, then decode steps over a slot KV
  *   cache, one decoder run for every running row) -> per-row events routed back to each request.
  *
  * The scheduler owns waiting and running work: it admits requests into the bounded queue, closes windows,
@@ -13,8 +14,9 @@
 import { randomInt } from 'node:crypto';
 import { clusterContexts, clusterFeatures } from '../adaptation/clustering.js';
 import { ContextPool } from '../adaptation/context-pool.js';
+import type { DomainAdapters } from '../adaptation/domains.js';
 import type { FeatureExtractor } from '../adaptation/features.js';
-import { planSlots } from '../adaptation/slots.js';
+import { CLUSTERED_MODES, isClustered, planSlots, type ClusteredMode } from '../adaptation/slots.js';
 import type { BatchSink } from '../engine/client.js';
 import type { BatchStats, Job, RowEvent, RowSpec } from '../engine/protocol.js';
 import { ServiceError } from '../errors.js';
@@ -57,7 +59,7 @@ interface Row {
 export class Scheduler {
   private readonly queue: BoundedQueue<Completion>;
   private readonly batcher: WindowBatcher<Completion>;
-  private readonly pool = new ContextPool<Row>();
+  private readonly pools = new Map<ClusteredMode, ContextPool<Row>>(CLUSTERED_MODES.map((m) => [m, new ContextPool<Row>()]));
   private loop: Promise<void> | null = null;
   private nextBatchId = 1;
   private inFlightRows = 0;
@@ -69,6 +71,7 @@ export class Scheduler {
   constructor(
     private readonly engine: Engine,
     private readonly features: FeatureExtractor,
+    private readonly domains: Pick<DomainAdapters, 'factors'>,
     private readonly options: SchedulerOptions,
     private readonly metrics: Metrics,
     private readonly logger: SchedulerLogger,
@@ -173,29 +176,46 @@ export class Scheduler {
 
     let t = performance.now();
     const modes = rows.map((r) => r.completion.params.mode);
-    const features = rows.map((r, i) => (modes[i] === 'batch' || modes[i] === 'request' ? this.features.feature(r.completion.prompts[r.choice].ids) : new Float32Array(dim)));
+    const features = rows.map((r, i) => (isClustered(modes[i]) || modes[i] === 'request' ? this.features.feature(r.completion.prompts[r.choice].ids) : new Float32Array(dim)));
     this.metrics.adaptationSeconds.observe({ stage: 'features' }, (performance.now() - t) / 1000);
     t = performance.now();
-    // Batch rows are clustered with the batch prompts in flight; the other modes take no part in any context.
-    const batchRows = rows.flatMap((_, i) => (modes[i] === 'batch' ? [i] : []));
-    const neighbours = batchRows.length > 0 && this.options.clusterInFlight ? this.pool.features() : [];
-    const points = [...neighbours, ...batchRows.map((i) => features[i])];
-    const clustering = clusterFeatures(points, {
-      targetClusterSize: this.options.targetClusterSize,
-      maxClusters: this.options.maxClusters,
-      seed: (this.options.kmeansSeed + batchId) % 2 ** 31,
-    });
-    const contexts = clusterContexts(points, clustering, dim);
-    const memberCount = new Array<number>(clustering.k).fill(0);
-    for (const c of clustering.assignments) memberCount[c]++;
-    for (const i of batchRows) this.pool.add(rows[i], features[i]);
+    // Each clustered mode is clustered on its own, with the prompts of that mode in flight; the other modes take
+    // no part in any context.
     const rowCluster = new Array<number>(rows.length).fill(-1);
-    batchRows.forEach((i, j) => { rowCluster[i] = clustering.assignments[neighbours.length + j]; });
-    const plan = planSlots(rows.map((_, i) => ({ mode: modes[i], feature: features[i], cluster: rowCluster[i] })), contexts, dim);
+    const clusterSize = new Array<number>(rows.length).fill(0);
+    const clusteredWith = new Array<number>(rows.length).fill(rows.length);
+    const clusterCount = new Array<number>(rows.length).fill(0);
+    const contexts = new Map<ClusteredMode, Float32Array[]>();
+    for (const mode of CLUSTERED_MODES) {
+      const members = rows.flatMap((_, i) => (modes[i] === mode ? [i] : []));
+      if (members.length === 0) continue;
+      const pool = this.pools.get(mode)!;
+      const neighbours = this.options.clusterInFlight ? pool.features() : [];
+      const points = [...neighbours, ...members.map((i) => features[i])];
+      const clustering = clusterFeatures(points, {
+        targetClusterSize: this.options.targetClusterSize,
+        maxClusters: this.options.maxClusters,
+        seed: (this.options.kmeansSeed + batchId) % 2 ** 31,
+      });
+      contexts.set(mode, clusterContexts(points, clustering, dim));
+      const memberCount = new Array<number>(clustering.k).fill(0);
+      for (const c of clustering.assignments) memberCount[c]++;
+      members.forEach((i, j) => {
+        rowCluster[i] = clustering.assignments[neighbours.length + j];
+        clusterSize[i] = memberCount[rowCluster[i]];
+        clusteredWith[i] = points.length;
+        clusterCount[i] = clustering.k;
+        pool.add(rows[i], features[i]);
+      });
+      this.metrics.clustersPerBatch.observe(clustering.k);
+      if (mode === 'batch') this.metrics.clusteredWith.observe(points.length);
+    }
+    const plan = planSlots(
+      rows.map((r, i) => ({ mode: modes[i], feature: features[i], cluster: rowCluster[i], adapter: r.completion.params.adapter })),
+      contexts, dim, (mode, context) => this.domains.factors(mode, context),
+    );
     this.metrics.adaptationSeconds.observe({ stage: 'clustering' }, (performance.now() - t) / 1000);
     this.metrics.batchSize.observe(rows.length);
-    this.metrics.clustersPerBatch.observe(clustering.k);
-    if (batchRows.length > 0) this.metrics.clusteredWith.observe(points.length);
     this.inFlightRows += rows.length;
     this.metrics.inFlight.set(this.inFlightRows);
     let released = 0;
@@ -211,11 +231,13 @@ export class Scheduler {
         type: 'batched',
         batch: {
           batchId,
-          batchSize: mode === 'batch' ? points.length : rows.length,
-          clusters: mode === 'batch' ? clustering.k : 0,
+          batchSize: clusteredWith[indices[0]],
+          clusters: clusterCount[indices[0]],
           clusterIndices: indices.map((i) => Math.max(rowCluster[i], 0)),
-          clusterSizes: indices.map((i) => (mode === 'batch' ? memberCount[rowCluster[i]] : mode === 'request' ? 1 : 0)),
+          clusterSizes: indices.map((i) => (isClustered(mode) ? clusterSize[i] : mode === 'request' ? 1 : 0)),
           mode,
+          adapter: completion.params.adapter?.id ?? null,
+          adaptationScale: completion.params.adaptationScale,
         },
       });
     }
@@ -236,6 +258,7 @@ export class Scheduler {
         logprobs: p.logprobs,
         promptLogprobs: p.echo && p.logprobs !== null,
         ignoreEos: p.ignoreEos,
+        adaptationScale: p.adaptationScale,
       };
     });
 
@@ -253,7 +276,7 @@ export class Scheduler {
           completion.emit({ type: 'text', choice, text: event.text, ...(event.logprob ? { logprob: event.logprob } : {}) });
         }
         if (event.finish !== undefined) {
-          this.pool.remove(rows[event.row]);
+          this.leavePool(rows[event.row]);
           completion.emit({ type: 'finish', choice, reason: event.finish, completionTokens: event.completionTokens });
           released++;
           this.release(1);
@@ -266,23 +289,29 @@ export class Scheduler {
 
     try {
       const stats = await this.engine.run(
-        { batchId, rows: specs, contexts: plan.contexts, contextCount: plan.count },
+        { batchId, rows: specs, contexts: plan.contexts, contextCount: plan.count, factors: plan.factors },
         {
           onAdapted: (ms) => this.metrics.adaptationSeconds.observe({ stage: 'hypernet' }, ms / 1000),
           onPrompt: (row, logprobs) => rows[row].completion.emit({ type: 'prompt', choice: rows[row].choice, logprobs }),
           onEvents,
         },
       );
-      this.logger.debug({ ...stats, clusters: clustering.k, adapters: plan.count }, 'batch done');
+      this.logger.debug({ ...stats, hypernetContexts: plan.count, readyAdapters: plan.factors.length }, 'batch done');
     } catch (error) {
       const failure = new ServiceError('engine_error', `Inference failed: ${(error as Error).message}`, { cause: error });
       for (const completion of live) if (!completion.finished) completion.emit({ type: 'error', error: failure });
       throw error;
     } finally {
-      for (const row of rows) this.pool.remove(row);
+      for (const row of rows) this.leavePool(row);
       this.release(rows.length - released);
       for (const completion of live) this.complete(completion);
     }
+  }
+
+  /** The prompt finished (or failed): it no longer shapes the context of later windows of its mode. */
+  private leavePool(row: Row): void {
+    const mode = row.completion.params.mode;
+    if (isClustered(mode)) this.pools.get(mode)!.remove(row);
   }
 
   private complete(completion: Completion): void {

@@ -5,7 +5,7 @@
 import { Worker } from 'node:worker_threads';
 import type { Device } from '../config.js';
 import { EngineError, ModelPackageError } from '../errors.js';
-import type { BatchStats, FromWorker, GenerateMessage, Job, RowEvent, ToWorker, TokenLogprob } from './protocol.js';
+import type { BatchStats, FromWorker, GenerateMessage, Job, LoraFactors, RowEvent, ToWorker, TokenLogprob } from './protocol.js';
 
 export interface EngineLogger {
   warn(obj: object, msg: string): void;
@@ -59,6 +59,8 @@ function spawnWorker(): Worker {
 
 export class EngineClient {
   private readonly pending = new Map<number, Pending>();
+  private readonly adapting = new Map<number, { resolve: (factors: LoraFactors[]) => void; reject: (error: Error) => void }>();
+  private nextAdaptId = 1;
   private failure: Error | null = null;
   private closing = false;
   private failureListeners: Array<(error: Error) => void> = [];
@@ -144,6 +146,17 @@ export class EngineClient {
     });
   }
 
+  /** Runs the hypernetwork alone on `count` contexts ([count, d_model]): the factors of an adapter made from examples. */
+  adapt(contexts: Float32Array, count: number): Promise<LoraFactors[]> {
+    if (this.failure !== null) return Promise.reject(this.failure);
+    if (this.closing) return Promise.reject(new EngineError('inference engine is closed'));
+    const id = this.nextAdaptId++;
+    return new Promise((resolve, reject) => {
+      this.adapting.set(id, { resolve, reject });
+      this.worker.postMessage({ type: 'adapt', id, contexts, count } satisfies ToWorker, [contexts.buffer as ArrayBuffer]);
+    });
+  }
+
   /** Stops generating for these rows of a running batch (they finish with reason 'cancelled'). */
   cancel(batchId: number, rows: number[]): void {
     if (this.pending.has(batchId)) this.worker.postMessage({ type: 'cancel', batchId, rows } satisfies ToWorker);
@@ -185,6 +198,13 @@ export class EngineClient {
         pending?.resolve(message.stats);
         return;
       }
+      case 'adapter': {
+        const waiter = this.adapting.get(message.id);
+        this.adapting.delete(message.id);
+        if (message.error !== undefined) waiter?.reject(new EngineError(message.error));
+        else waiter?.resolve(message.factors);
+        return;
+      }
       case 'batch-error': {
         const pending = this.pending.get(message.batchId);
         this.pending.delete(message.batchId);
@@ -207,6 +227,10 @@ export class EngineClient {
     for (const [id, pending] of this.pending) {
       this.pending.delete(id);
       pending.reject(error);
+    }
+    for (const [id, waiter] of this.adapting) {
+      this.adapting.delete(id);
+      waiter.reject(error);
     }
   }
 }

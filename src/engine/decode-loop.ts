@@ -14,7 +14,12 @@
  * prefill completes joins the running stretch; a row that finishes hands its slot to the last running row, so
  * each join or leave copies at most one slot and no step copies the cache.
  *
- * Each row reads its own adapter in the stacked factors [ zero | static | window 1's hypernetwork outputs | ... ].
+ * Each row reads its own adapter in the stacked factors
+ *
+ *   [ zero | static | window 1's hypernetwork outputs, then its ready-made factors | window 2's ... ]
+ *
+ * at the largest rank among them (lower ranks are zero-padded, which leaves their update unchanged), scaled by
+ * its own adaptation strength inside the same decoder run.
  * ONNX Runtime sits behind `Runtime` (runtime.ts), so this file is plain TypeScript.
  */
 import type { BatchStats, FinishReason, Job, RowEvent, RowSpec, TokenLogprob } from './protocol.js';
@@ -24,9 +29,12 @@ import { TextTracker } from './stopping.js';
 export interface AdapterStack {
   readonly slots: number;
 }
-/** Hypernetwork outputs for `count` contexts. */
+/** `count` adapters of one rank: a [count, rank, d_model] and b [count, vocab, rank], row-major. */
 export interface AdapterPart {
   readonly count: number;
+  readonly rank: number;
+  readonly a: Float32Array;
+  readonly b: Float32Array;
 }
 
 /** One decoder run over the cache slots [firstSlot, firstSlot + batch): row b owns slot firstSlot + b. */
@@ -45,6 +53,8 @@ export interface StepFeeds {
   newTokens: number[];
   /** Adapter of each row in the stack. */
   clusterIndex: BigInt64Array;
+  /** Strength of each row's low-rank update (adaptation_scale). */
+  rowScale: Float32Array;
   /** Flat positions (b * seq + t) whose logits are wanted, in this order. */
   logitsIndex: number[];
 }
@@ -55,7 +65,7 @@ export interface Runtime {
   readonly slotCount: number;
   /** One hypernetwork run: LoRA factors for `count` contexts ([count, d_model] row-major). */
   hypernet(contexts: Float32Array, count: number): Promise<AdapterPart>;
-  /** [zero, static, ...parts] stacked along the clusters axis. */
+  /** [zero, static, ...parts] stacked along the clusters axis, at the largest rank among them. */
   stack(parts: readonly AdapterPart[]): AdapterStack;
   /** Runs the decoder, writes each row's new keys and values into its slot; logits [logitsIndex.length, V]. */
   step(feeds: StepFeeds, adapters: AdapterStack): Promise<Float32Array>;
@@ -95,8 +105,9 @@ const DEFAULT_PREFILL_CHUNK_TOKENS = 64;
 interface Window {
   job: Job;
   hooks: JobHooks;
-  part: AdapterPart | null;
-  /** Stack index of this window's first hypernetwork adapter. */
+  /** The hypernetwork's outputs for the job's contexts, then its ready-made factors: its slots 2, 3, ... in order. */
+  parts: AdapterPart[];
+  /** Stack index of this window's first adapter. */
   base: number;
   live: number;
   stats: BatchStats;
@@ -192,10 +203,11 @@ export class DecodeLoop {
   private async admit(entry: Pending): Promise<void> {
     const { job, hooks } = entry;
     const stats: BatchStats = { batchId: job.batchId, rows: job.rows.length, hypernetMs: 0, prefillMs: 0, decodeSteps: 0, decodeMs: 0, tokens: 0 };
-    const window: Window = { job, hooks, part: null, base: 0, live: job.rows.length, stats, resolve: entry.resolve, reject: entry.reject };
+    const window: Window = { job, hooks, parts: [], base: 0, live: job.rows.length, stats, resolve: entry.resolve, reject: entry.reject };
     try {
       const t = this.now();
-      if (job.contextCount > 0) window.part = await this.runtime.hypernet(job.contexts, job.contextCount);
+      if (job.contextCount > 0) window.parts.push(await this.runtime.hypernet(job.contexts, job.contextCount));
+      for (const f of job.factors) window.parts.push({ count: 1, ...f });
       stats.hypernetMs = this.now() - t;
       hooks.onAdapted(stats.hypernetMs);
     } catch (error) {
@@ -290,7 +302,7 @@ export class DecodeLoop {
     const t = this.now();
     const logits = await this.runtime.step({
       firstSlot: rows[0].slot, batch: B, seq: width, inputIds, positionIds, pastLength: rows.map((r) => r.length), newTokens,
-      clusterIndex: BigInt64Array.from(rows, (r) => this.adapterIndex(r)), logitsIndex,
+      clusterIndex: BigInt64Array.from(rows, (r) => this.adapterIndex(r)), rowScale: Float32Array.from(rows, (r) => r.spec.adaptationScale), logitsIndex,
     }, this.stack);
     const ms = this.now() - t;
     this.onForward('prefill', ms, B, newTokens.reduce((a, b) => a + b, 0));
@@ -352,7 +364,8 @@ export class DecodeLoop {
     const t = this.now();
     const logits = await this.runtime.step({
       firstSlot: 0, batch: B, seq: 1, inputIds, positionIds, pastLength: rows.map((r) => r.length), newTokens: rows.map(() => 1),
-      clusterIndex: BigInt64Array.from(rows, (r) => this.adapterIndex(r)), logitsIndex: rows.map((_, i) => i),
+      clusterIndex: BigInt64Array.from(rows, (r) => this.adapterIndex(r)), rowScale: Float32Array.from(rows, (r) => r.spec.adaptationScale),
+      logitsIndex: rows.map((_, i) => i),
     }, this.stack);
     const ms = this.now() - t;
     this.onForward('decode', ms, B, B);
@@ -403,9 +416,9 @@ export class DecodeLoop {
     const parts: AdapterPart[] = [];
     for (const w of this.windows) {
       w.base = base;
-      if (w.part !== null) {
-        parts.push(w.part);
-        base += w.part.count;
+      for (const part of w.parts) {
+        parts.push(part);
+        base += part.count;
       }
     }
     this.stack = this.runtime.stack(parts);

@@ -6,6 +6,13 @@ import type { Device } from '../config.js';
 
 export type FinishReason = 'stop' | 'length' | 'cancelled';
 
+/** LoRA factors of the LM head: a [rank, d_model] and b [vocab, rank], row-major. */
+export interface LoraFactors {
+  rank: number;
+  a: Float32Array;
+  b: Float32Array;
+}
+
 /** One row (prompt) of a batch, as the worker needs it. */
 export interface RowSpec {
   /** Token ids fed to the model, BOS included when the package adds one. */
@@ -14,6 +21,8 @@ export interface RowSpec {
   bosAdded: boolean;
   /** Adapter slot of this row (the decoder's cluster_index): see adaptation/slots.ts. */
   slot: number;
+  /** Strength of this row's low-rank update (adaptation_scale: 0 = the base model, 1 = as trained). */
+  adaptationScale: number;
   maxTokens: number;
   temperature: number;
   topP: number;
@@ -42,13 +51,15 @@ export interface InitMessage {
   nice: number;
 }
 
-/** One batch window as the engine runs it: its rows and the hypernetwork inputs of its clusters. */
+/** One batch window as the engine runs it: its rows, the hypernetwork inputs of its clusters, and its ready-made adapters. */
 export interface Job {
   batchId: number;
   rows: RowSpec[];
   /** Hypernetwork inputs, [contextCount, d_model] row-major; adapter slot 2 + i is context i. */
   contexts: Float32Array;
   contextCount: number;
+  /** Adapters made before the engine (named adapters, library and mask selections): slot 2 + contextCount + i is factors[i]. */
+  factors: LoraFactors[];
 }
 
 export interface GenerateMessage extends Job {
@@ -65,7 +76,16 @@ export interface CloseMessage {
   type: 'close';
 }
 
-export type ToWorker = InitMessage | GenerateMessage | CancelMessage | CloseMessage;
+/** Runs the hypernetwork alone (an adapter made from examples); answered by an AdapterMessage with the same id. */
+export interface AdaptMessage {
+  type: 'adapt';
+  id: number;
+  /** [count, d_model] row-major */
+  contexts: Float32Array;
+  count: number;
+}
+
+export type ToWorker = InitMessage | GenerateMessage | CancelMessage | CloseMessage | AdaptMessage;
 
 /** Log-probability of one token, with the top alternatives (token text -> logprob). */
 export interface TokenLogprob {
@@ -148,6 +168,13 @@ export interface BatchDoneMessage {
   stats: BatchStats;
 }
 
+export interface AdapterMessage {
+  type: 'adapter';
+  id: number;
+  factors: LoraFactors[];
+  error?: string;
+}
+
 export interface BatchErrorMessage {
   type: 'batch-error';
   batchId: number;
@@ -170,4 +197,5 @@ export type FromWorker =
   | AdaptedMessage
   | BatchDoneMessage
   | BatchErrorMessage
+  | AdapterMessage
   | LogMessage;

@@ -15,9 +15,6 @@ class OrtAdapters implements AdapterStack {
   constructor(readonly a: ort.Tensor, readonly b: ort.Tensor, readonly slots: number) {}
 }
 
-class OrtPart implements AdapterPart {
-  constructor(readonly a: Float32Array, readonly b: Float32Array, readonly count: number) {}
-}
 
 export interface RuntimeOptions {
   device: Device;
@@ -46,9 +43,8 @@ function metadata(list: readonly ort.InferenceSession.ValueMetadata[]): RuntimeT
 export class OrtRuntime implements Runtime {
   readonly vocabSize: number;
   private readonly dims: ModelPackage['dims'];
-  private readonly rank: number;
-  private readonly staticA: Float32Array;
-  private readonly staticB: Float32Array;
+  private readonly hypernetRank: number;
+  private readonly staticPart: AdapterPart;
   private baseStack: OrtAdapters | null = null;
   private readonly cache: KvSlots;
   private readonly cacheNames: string[];
@@ -63,9 +59,8 @@ export class OrtRuntime implements Runtime {
   ) {
     this.dims = pkg.dims;
     this.vocabSize = pkg.dims.vocab_size;
-    this.rank = pkg.manifest.lora.rank;
-    this.staticA = pkg.readTensor('static_lora_a');
-    this.staticB = pkg.readTensor('static_lora_b');
+    this.hypernetRank = pkg.manifest.hypernet.rank;
+    this.staticPart = { count: 1, rank: pkg.manifest.lora.rank, a: pkg.readTensor('static_lora_a'), b: pkg.readTensor('static_lora_b') };
     const { n_layer: layers, n_head: heads, head_dim: headDim, context: capacity } = pkg.dims;
     this.cache = new KvSlots({ layers, heads, headDim, capacity, slots });
     this.cacheNames = cacheInputNames(layers);
@@ -122,30 +117,44 @@ export class OrtRuntime implements Runtime {
   async hypernet(contexts: Float32Array, count: number): Promise<AdapterPart> {
     const D = this.dims.d_model;
     const V = this.vocabSize;
-    const R = this.rank;
+    const R = this.hypernetRank;
     const out = await this.hypernetSession.run({ context: new ort.Tensor('float32', contexts.subarray(0, count * D), [count, D]) });
     const a = out.lora_a.data as Float32Array;
     const b = out.lora_b.data as Float32Array;
     if (a.length !== count * R * D || b.length !== count * V * R) {
       throw new Error(`hypernet.onnx returned lora_a [${out.lora_a.dims.join(', ')}] and lora_b [${out.lora_b.dims.join(', ')}] for ${count} contexts`);
     }
-    return new OrtPart(a, b, count);
+    return { count, rank: R, a, b };
   }
 
   stack(parts: readonly AdapterPart[]): AdapterStack {
     if (parts.length === 0 && this.baseStack !== null) return this.baseStack;
     const D = this.dims.d_model;
     const V = this.vocabSize;
-    const R = this.rank;
+    const R = parts.reduce((r, p) => Math.max(r, p.rank), this.staticPart.rank);
     const slots = 2 + parts.reduce((n, p) => n + p.count, 0);
     const a = new Float32Array(slots * R * D);
     const b = new Float32Array(slots * V * R);
-    a.set(this.staticA, R * D);
-    b.set(this.staticB, V * R);
+    // A part of a lower rank is written into the first rank columns of its slots; the rest stays zero, which
+    // adds nothing to the update.
+    const put = (first: number, part: AdapterPart) => {
+      const r = part.rank;
+      for (let k = 0; k < part.count; k++) {
+        a.set(part.a.subarray(k * r * D, (k + 1) * r * D), (first + k) * R * D);
+        if (r === R) {
+          b.set(part.b.subarray(k * V * r, (k + 1) * V * r), (first + k) * V * R);
+          continue;
+        }
+        for (let v = 0; v < V; v++) {
+          const from = (k * V + v) * r;
+          b.set(part.b.subarray(from, from + r), ((first + k) * V + v) * R);
+        }
+      }
+    };
+    put(1, this.staticPart);
     let slot = 2;
-    for (const part of parts as readonly OrtPart[]) {
-      a.set(part.a, slot * R * D);
-      b.set(part.b, slot * V * R);
+    for (const part of parts) {
+      put(slot, part);
       slot += part.count;
     }
     const stack = new OrtAdapters(new ort.Tensor('float32', a, [slots, R, D]), new ort.Tensor('float32', b, [slots, V, R]), slots);
@@ -165,6 +174,7 @@ export class OrtRuntime implements Runtime {
       lora_a: stack.a,
       lora_b: stack.b,
       cluster_index: new ort.Tensor('int64', feeds.clusterIndex, [B]),
+      lora_scale: new ort.Tensor('float32', feeds.rowScale, [B]),
       // An empty logits_index makes ONNX Runtime divide by zero inside the graph's reshapes (SIGFPE, the whole process
       // dies), so a run that needs no logits (a middle prefill chunk) asks for one position and drops it.
       logits_index: new ort.Tensor('int64', BigInt64Array.from(wanted === 0 ? [0] : feeds.logitsIndex, BigInt), [Math.max(wanted, 1)]),

@@ -9,7 +9,7 @@ import { parentPort } from 'node:worker_threads';
 import { ModelPackageError } from '../errors.js';
 import { ModelPackage } from '../model/package.js';
 import { DecodeLoop, type JobHooks } from './decode-loop.js';
-import type { FromWorker, GenerateMessage, InitMessage, RowEvent, ToWorker } from './protocol.js';
+import type { AdaptMessage, FromWorker, GenerateMessage, InitMessage, RowEvent, ToWorker } from './protocol.js';
 import { OrtRuntime } from './runtime.js';
 
 if (parentPort === null) throw new Error('engine/worker must run in a worker thread');
@@ -90,13 +90,13 @@ async function warmUp(warm: DecodeLoop, pkg: ModelPackage): Promise<void> {
   const ids = tok.encodePrompt('Hello');
   const spec = (slot: number, promptIds: number[]) => ({
     promptIds, bosAdded: tok.addBos, slot, maxTokens: 3, temperature: slot === 0 ? 0 : 1, topP: 0.9, topK: 5, seed: slot,
-    stop: [], logprobs: 1, promptLogprobs: true, ignoreEos: true,
+    stop: [], logprobs: 1, promptLogprobs: true, ignoreEos: true, adaptationScale: slot === 2 ? 0.5 : 1,
   });
   let events = 0;
   const hooks: JobHooks = { onAdapted() {}, onPrompt() {}, onEvents: (list) => { events += list.length; }, isCancelled: () => false };
   const contexts = new Float32Array(pkg.dims.d_model);
-  const first = warm.submit({ batchId: -1, rows: [spec(0, ids), spec(1, ids), spec(2, ids)], contexts, contextCount: 1 }, hooks);
-  const second = warm.submit({ batchId: -2, rows: [spec(2, [...ids, ...ids])], contexts, contextCount: 1 }, hooks);
+  const first = warm.submit({ batchId: -1, rows: [spec(0, ids), spec(1, ids), spec(2, ids)], contexts, contextCount: 1, factors: [] }, hooks);
+  const second = warm.submit({ batchId: -2, rows: [spec(2, [...ids, ...ids])], contexts, contextCount: 1, factors: [] }, hooks);
   await Promise.all([first, second]);
   if (events !== 4 * 3) throw new Error(`warm-up produced ${events} token events, expected 12`);
 }
@@ -113,10 +113,29 @@ function generate(message: GenerateMessage): void {
     onEvents: (events) => postEvents(batchId, events),
     isCancelled: (row) => cancelled.get(batchId)?.has(row) ?? false,
   };
-  loop.submit({ batchId, rows: message.rows, contexts: message.contexts, contextCount: message.contextCount }, hooks).then(
+  loop.submit({ batchId, rows: message.rows, contexts: message.contexts, contextCount: message.contextCount, factors: message.factors }, hooks).then(
     (stats) => post({ type: 'batch-done', batchId, stats }),
     (error: Error) => post({ type: 'batch-error', batchId, message: error.message }),
   ).finally(() => cancelled.delete(batchId));
+}
+
+/** The hypernetwork's factors for each context, split per context (an adapter made from examples). */
+async function adapt(message: AdaptMessage): Promise<void> {
+  const { id, contexts, count } = message;
+  try {
+    if (runtime === null) throw new Error('engine is not initialised');
+    const part = await runtime.hypernet(contexts, count);
+    const D = part.a.length / (count * part.rank);
+    const V = part.b.length / (count * part.rank);
+    const factors = Array.from({ length: count }, (_, k) => ({
+      rank: part.rank,
+      a: part.a.slice(k * part.rank * D, (k + 1) * part.rank * D),
+      b: part.b.slice(k * V * part.rank, (k + 1) * V * part.rank),
+    }));
+    post({ type: 'adapter', id, factors });
+  } catch (error) {
+    post({ type: 'adapter', id, factors: [], error: (error as Error).message });
+  }
 }
 
 port.on('message', (message: ToWorker) => {
@@ -130,6 +149,9 @@ port.on('message', (message: ToWorker) => {
       break;
     case 'cancel':
       for (const row of message.rows) cancelled.get(message.batchId)?.add(row);
+      break;
+    case 'adapt':
+      void ready.then(() => adapt(message));
       break;
     case 'close':
       void ready.then(async () => {

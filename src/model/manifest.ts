@@ -10,7 +10,7 @@ import Type, { type Static } from 'typebox';
 import Value from 'typebox/value';
 import { ModelPackageError } from '../errors.js';
 
-export const MANIFEST_FORMAT = 'chameleon-package/2';
+export const MANIFEST_FORMAT = 'chameleon-package/3';
 
 const Dim = Type.Union([Type.Integer({ minimum: 0 }), Type.String({ minLength: 1 })]);
 const TensorSpec = Type.Object({
@@ -25,6 +25,12 @@ const FileTensor = Type.Object({
 });
 const Signature = Type.Object({ inputs: Type.Array(TensorSpec), outputs: Type.Array(TensorSpec) });
 const PositiveInt = Type.Integer({ minimum: 1 });
+/** A set of adapters, one per training domain, picked or blended by a softmax over the context's cosine to each domain centroid. */
+const DomainSelector = Type.Object({
+  names: Type.Array(Type.String({ minLength: 1 }), { minItems: 1 }),
+  rank: PositiveInt,
+  temperature: Type.Number({ minimum: 0 }),
+});
 
 export const ManifestSchema = Type.Object({
   format: Type.Literal(MANIFEST_FORMAT),
@@ -51,24 +57,44 @@ export const ManifestSchema = Type.Object({
   }),
   files: Type.Record(Type.String(), Type.String()),
   sha256: Type.Optional(Type.Record(Type.String(), Type.String({ pattern: '^[0-9a-f]{64}$' }))),
-  tensors: Type.Object({ embeddings: FileTensor, static_lora_a: FileTensor, static_lora_b: FileTensor }),
+  tensors: Type.Object({
+    embeddings: FileTensor,
+    static_lora_a: FileTensor,
+    static_lora_b: FileTensor,
+    library_lora_a: Type.Optional(FileTensor),
+    library_lora_b: Type.Optional(FileTensor),
+    library_centroids: Type.Optional(FileTensor),
+    masks_lora_a: Type.Optional(FileTensor),
+    masks_lora_b: Type.Optional(FileTensor),
+    masks_mask_a: Type.Optional(FileTensor),
+    masks_mask_b: Type.Optional(FileTensor),
+    masks_centroids: Type.Optional(FileTensor),
+  }),
   decoder: Signature,
-  hypernet: Signature,
+  /** rank: of the factors the hypernetwork outputs (twice lora.rank when it adds a dynamic update to the static one). */
+  hypernet: Type.Intersect([Signature, Type.Object({ rank: PositiveInt })]),
+  /** The modular LoRA library (one LoRA per training domain): also served as named adapters. */
+  library: Type.Optional(DomainSelector),
+  /** LoRA*Mask: one shared LoRA, one mask over its entries per training domain. */
+  masks: Type.Optional(DomainSelector),
 });
 
 export type Manifest = Static<typeof ManifestSchema>;
 export type TensorSignature = Static<typeof TensorSpec>;
 export type Dims = Manifest['dims'];
+export type TensorKey = keyof Manifest['tensors'];
 
 /** Files the service itself reads (equivalence.json and eval.json are for tests and people). */
 const REQUIRED_FILES = ['decoder', 'hypernet', 'tokenizer', 'embeddings', 'static_lora_a', 'static_lora_b'] as const;
+const LIBRARY_TENSORS = ['library_lora_a', 'library_lora_b', 'library_centroids'] as const;
+const MASK_TENSORS = ['masks_lora_a', 'masks_lora_b', 'masks_mask_a', 'masks_mask_b', 'masks_centroids'] as const;
 
 /** Per-layer cache inputs, in the order the runtime hands over its slot buffers. */
 export function cacheInputNames(layers: number): string[] {
   return Array.from({ length: layers }, (_, l) => [`past_key_${l}`, `past_value_${l}`]).flat();
 }
 
-const DECODER_INPUTS = ['input_ids', 'position_ids', 'past_length', 'lora_a', 'lora_b', 'cluster_index', 'logits_index'];
+const DECODER_INPUTS = ['input_ids', 'position_ids', 'past_length', 'lora_a', 'lora_b', 'cluster_index', 'lora_scale', 'logits_index'];
 const DECODER_OUTPUTS = ['logits', 'present_keys', 'present_values'];
 const HYPERNET_INPUTS = ['context'];
 const HYPERNET_OUTPUTS = ['lora_a', 'lora_b'];
@@ -76,8 +102,8 @@ const HYPERNET_OUTPUTS = ['lora_a', 'lora_b'];
 export interface LoadedManifest {
   dir: string;
   manifest: Manifest;
-  /** Absolute paths of the files named in `files`. */
-  paths: Record<(typeof REQUIRED_FILES)[number], string>;
+  /** Absolute paths of the files the service reads: the required ones, and the tensors the manifest lists. */
+  paths: Record<(typeof REQUIRED_FILES)[number], string> & Partial<Record<TensorKey, string>>;
 }
 
 function fail(dir: string, problem: string): never {
@@ -112,11 +138,13 @@ export function loadManifest(dirIn: string): LoadedManifest {
     if (!existsSync(path)) fail(dirIn, `file ${name} (manifest.files.${key}) is missing`);
     paths[key] = path;
   }
-  for (const key of ['embeddings', 'static_lora_a', 'static_lora_b'] as const) {
-    const spec = manifest.tensors[key];
+  for (const [key, spec] of Object.entries(manifest.tensors) as Array<[TensorKey, Static<typeof FileTensor>]>) {
     if (spec.file !== manifest.files[key]) fail(dirIn, `tensors.${key}.file (${spec.file}) differs from files.${key} (${manifest.files[key]})`);
+    const path = join(dir, spec.file);
+    if (!existsSync(path)) fail(dirIn, `file ${spec.file} (tensors.${key}) is missing`);
+    paths[key] = path;
     const expected = spec.shape.reduce((a, b) => a * b, 1) * 4;
-    const actual = statSync(paths[key]).size;
+    const actual = statSync(path).size;
     if (actual !== expected) {
       fail(dirIn, `${spec.file} has ${actual} bytes, but tensors.${key} says float32 [${spec.shape.join(', ')}] = ${expected} bytes`);
     }
@@ -139,17 +167,42 @@ function sameShape(actual: readonly (number | string)[], expected: readonly (num
 function checkConsistency(dir: string, m: Manifest): void {
   const { vocab_size: V, d_model: D, n_layer: L, n_head: H, head_dim: HD } = m.dims;
   const R = m.lora.rank;
+  const HR = m.hypernet.rank;
   if (H * HD !== D) fail(dir, `dims.n_head (${H}) x dims.head_dim (${HD}) != dims.d_model (${D})`);
   if (m.tokenizer.eos_token_id >= V) fail(dir, `tokenizer.eos_token_id ${m.tokenizer.eos_token_id} is outside the vocabulary (${V})`);
   if (m.tokenizer.bos_token_id >= V) fail(dir, `tokenizer.bos_token_id ${m.tokenizer.bos_token_id} is outside the vocabulary (${V})`);
-  const expectTensor = (key: keyof Manifest['tensors'], shape: number[]) => {
-    if (!sameShape(m.tensors[key].shape, shape)) {
-      fail(dir, `tensors.${key}.shape is [${m.tensors[key].shape.join(', ')}], expected [${shape.join(', ')}] from dims and lora.rank`);
+  const expectTensor = (key: TensorKey, shape: number[]) => {
+    const spec = m.tensors[key];
+    if (spec === undefined) fail(dir, `tensors.${key} is missing`);
+    if (!sameShape(spec.shape, shape)) {
+      fail(dir, `tensors.${key}.shape is [${spec.shape.join(', ')}], expected [${shape.join(', ')}] from dims and the adapters' rank`);
     }
   };
   expectTensor('embeddings', [V, D]);
   expectTensor('static_lora_a', [1, R, D]);
   expectTensor('static_lora_b', [1, V, R]);
+  const selectorTensors = (section: 'library' | 'masks', keys: readonly TensorKey[]) => {
+    const present = keys.filter((k) => m.tensors[k] !== undefined);
+    if (m[section] === undefined) {
+      if (present.length > 0) fail(dir, `tensors ${present.join(', ')} are listed but the manifest has no ${section} section`);
+      return undefined;
+    }
+    return { K: m[section].names.length, r: m[section].rank };
+  };
+  const library = selectorTensors('library', LIBRARY_TENSORS);
+  if (library !== undefined) {
+    expectTensor('library_lora_a', [library.K, library.r, D]);
+    expectTensor('library_lora_b', [library.K, V, library.r]);
+    expectTensor('library_centroids', [library.K, D]);
+  }
+  const masks = selectorTensors('masks', MASK_TENSORS);
+  if (masks !== undefined) {
+    expectTensor('masks_lora_a', [1, masks.r, D]);
+    expectTensor('masks_lora_b', [1, V, masks.r]);
+    expectTensor('masks_mask_a', [masks.K, masks.r, D]);
+    expectTensor('masks_mask_b', [masks.K, V, masks.r]);
+    expectTensor('masks_centroids', [masks.K, D]);
+  }
 
   const expectNames = (where: string, specs: TensorSignature[], names: string[]) => {
     const got = specs.map((s) => s.name);
@@ -167,16 +220,17 @@ function checkConsistency(dir: string, m: Manifest): void {
     ['decoder.inputs', m.decoder.inputs, 'position_ids', [null, null]],
     ['decoder.inputs', m.decoder.inputs, 'past_length', [null]],
     ...cacheInputNames(L).map((name): [string, TensorSignature[], string, Array<number | null>] => ['decoder.inputs', m.decoder.inputs, name, [null, H, null, HD]]),
-    ['decoder.inputs', m.decoder.inputs, 'lora_a', [null, R, D]],
-    ['decoder.inputs', m.decoder.inputs, 'lora_b', [null, V, R]],
+    ['decoder.inputs', m.decoder.inputs, 'lora_a', [null, null, D]],
+    ['decoder.inputs', m.decoder.inputs, 'lora_b', [null, V, null]],
     ['decoder.inputs', m.decoder.inputs, 'cluster_index', [null]],
+    ['decoder.inputs', m.decoder.inputs, 'lora_scale', [null]],
     ['decoder.inputs', m.decoder.inputs, 'logits_index', [null]],
     ['decoder.outputs', m.decoder.outputs, 'logits', [null, V]],
     ['decoder.outputs', m.decoder.outputs, 'present_keys', [L, null, H, null, HD]],
     ['decoder.outputs', m.decoder.outputs, 'present_values', [L, null, H, null, HD]],
     ['hypernet.inputs', m.hypernet.inputs, 'context', [null, D]],
-    ['hypernet.outputs', m.hypernet.outputs, 'lora_a', [null, R, D]],
-    ['hypernet.outputs', m.hypernet.outputs, 'lora_b', [null, V, R]],
+    ['hypernet.outputs', m.hypernet.outputs, 'lora_a', [null, HR, D]],
+    ['hypernet.outputs', m.hypernet.outputs, 'lora_b', [null, V, HR]],
   ];
   for (const [where, specs, name, shape] of fixed) {
     const spec = specs.find((s) => s.name === name)!;
@@ -184,7 +238,7 @@ function checkConsistency(dir: string, m: Manifest): void {
       shape.every((d, i) => d === null ? typeof spec.shape[i] === 'string' : spec.shape[i] === d);
     if (!ok) {
       const want = shape.map((d) => d === null ? '<axis name>' : String(d)).join(', ');
-      fail(dir, `${where} ${name} has shape [${spec.shape.join(', ')}], expected [${want}] from dims and lora.rank`);
+      fail(dir, `${where} ${name} has shape [${spec.shape.join(', ')}], expected [${want}] from dims and the ranks`);
     }
   }
   const dtypes: Record<string, string> = {

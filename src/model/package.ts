@@ -4,7 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { ModelPackageError } from '../errors.js';
-import { loadManifest, type LoadedManifest, type Manifest } from './manifest.js';
+import { loadManifest, type LoadedManifest, type Manifest, type TensorKey } from './manifest.js';
 import { TextTokenizer } from './tokenizer.js';
 
 export class ModelPackage {
@@ -31,9 +31,11 @@ export class ModelPackage {
   }
 
   /** A float32 tensor named in `manifest.tensors`, as a flat array (size already checked by loadManifest). */
-  readTensor(key: keyof Manifest['tensors']): Float32Array {
+  readTensor(key: TensorKey): Float32Array {
     const spec = this.manifest.tensors[key];
-    return readFloat32(this.paths[key], spec.shape.reduce((a, b) => a * b, 1));
+    const path = this.paths[key];
+    if (spec === undefined || path === undefined) throw new ModelPackageError(`Model package ${this.dir} has no tensor ${key}`);
+    return readFloat32(path, spec.shape.reduce((a, b) => a * b, 1));
   }
 }
 

@@ -1,26 +1,44 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { planSlots, STATIC_SLOT, ZERO_SLOT } from '../../src/adaptation/slots.js';
+import { planSlots, STATIC_SLOT, ZERO_SLOT, type ClusteredMode } from '../../src/adaptation/slots.js';
+import type { LoraFactors } from '../../src/engine/protocol.js';
 
 const f = (x: number) => Float32Array.from([x, x]);
+const factorsOf = (x: number): LoraFactors => ({ rank: 1, a: f(x), b: f(x) });
+const made: string[] = [];
+const make = (mode: string, context: Float32Array) => {
+  made.push(`${mode}:${context[0]}`);
+  return factorsOf(context[0] + 100);
+};
 
-test('slots: [zero, static, used batch clusters, per-request rows]; only what the batch needs', () => {
-  const contexts = [f(10), f(20), f(30)];
+test('slots: [zero, static, hypernetwork inputs (used batch clusters, request rows), ready-made factors]; only what the batch needs', () => {
+  made.length = 0;
+  const contexts = new Map<ClusteredMode, Float32Array[]>([['batch', [f(10), f(20), f(30)]], ['library', [f(40), f(50)]]]);
+  const named = { id: 'mine', factors: factorsOf(7) };
   const plan = planSlots([
-    { mode: 'none', feature: f(1), cluster: 0 },
+    { mode: 'none', feature: f(1), cluster: -1 },
     { mode: 'batch', feature: f(2), cluster: 2 },
-    { mode: 'static', feature: f(3), cluster: 1 },
-    { mode: 'request', feature: f(4), cluster: 2 },
-    { mode: 'batch', feature: f(5), cluster: 2 },
-    { mode: 'batch', feature: f(6), cluster: 0 },
-  ], contexts, 2);
-  assert.deepEqual(plan.slots, [ZERO_SLOT, 2, STATIC_SLOT, 3, 2, 4]);
-  assert.equal(plan.count, 3, 'cluster 1 has no batch-mode member: no adapter for it');
-  assert.deepEqual(Array.from(plan.contexts), [30, 30, 4, 4, 10, 10]);
+    { mode: 'static', feature: f(3), cluster: -1 },
+    { mode: 'library', feature: f(4), cluster: 1 },
+    { mode: 'request', feature: f(5), cluster: -1 },
+    { mode: 'adapter', feature: f(6), cluster: -1, adapter: named },
+    { mode: 'batch', feature: f(7), cluster: 2 },
+    { mode: 'library', feature: f(8), cluster: 1 },
+    { mode: 'adapter', feature: f(9), cluster: -1, adapter: named },
+    { mode: 'batch', feature: f(10), cluster: 0 },
+  ], contexts, 2, make);
+  // hypernetwork: batch cluster 2 -> 2, request -> 3, batch cluster 0 -> 4; then factors: library cluster 1 -> 5, adapter -> 6
+  assert.deepEqual(plan.slots, [ZERO_SLOT, 2, STATIC_SLOT, 5, 3, 6, 2, 5, 6, 4]);
+  assert.equal(plan.count, 3, 'batch cluster 1 has no member: no adapter for it');
+  assert.deepEqual(Array.from(plan.contexts), [30, 30, 5, 5, 10, 10]);
+  assert.deepEqual(made, ['library:50'], 'one library selection per cluster in use');
+  assert.equal(plan.factors.length, 2);
+  assert.equal(plan.factors[1], named.factors, 'a named adapter is passed as it is');
 });
 
 test('a batch without hypernetwork rows asks for no hypernetwork run', () => {
-  const plan = planSlots([{ mode: 'none', feature: f(1), cluster: 0 }, { mode: 'static', feature: f(1), cluster: 0 }], [f(1)], 2);
+  const plan = planSlots([{ mode: 'none', feature: f(1), cluster: -1 }, { mode: 'static', feature: f(1), cluster: -1 }], new Map(), 2, make);
   assert.deepEqual(plan.slots, [0, 1]);
   assert.equal(plan.count, 0);
+  assert.equal(plan.factors.length, 0);
 });

@@ -10,10 +10,12 @@ import { buildApp } from '../../src/app.js';
 import { configWith } from '../../src/config.js';
 import { ServiceError } from '../../src/errors.js';
 import type { CompletionService } from '../../src/service.js';
+import { noAdapters } from '../helpers/stub-service.js';
 
 test('a completion received before the drain and admitted during it gets 503 shutting_down; new connections are refused', async () => {
   let state: CompletionService['state'] = 'ready';
   const service: CompletionService = {
+    ...noAdapters('m'),
     get state() { return state; },
     failure: null,
     provider: 'cpu',

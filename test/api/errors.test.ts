@@ -12,6 +12,7 @@ import type { BatchStats, Job } from '../../src/engine/protocol.js';
 import { ModelPackage } from '../../src/model/package.js';
 import { Metrics } from '../../src/observability/metrics.js';
 import type { CompletionService } from '../../src/service.js';
+import { noAdapters } from '../helpers/stub-service.js';
 import { complete, MODEL, MODEL_DIR, startApp, testConfig } from '../helpers/app.js';
 
 function assertOpenAIError(body: any, code: string, param: string | null) {
@@ -154,9 +155,10 @@ describe('429 when the queue is full', () => {
     const metrics = new Metrics({ defaultMetrics: false });
     const engine = new HeldEngine();
     const features = new FeatureExtractor(model.readTensor('embeddings'), model.dims.vocab_size, model.dims.d_model, [0]);
-    const scheduler = new Scheduler(engine, features, config, metrics, { debug() {}, error() {} });
+    const scheduler = new Scheduler(engine, features, { factors: () => { throw new Error('no library'); } }, config, metrics, { debug() {}, error() {} });
     scheduler.start();
     const service: CompletionService = {
+      ...noAdapters(MODEL),
       state: 'ready', failure: null, provider: 'cpu', modelName: MODEL, contextLength: model.dims.context,
       tokenizer: model.tokenizer, created: 0, get queueFull() { return scheduler.queueFull; }, submit: (c) => scheduler.submit(c),
     };

@@ -16,6 +16,8 @@ const VOCAB = 8;
 const DIM = 2;
 const features = new FeatureExtractor(Float32Array.from({ length: VOCAB * DIM }, (_, i) => (i % 3) + 1), VOCAB, DIM, [0]);
 
+const noLibrary = { factors(): never { throw new Error('no library in these tests'); } };
+
 /** Echoes each row's prompt ids back as text, one id per step, tagged with the row's slot. */
 class EchoEngine implements Engine {
   jobs: Job[] = [];
@@ -43,11 +45,11 @@ class EchoEngine implements Engine {
 }
 
 const params = (over: Partial<GenerationParams> = {}): GenerationParams => ({
-  maxTokens: 3, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: null, echo: false, ignoreEos: false, mode: 'batch', ...over,
+  maxTokens: 3, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: null, echo: false, ignoreEos: false, mode: 'batch', adaptationScale: 1, ...over,
 });
 
-function scheduler(engine: Engine, over: Partial<ConstructorParameters<typeof Scheduler>[2]> = {}) {
-  const s = new Scheduler(engine, features, {
+function scheduler(engine: Engine, over: Partial<ConstructorParameters<typeof Scheduler>[3]> = {}) {
+  const s = new Scheduler(engine, features, noLibrary, {
     maxBatchSize: 8, maxWaitMs: 30, targetClusterSize: 2, maxClusters: 4, queueSize: 16, idleDispatch: false, clusterInFlight: false, kmeansSeed: 0, requestTimeoutMs: 0, retryAfterSeconds: 1, ...over,
   }, new Metrics({ defaultMetrics: false }), { debug() {}, error() {} });
   s.start();

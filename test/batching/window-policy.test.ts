@@ -46,12 +46,14 @@ class TickingEngine implements Engine {
 }
 
 const params = (maxTokens: number): GenerationParams => ({
-  maxTokens, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: null, echo: false, ignoreEos: true, mode: 'batch',
+  maxTokens, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: null, echo: false, ignoreEos: true, mode: 'batch', adaptationScale: 1,
 });
+
+const noLibrary = { factors(): never { throw new Error('no library in these tests'); } };
 
 async function saturate(clusterInFlight: boolean): Promise<{ infos: BatchInfo[]; peak: number }> {
   const engine = new TickingEngine();
-  const scheduler = new Scheduler(engine, features, {
+  const scheduler = new Scheduler(engine, features, noLibrary, {
     maxBatchSize: 32, maxWaitMs: 5, targetClusterSize: 4, maxClusters: 8, queueSize: 256, idleDispatch: true, clusterInFlight, kmeansSeed: 0, requestTimeoutMs: 0, retryAfterSeconds: 1,
   }, new Metrics({ defaultMetrics: false }), { debug() {}, error() {} });
   scheduler.start();

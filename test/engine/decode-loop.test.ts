@@ -31,10 +31,11 @@ class FakeRuntime implements Runtime {
     this.cache = Array.from({ length: slotCount }, () => []);
   }
   async hypernet(contexts: Float32Array, count: number): Promise<AdapterPart> {
-    return { count, offsets: Array.from(contexts.subarray(0, count)) } as AdapterPart;
+    return { count, offsets: Array.from(contexts.subarray(0, count)) } as unknown as AdapterPart;
   }
   stack(parts: readonly AdapterPart[]): AdapterStack {
-    return new FakeStack([0, 7, ...parts.flatMap((p) => (p as unknown as { offsets: number[] }).offsets)]);
+    // hypernetwork parts carry their offsets; a ready-made part (named adapter, library selection) its a[0]
+    return new FakeStack([0, 7, ...parts.flatMap((p) => (p as unknown as { offsets?: number[] }).offsets ?? [p.a[0]])]);
   }
   async step(f: StepFeeds, adapters: AdapterStack): Promise<Float32Array> {
     assert.ok(f.firstSlot + f.batch <= this.slotCount, 'the run stays within the cache');
@@ -78,7 +79,7 @@ class FakeRuntime implements Runtime {
 const codec = { eosId: 0, decode: (ids: readonly number[]) => ids.map((i) => `<${i}>`).join(''), piece: (i: number) => `<${i}>` };
 
 function spec(prompt: number[], slot: number, maxTokens: number, over: Partial<RowSpec> = {}): RowSpec {
-  return { promptIds: prompt, bosAdded: false, slot, maxTokens, temperature: 0, topP: 1, topK: 0, seed: 0, stop: [], logprobs: null, promptLogprobs: false, ignoreEos: true, ...over };
+  return { promptIds: prompt, bosAdded: false, slot, maxTokens, temperature: 0, topP: 1, topK: 0, seed: 0, stop: [], logprobs: null, promptLogprobs: false, ignoreEos: true, adaptationScale: 1, ...over };
 }
 
 function collector(cancel: (row: number, events: number) => boolean = () => false) {
@@ -101,9 +102,9 @@ function collector(cancel: (row: number, events: number) => boolean = () => fals
   return { hooks, texts, finishes, prompts };
 }
 
-const jobA = { batchId: 1, rows: [spec([3, 4, 5], 2, 6), spec([9], 1, 3)], contexts: Float32Array.from([11]), contextCount: 1 };
-const jobB = { batchId: 2, rows: [spec([1, 2, 3, 4, 5, 6, 7], 2, 4), spec([8, 8], 0, 9)], contexts: Float32Array.from([23]), contextCount: 1 };
-const jobC = { batchId: 5, rows: [spec([7], 2, 3), spec([6], 1, 2)], contexts: Float32Array.from([5]), contextCount: 1 };
+const jobA = { batchId: 1, rows: [spec([3, 4, 5], 2, 6), spec([9], 1, 3)], contexts: Float32Array.from([11]), contextCount: 1, factors: [] };
+const jobB = { batchId: 2, rows: [spec([1, 2, 3, 4, 5, 6, 7], 2, 4), spec([8, 8], 0, 9)], contexts: Float32Array.from([23]), contextCount: 1, factors: [] };
+const jobC = { batchId: 5, rows: [spec([7], 2, 3), spec([6], 1, 2)], contexts: Float32Array.from([5]), contextCount: 1, factors: [] };
 
 const immediate: LoopOptions = { yieldToEvents: async () => {} };
 
@@ -147,7 +148,7 @@ test('jobs joining a running decode (longer or shorter caches) give every row wh
 test('a cancelled row stops at the next step; the others go on', async () => {
   const c = collector((row, events) => row === 1 && events >= 2);
   const stats = await new DecodeLoop(new FakeRuntime(), codec, immediate).submit(
-    { batchId: 3, rows: [spec([1], 0, 5), spec([2], 0, 50)], contexts: new Float32Array(1), contextCount: 0 }, c.hooks);
+    { batchId: 3, rows: [spec([1], 0, 5), spec([2], 0, 50)], contexts: new Float32Array(1), contextCount: 0, factors: [] }, c.hooks);
   assert.deepEqual(c.finishes, ['length', 'cancelled']);
   assert.equal(stats.tokens, 5 + 2);
 });
@@ -156,7 +157,7 @@ test('end of text stops a row unless ignore_eos; max_tokens 0 only prefills', as
   // With adapter offset 0, prompt [V - 1] predicts (V - 1 + 1) % V = 0 = EOS.
   const c = collector();
   await new DecodeLoop(new FakeRuntime(), codec, immediate).submit(
-    { batchId: 4, rows: [spec([V - 1], 0, 5, { ignoreEos: false }), spec([V - 1], 0, 2), spec([5], 0, 0)], contexts: new Float32Array(1), contextCount: 0 }, c.hooks);
+    { batchId: 4, rows: [spec([V - 1], 0, 5, { ignoreEos: false }), spec([V - 1], 0, 2), spec([5], 0, 0)], contexts: new Float32Array(1), contextCount: 0, factors: [] }, c.hooks);
   assert.deepEqual(c.finishes, ['stop', 'length', 'length']);
   assert.equal(c.texts[0], '');
   assert.equal(c.texts[1], '<0><1>');
@@ -175,7 +176,7 @@ test('slots are reused: more rows than slots all get what they get alone, each r
 });
 
 test('chunked prefill: a long prompt is prefilled within the token budget between decode steps, with the same result', async () => {
-  const long = { batchId: 7, rows: [spec(Array.from({ length: 23 }, (_, i) => (i * 7) % V), 2, 3, { promptLogprobs: true, logprobs: 1 })], contexts: Float32Array.from([3]), contextCount: 1 };
+  const long = { batchId: 7, rows: [spec(Array.from({ length: 23 }, (_, i) => (i * 7) % V), 2, 3, { promptLogprobs: true, logprobs: 1 })], contexts: Float32Array.from([3]), contextCount: 1, factors: [] };
   const whole = await alone(long, { prefillChunkTokens: 256 });
   const runtime = new FakeRuntime();
   const loop = new DecodeLoop(runtime, codec, { ...immediate, prefillChunkTokens: 5 });
@@ -187,7 +188,7 @@ test('chunked prefill: a long prompt is prefilled within the token budget betwee
     onEvents(list);
     joined ??= loop.submit(long, joining.hooks);
   };
-  await loop.submit({ batchId: 8, rows: [spec([4, 5], 2, 12)], contexts: Float32Array.from([9]), contextCount: 1 }, running.hooks);
+  await loop.submit({ batchId: 8, rows: [spec([4, 5], 2, 12)], contexts: Float32Array.from([9]), contextCount: 1, factors: [] }, running.hooks);
   await joined;
   assert.deepEqual(joining.texts, whole.texts);
   assert.deepEqual(joining.prompts, whole.prompts, 'prompt logprobs do not depend on the chunking');
@@ -201,7 +202,7 @@ test('chunked prefill: a long prompt is prefilled within the token budget betwee
 
 test('prefill asks for the last position only, unless prompt logprobs are wanted', async () => {
   const runtime = new FakeRuntime();
-  const job = { batchId: 9, rows: [spec([1, 2, 3, 4, 5], 0, 1), spec([6, 7, 8], 0, 1), spec([9, 1, 2, 3], 0, 1, { promptLogprobs: true, logprobs: 0 })], contexts: new Float32Array(1), contextCount: 0 };
+  const job = { batchId: 9, rows: [spec([1, 2, 3, 4, 5], 0, 1), spec([6, 7, 8], 0, 1), spec([9, 1, 2, 3], 0, 1, { promptLogprobs: true, logprobs: 0 })], contexts: new Float32Array(1), contextCount: 0, factors: [] };
   await new DecodeLoop(runtime, codec, immediate).submit(job, collector().hooks);
   const prefill = runtime.runs.filter((r) => r.phase === 'prefill');
   assert.equal(prefill.length, 1);

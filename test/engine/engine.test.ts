@@ -29,7 +29,7 @@ after(async () => {
 function row(text: string, slot: number, extra: Partial<RowSpec> = {}): RowSpec {
   return {
     promptIds: pkg.tokenizer.encodePrompt(text), bosAdded: pkg.tokenizer.addBos, slot, maxTokens: 5, temperature: 0, topP: 1, topK: 0,
-    seed: 1, stop: [], logprobs: 2, promptLogprobs: true, ignoreEos: true, ...extra,
+    seed: 1, stop: [], logprobs: 2, promptLogprobs: true, ignoreEos: true, adaptationScale: 1, ...extra,
   };
 }
 
@@ -41,7 +41,7 @@ async function run(rows: RowSpec[], contexts: Float32Array[] = [], cancelAfterFi
   const flat = new Float32Array(Math.max(1, contexts.length) * D);
   contexts.forEach((c, i) => flat.set(c, i * D));
   let steps = 0;
-  await engine.run({ batchId, rows, contexts: flat, contextCount: contexts.length }, {
+  await engine.run({ batchId, rows, contexts: flat, contextCount: contexts.length, factors: [] }, {
     onPrompt: (r, lps: TokenLogprob[]) => { out[r].prompt = lps.map((l) => l.logprob ?? NaN); },
     onEvents: (events: RowEvent[]) => {
       if (steps++ === 0) {
@@ -183,7 +183,7 @@ describe('engine failure', () => {
     const dying = await EngineClient.start({ modelDir: MODEL_DIR, device: 'cpu', threads: 1, slots: 8, prefillChunkTokens: 16, logger });
     const failures: Error[] = [];
     dying.onFailure((error) => failures.push(error));
-    const running = dying.run({ batchId: 1, rows: [row('The whale', 0, { maxTokens: 40 })], contexts: new Float32Array(D), contextCount: 0 }, { onPrompt() {}, onEvents() {} });
+    const running = dying.run({ batchId: 1, rows: [row('The whale', 0, { maxTokens: 40 })], contexts: new Float32Array(D), contextCount: 0, factors: [] }, { onPrompt() {}, onEvents() {} });
     await (dying as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
     await assert.rejects(running, /inference worker exited/);
     assert.equal(failures.length, 1);

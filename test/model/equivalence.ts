@@ -15,6 +15,7 @@ interface FixtureStep {
   past_length: number[];
   new_tokens: number[];
   cluster_index: number[];
+  lora_scale: number[];
   logits_index: number[];
 }
 
@@ -63,6 +64,7 @@ export async function replayEquivalence(packageDir: string): Promise<number[]> {
         lora_a: loraA,
         lora_b: loraB,
         cluster_index: int64(step.cluster_index),
+        lora_scale: new ort.Tensor('float32', Float32Array.from(step.lora_scale), [step.lora_scale.length]),
         logits_index: int64(step.logits_index),
       };
       cache.view(0, rows).forEach((view, j) => {

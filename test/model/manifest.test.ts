@@ -19,7 +19,7 @@ function rejects(dir: string, pattern: RegExp): void {
 describe('model package validation', () => {
   test('the default package is valid', () => {
     const loaded = loadManifest(MODEL_DIR);
-    assert.equal(loaded.manifest.format, 'chameleon-package/2');
+    assert.equal(loaded.manifest.format, 'chameleon-package/3');
     const pkg = ModelPackage.open(MODEL_DIR);
     assert.equal(pkg.readTensor('embeddings').length, pkg.dims.vocab_size * pkg.dims.d_model);
   });
@@ -41,7 +41,7 @@ describe('model package validation', () => {
     const copy = copyPackage();
     try {
       copy.writeManifest({ ...copy.manifest, format: 'other/2' });
-      rejects(copy.dir, /does not follow chameleon-package\/2/);
+      rejects(copy.dir, /does not follow chameleon-package\/3/);
       copy.writeManifest({ ...copy.manifest, dims: { ...copy.manifest.dims, head_dim: copy.manifest.dims.head_dim + 1 } });
       rejects(copy.dir, /dims.n_head \(\d+\) x dims.head_dim \(\d+\) != dims.d_model/);
       copy.writeManifest({ ...copy.manifest, lora: { ...copy.manifest.lora, rank: copy.manifest.lora.rank + 1 } });
@@ -49,6 +49,10 @@ describe('model package validation', () => {
       const inputs = copy.manifest.decoder.inputs.filter((i: { name: string }) => i.name !== 'cluster_index');
       copy.writeManifest({ ...copy.manifest, decoder: { ...copy.manifest.decoder, inputs } });
       rejects(copy.dir, /decoder\.inputs lacks cluster_index/);
+      copy.writeManifest({ ...copy.manifest, hypernet: { ...copy.manifest.hypernet, rank: copy.manifest.hypernet.rank + 1 } });
+      rejects(copy.dir, /hypernet\.outputs lora_a has shape/);
+      copy.writeManifest({ ...copy.manifest, library: { names: ['a', 'b'], rank: 4, temperature: 0.1 } });
+      rejects(copy.dir, /tensors\.library_lora_a( is missing|\.shape is)/);
     } finally {
       copy.remove();
     }

@@ -33,10 +33,33 @@ export interface AdmissionLimits {
  * bytes), so that an oversized request is refused before any BPE work; then, prompt by prompt, a linear-time
  * lower bound of its tokens and the tokenisation itself, off the event loop.
  */
-export async function admit(body: CompletionRequest, service: CompletionService, requestId: string, limits: AdmissionLimits): Promise<Completion> {
-  if (body.model !== service.modelName) {
-    throw new ServiceError('model_not_found', `The model '${body.model}' does not exist; this server serves '${service.modelName}'.`, { param: 'model' });
+/**
+ * The request's adaptation: the base model with its `adaptation` mode, or a named adapter chosen by `model` (vLLM's
+ * convention), which brings its own low-rank update and so takes no other mode.
+ */
+function chooseAdaptation(body: CompletionRequest, service: CompletionService): Pick<GenerationParams, 'mode' | 'adapter'> {
+  if (body.model === service.modelName) {
+    const mode = body.adaptation ?? 'batch';
+    if ((mode === 'library' || mode === 'library_weighted' || mode === 'masks') && !service.serves(mode)) {
+      refuse('adaptation', `This model package has no ${mode === 'masks' ? 'LoRA*Mask set' : 'LoRA library'}, so adaptation '${mode}' is not available.`);
+    }
+    return { mode };
   }
+  const named = service.adapters.get(body.model);
+  if (named === undefined) {
+    const adapters = service.adapters.list().map((a) => a.id);
+    throw new ServiceError('model_not_found',
+      `The model '${body.model}' does not exist; this server serves '${service.modelName}'${adapters.length > 0 ? ` and the adapters ${adapters.map((a) => `'${a}'`).join(', ')}` : ''} (GET /v1/models).`,
+      { param: 'model' });
+  }
+  if (body.adaptation != null) {
+    refuse('adaptation', `'${body.model}' is a named adapter: it brings its own low-rank update, so adaptation must be left out (use model '${service.modelName}' for the adaptation modes).`);
+  }
+  return { mode: 'adapter', adapter: { id: named.id, factors: named.factors } };
+}
+
+export async function admit(body: CompletionRequest, service: CompletionService, requestId: string, limits: AdmissionLimits): Promise<Completion> {
+  const adaptation = chooseAdaptation(body, service);
   checkUnsupported(body);
   const unavailable = unavailableError(service.state, service.failure);
   if (unavailable !== null) throw unavailable;
@@ -101,7 +124,8 @@ export async function admit(body: CompletionRequest, service: CompletionService,
     logprobs: body.logprobs ?? null,
     echo: body.echo ?? false,
     ignoreEos: body.ignore_eos ?? false,
-    mode: body.adaptation ?? 'batch',
+    ...adaptation,
+    adaptationScale: body.adaptation_scale ?? 1,
   };
   return new Completion(requestId, prompts, params);
 }

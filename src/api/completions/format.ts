@@ -17,6 +17,8 @@ export function chameleonInfo(batch: BatchInfo): ChameleonInfo {
     cluster_sizes: batch.clusterSizes,
     num_clusters: batch.clusters,
     mode: batch.mode,
+    adapter: batch.adapter,
+    adaptation_scale: batch.adaptationScale,
   };
 }
 

@@ -4,12 +4,17 @@ import { ServiceError } from '../../errors.js';
 import type { CompletionService } from '../../service.js';
 import { errorResponses } from '../schemas/common.js';
 
+/** GET /v1/models: the base model, then every named adapter as its own model with `parent` = the base (vLLM's listing). */
 export async function modelRoutes(app: FastifyInstance, options: { service: CompletionService }): Promise<void> {
   const { service } = options;
-  const model = () => ({ id: service.modelName, object: 'model' as const, created: service.created, owned_by: 'chameleon-serve' });
+  const base = service.modelName;
+  const models = () => [
+    { id: base, object: 'model' as const, created: service.created, owned_by: 'chameleon-serve', root: base, parent: null },
+    ...service.adapters.list().map((a) => ({ id: a.id, object: 'model' as const, created: a.created, owned_by: 'chameleon-serve', root: base, parent: base })),
+  ];
   app.get('/v1/models', {
-    schema: { summary: 'List the served models', tags: ['models'], response: { 200: { description: 'OK', content: { 'application/json': { schema: Type.Ref('ModelList') } } } } },
-  }, async () => ({ object: 'list' as const, data: [model()] }));
+    schema: { summary: 'List the served models (the base model and its named adapters)', tags: ['models'], response: { 200: { description: 'OK', content: { 'application/json': { schema: Type.Ref('ModelList') } } } } },
+  }, async () => ({ object: 'list' as const, data: models() }));
   app.get('/v1/models/:model', {
     schema: {
       summary: 'Describe a model',
@@ -19,7 +24,8 @@ export async function modelRoutes(app: FastifyInstance, options: { service: Comp
     },
   }, async (request) => {
     const { model: id } = request.params as { model: string };
-    if (id !== service.modelName) throw new ServiceError('model_not_found', `The model '${id}' does not exist; this server serves '${service.modelName}'.`, { param: 'model' });
-    return model();
+    const found = models().find((m) => m.id === id);
+    if (found === undefined) throw new ServiceError('model_not_found', `The model '${id}' does not exist (GET /v1/models lists them).`, { param: 'model' });
+    return found;
   });
 }

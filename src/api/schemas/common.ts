@@ -14,7 +14,10 @@ export const ErrorResponse = Type.Object(
 
 const ERROR_DESCRIPTIONS: Record<number, string> = {
   400: 'Invalid input (including a prompt longer than the context allows, or an unsupported option)',
-  404: 'Unknown model or route',
+  401: 'Missing or wrong admin token (Authorization: Bearer <ADMIN_TOKEN>)',
+  403: 'Admin routes are disabled (ADMIN_TOKEN is not set)',
+  404: 'Unknown model, adapter or route',
+  409: 'Adapter name taken, or MAX_ADAPTERS adapters already loaded',
   429: 'Queue full: retry after the Retry-After header',
   500: 'Inference failed',
   503: 'Not ready (model loading or failed) or shutting down',

@@ -6,15 +6,27 @@ import Type, { type Static } from 'typebox';
 
 const nullable = <T extends Type.TSchema>(schema: T) => Type.Optional(Type.Union([schema, Type.Null()]));
 
-export const AdaptationMode = Type.Union([Type.Literal('batch'), Type.Literal('request'), Type.Literal('static'), Type.Literal('none')], {
-  description:
-    'ChameleonLLM extension. batch (default): one hypernetwork adapter per k-means cluster of the batch window; ' +
-    'request: an adapter from this prompt alone; static: the static-LoRA baseline; none: the base model.',
+const requestModes = () => [
+  Type.Literal('batch'), Type.Literal('request'), Type.Literal('static'), Type.Literal('none'),
+  Type.Literal('library'), Type.Literal('library_weighted'), Type.Literal('masks'),
+] as const;
+const MODE_HELP =
+  'batch (default): one hypernetwork adapter per k-means cluster of the batch window; ' +
+  'request: an adapter from this prompt alone; static: the static-LoRA baseline; none: the base model; ' +
+  'library: each cluster takes the library LoRA of the nearest training domain; library_weighted: a softmax-weighted sum of ' +
+  'the library LoRAs; masks: LoRA*Mask, the shared LoRA under softmax-blended domain masks';
+
+export const AdaptationMode = Type.Union([...requestModes()], {
+  description: `ChameleonLLM extension. ${MODE_HELP}. A named adapter is chosen by \`model\` instead (its mode is reported as adapter).`,
+});
+
+const ServedMode = Type.Union([...requestModes(), Type.Literal('adapter')], {
+  description: `How the request was adapted: ${MODE_HELP}; adapter: the named adapter chosen by \`model\``,
 });
 
 export const CompletionRequest = Type.Object(
   {
-    model: Type.String({ description: 'Model id, as listed by GET /v1/models' }),
+    model: Type.String({ description: 'Model id, as listed by GET /v1/models: the base model, or a named adapter (served on top of it)' }),
     prompt: Type.Union([Type.String(), Type.Array(Type.String(), { minItems: 1 })], {
       description: 'A prompt, or an array of prompts (one choice each)',
     }),
@@ -36,6 +48,10 @@ export const CompletionRequest = Type.Object(
     logit_bias: nullable(Type.Record(Type.String(), Type.Number(), { description: 'Not supported (must be empty)' })),
     user: nullable(Type.String({ description: 'End-user id (logged only)' })),
     adaptation: Type.Optional(AdaptationMode),
+    adaptation_scale: nullable(Type.Number({
+      minimum: 0, maximum: 2,
+      description: 'Extension: strength of this request\'s low-rank update (0 = the base model, 1 = as trained, the default; up to 2), applied to its rows only inside the shared decoder run',
+    })),
     ignore_eos: nullable(Type.Boolean({ description: 'Extension: keep generating past the end-of-text token (benchmarks)' })),
   },
   { $id: 'CompletionRequest' },
@@ -72,14 +88,16 @@ export const ChameleonInfo = Type.Object(
   {
     batch_id: Type.Integer({ description: 'The batch window this request was served in (requests of one window share it)' }),
     batch_size: Type.Integer({
-      description: 'Prompts this request was clustered with: for `batch` mode its window and the batch prompts in flight; for other modes the prompts of its window',
+      description: 'Prompts this request was clustered with: for the clustered modes (batch, library, library_weighted, masks) the window\'s and the in-flight prompts of its mode; for other modes the prompts of its window',
     }),
     cluster_index: Type.Integer({ description: 'k-means cluster of the (first) prompt among them' }),
     cluster_indices: Type.Array(Type.Integer(), { description: 'Cluster of each prompt (choice), in choice order' }),
-    cluster_size: Type.Integer({ description: 'Members of the cluster whose mean formed the (first) prompt\'s context: 1 for `request` mode, 0 for `none` and `static`' }),
+    cluster_size: Type.Integer({ description: 'Members of the cluster whose mean formed the (first) prompt\'s context: 1 for `request` mode, 0 for `none`, `static` and named adapters' }),
     cluster_sizes: Type.Array(Type.Integer(), { description: 'cluster_size of each prompt (choice), in choice order' }),
     num_clusters: Type.Integer({ description: 'Clusters among the clustered prompts (0 for modes that cluster nothing)' }),
-    mode: AdaptationMode,
+    mode: ServedMode,
+    adapter: Type.Union([Type.String(), Type.Null()], { description: 'The named adapter that served the request (null: the base model\'s modes)' }),
+    adaptation_scale: Type.Number({ description: 'Strength of the low-rank update that was applied' }),
   },
   { $id: 'ChameleonInfo', description: 'ChameleonLLM extension: how this request was batched and adapted' },
 );

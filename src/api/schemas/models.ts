@@ -1,7 +1,14 @@
 import Type from 'typebox';
 
 export const ModelObject = Type.Object(
-  { id: Type.String(), object: Type.Literal('model'), created: Type.Integer(), owned_by: Type.String() },
+  {
+    id: Type.String(),
+    object: Type.Literal('model'),
+    created: Type.Integer(),
+    owned_by: Type.String(),
+    root: Type.String({ description: 'The base model this id runs on (vLLM\'s convention)' }),
+    parent: Type.Union([Type.String(), Type.Null()], { description: 'For a named adapter, the base model it adapts; null for the base model' }),
+  },
   { $id: 'Model' },
 );
 
@@ -9,3 +16,47 @@ export const ModelList = Type.Object(
   { object: Type.Literal('list'), data: Type.Array(Type.Ref('Model')) },
   { $id: 'ModelList' },
 );
+
+export const AdapterObject = Type.Object(
+  {
+    id: Type.String({ description: 'Its name: use it as `model` in completions' }),
+    object: Type.Literal('adapter'),
+    created: Type.Integer(),
+    parent: Type.String({ description: 'The base model it adapts' }),
+    rank: Type.Integer({ description: 'Rank of its LM-head LoRA' }),
+    source: Type.Union([Type.Literal('package'), Type.Literal('file'), Type.Literal('examples')], {
+      description: 'package: the model package\'s LoRA library; file: loaded from a file or folder; examples: made by the hypernetwork from example texts',
+    }),
+    examples: Type.Optional(Type.Integer({ description: 'Example texts it was made from (source examples)' })),
+  },
+  { $id: 'Adapter' },
+);
+
+export const AdapterList = Type.Object(
+  { object: Type.Literal('list'), data: Type.Array(Type.Ref('Adapter')) },
+  { $id: 'AdapterList' },
+);
+
+export const AdapterDeleted = Type.Object(
+  { id: Type.String(), object: Type.Literal('adapter'), deleted: Type.Literal(true) },
+  { $id: 'AdapterDeleted' },
+);
+
+const MAX_EXAMPLES = 256;
+
+export const LoadAdapterRequest = Type.Union([
+  Type.Object({
+    name: Type.String({ description: 'Name to serve it under (then `model` in completions)' }),
+    path: Type.String({
+      minLength: 1,
+      description: 'On the server: a .safetensors LoRA of the LM head (lora_A [r, d_model], lora_B [vocab, r]), a PEFT adapter folder, or a model package of the same base model (its static LoRA)',
+    }),
+  }, { additionalProperties: false }),
+  Type.Object({
+    name: Type.String({ description: 'Name to serve it under (then `model` in completions)' }),
+    examples: Type.Array(Type.String({ minLength: 1 }), {
+      minItems: 1, maxItems: MAX_EXAMPLES,
+      description: `1 to ${MAX_EXAMPLES} example texts: the hypernetwork makes the adapter from their mean feature, as for one cluster, without training`,
+    }),
+  }, { additionalProperties: false }),
+], { $id: 'LoadAdapterRequest', description: 'Load an adapter from a file (path) or make one from example texts (examples)' });

@@ -1,0 +1,81 @@
+/**
+ * Named adapters at run time (vLLM's load/unload, LoRAX's adapter library): list them, load one from a file or
+ * make one from example texts, unload one. Loading and unloading are admin actions, allowed with
+ * `Authorization: Bearer <ADMIN_TOKEN>`; without ADMIN_TOKEN they are disabled (403).
+ */
+import { timingSafeEqual } from 'node:crypto';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import Type from 'typebox';
+import type { NamedAdapter } from '../../adaptation/adapters.js';
+import { ServiceError } from '../../errors.js';
+import type { CompletionService } from '../../service.js';
+import { errorResponses } from '../schemas/common.js';
+
+export interface AdapterRouteOptions {
+  service: CompletionService;
+  adminToken: string;
+}
+
+const json = (ref: string) => ({ 'application/json': { schema: Type.Ref(ref) } });
+
+function sameToken(given: string, expected: string): boolean {
+  const a = Buffer.from(given);
+  const b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+export async function adapterRoutes(app: FastifyInstance, options: AdapterRouteOptions): Promise<void> {
+  const { service, adminToken } = options;
+  const describe = (a: NamedAdapter) => ({
+    id: a.id, object: 'adapter' as const, created: a.created, parent: service.modelName, rank: a.factors.rank, source: a.source,
+    ...(a.examples === undefined ? {} : { examples: a.examples }),
+  });
+  const admin = async (request: FastifyRequest, reply: FastifyReply) => {
+    if (adminToken === '') throw new ServiceError('admin_disabled', 'Adapter administration is disabled on this server: set ADMIN_TOKEN to enable it.');
+    const header = request.headers.authorization ?? '';
+    const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
+    if (match === null || !sameToken(match[1], adminToken)) {
+      reply.header('www-authenticate', 'Bearer');
+      throw new ServiceError('unauthorized', match === null ? 'Send the admin token as Authorization: Bearer <ADMIN_TOKEN>.' : 'The admin token is wrong.');
+    }
+  };
+
+  app.get('/v1/adapters', {
+    schema: { summary: 'List the named adapters', tags: ['adapters'], response: { 200: { description: 'OK', content: json('AdapterList') } } },
+  }, async () => ({ object: 'list' as const, data: service.adapters.list().map(describe) }));
+
+  app.post('/v1/adapters', {
+    onRequest: admin,
+    schema: {
+      summary: 'Load a named adapter from a file, or make one from example texts',
+      description: 'Admin route (Authorization: Bearer <ADMIN_TOKEN>). The adapter is usable at once as `model` in completions.',
+      tags: ['adapters'],
+      security: [{ adminToken: [] }],
+      body: Type.Ref('LoadAdapterRequest'),
+      response: { 201: { description: 'Loaded', content: json('Adapter') }, ...errorResponses(400, 401, 403, 409, 503) },
+    },
+  }, async (request, reply) => {
+    const body = request.body as { name: string; path?: string; examples?: string[] };
+    const adapter = body.path !== undefined ? await service.loadAdapter(body.name, body.path) : await service.adapterFromExamples(body.name, body.examples!);
+    request.log.info({ adapter: adapter.id, source: adapter.source, rank: adapter.factors.rank }, 'adapter loaded');
+    reply.code(201);
+    return describe(adapter);
+  });
+
+  app.delete('/v1/adapters/:name', {
+    onRequest: admin,
+    schema: {
+      summary: 'Unload a named adapter',
+      description: 'Admin route (Authorization: Bearer <ADMIN_TOKEN>). Requests already running with it finish with it.',
+      tags: ['adapters'],
+      security: [{ adminToken: [] }],
+      params: Type.Object({ name: Type.String() }),
+      response: { 200: { description: 'Unloaded', content: json('AdapterDeleted') }, ...errorResponses(401, 403, 404) },
+    },
+  }, async (request) => {
+    const { name } = request.params as { name: string };
+    if (!service.adapters.remove(name)) throw new ServiceError('model_not_found', `There is no adapter named '${name}'.`, { param: 'name' });
+    request.log.info({ adapter: name }, 'adapter unloaded');
+    return { id: name, object: 'adapter' as const, deleted: true as const };
+  });
+}
