@@ -164,7 +164,7 @@ def main():
     @stage("evaluate", work / "eval.json", timings, evaluated)
     def run_evaluate():
         """Validation only, unless --final: builds never print test numbers, so nothing is chosen on them."""
-        from evaluate import LABELS, PROMPT_LENGTHS, baseline_adapters, continuation_markdown, continuation_tables, evaluate_all, markdown_table, plot
+        from evaluate import LABELS, PROMPT_LENGTHS, baseline_adapters, continuation_markdown, continuation_tables, evaluate_all, examples_markdown, examples_table, markdown_table, plot
         base, _ = load_base()
         sets = text_sets()
         wte = base.wte.weight.detach()
@@ -177,12 +177,13 @@ def main():
         temperatures, selection = select_temperatures(wte, sets["M_val"], static, cfg, target_p)
         baselines = baseline_adapters(torch.load(work / "library.pt"), torch.load(work / "masks.pt"), temperatures)
         names = {"val": "validation", "test": "test", data.TEST2: data.TEST2}
-        echo, continuation = {}, {}
+        echo, continuation, examples = {}, {}, {}
         for split in splits:
             log(f"evaluating on {names[split]}")
             p_set = sets["P_val" if split == "val" else "P_test"]
             echo[names[split]] = evaluate_all(wte, {"M": sets[f"M_{split}"], "P": p_set}, static, net, cfg, cfg["seed"], baselines)
             continuation[names[split]] = continuation_tables(wte, sets[f"M_{split}"], prompts, static, net, cfg, cfg["seed"], kind, baselines)
+            examples[names[split]] = examples_table(wte, sets["M_train"], sets[f"M_{split}"], target_p, static, net, cfg, cfg["seed"])
         final = names[splits[-1]]
         at = continuation[final][target_p]
         ratio = at["chameleon_windows"]["overall"] / at["static"]["overall"]
@@ -194,6 +195,8 @@ def main():
             "labels": LABELS,
             "continuation": continuation,
             "selector_temperatures": {"chosen": temperatures, "validation": selection},
+            "examples": examples,
+            "examples_markdown": examples_markdown(examples[names[splits[-1]]]),
             "storage_bytes": storage_bytes(work, cfg),
             **{name: table for name, table in echo.items()},
             "target": {"goal": f"chameleon_windows <= 0.90 x static on M {final}, prompt -> continuation, {target_p}-token prompts",
@@ -204,6 +207,7 @@ def main():
         write_json(report, work / "eval.json")
         plot(echo[final], cfg["adapt_domains"], work / "eval.png")
         print(f"{final}, echo:\n{report['table_markdown']}\n{final}, prompt -> continuation:\n{report['continuation_markdown']}")
+        print(f"{final}, adapters made from N training examples of each domain, scored after {target_p}-token prompts:\n{report['examples_markdown']}")
         log(f"chameleon_windows / static on M {final}, {target_p}-token prompts: {ratio:.4f} (target 0.90)")
 
     def select_temperatures(wte, val, static, cfg, prompt_tokens):

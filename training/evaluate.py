@@ -282,3 +282,57 @@ def continuation_markdown(tables):
         ratio = lambda a, b: f"{row[a]['overall'] / row[b]['overall']:.3f}" if a in row and b in row else "-"  # noqa: E731
         lines.append(f"| {p} | " + " | ".join(cells) + f" | {ratio('chameleon_windows', 'static')} | {ratio('chameleon_windows', 'chameleon_request')} |")
     return "\n".join(lines)
+
+
+# --- Adapters made from examples (issue 10) ----------------------------------------------------------------
+
+EXAMPLE_COUNTS = (8, 32, 128)
+
+
+def examples_table(wte, train, texts, prompt_tokens, static, hypernet, cfg, seed, counts=EXAMPLE_COUNTS):
+    """Per domain, an adapter made by the hypernetwork from N example texts of that domain (the mean of their
+    features, as POST /v1/adapters computes it), drawn from the training split, scored on that domain's held-out
+    texts after their first prompt_tokens tokens, beside static LoRA and Chameleon windows on the same texts.
+
+    Returns {"N examples": {domain: ppl, "overall": ppl, "tokens": n}, "static": ..., "chameleon_windows": ...}.
+    """
+    g = torch.Generator().manual_seed(seed)
+    domains = sorted(set(texts.domains))
+    plans, ids = continuation_plans(wte, texts, prompt_tokens, static, hypernet, cfg, seed)
+    made = {}
+    for n in counts:
+        contexts = []
+        for d in domains:
+            pool = [i for i, dd in enumerate(train.domains) if dd == d]
+            pick = [pool[k] for k in torch.randperm(len(pool), generator=g)[:n].tolist()]
+            contexts.append(train.features[pick].mean(0))
+        with torch.no_grad():
+            a, b = hypernet(torch.stack(contexts))
+        made[f"{n} examples"] = (a, b, [domains.index(texts.domains[i]) for i in ids])
+    rows = {**made, "static": plans["static"], "chameleon_windows": plans["chameleon_windows"]}
+    scale = cfg["lora"]["scale"]
+    out = {}
+    with torch.no_grad():
+        for name, (a, b, index) in rows.items():
+            nll, count = {}, {}
+            for k, i in enumerate(ids):
+                r = texts.token_rows([i])[prompt_tokens:]
+                h, y = texts.hidden[r], texts.targets[r]
+                logits = h @ wte.T + scale * (h @ a[index[k]].T) @ b[index[k]].T
+                d = texts.domains[i]
+                nll[d] = nll.get(d, 0.0) + torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+                count[d] = count.get(d, 0) + len(y)
+            row = {d: math.exp(nll[d] / count[d]) for d in sorted(nll)}
+            row["overall"] = math.exp(sum(nll.values()) / sum(count.values()))
+            row["tokens"] = sum(count.values())
+            out[name] = row
+    return out
+
+
+def examples_markdown(table):
+    domains = [d for d in next(iter(table.values())) if d not in ("overall", "tokens")]
+    lines = ["| adapter | " + " | ".join(domains) + " | overall | / static | / windows |", "|" + "---|" * (len(domains) + 4)]
+    for name, row in table.items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[d]:.2f}" for d in domains) + f" | **{row['overall']:.2f}** | "
+                     f"{row['overall'] / table['static']['overall']:.3f} | {row['overall'] / table['chameleon_windows']['overall']:.3f} |")
+    return "\n".join(lines)
