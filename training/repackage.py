@@ -21,6 +21,7 @@ from onnx import numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from export import export_package  # noqa: E402
+from adapt import Stacked  # noqa: E402
 from model import GPT, HyperNetwork  # noqa: E402
 
 
@@ -57,17 +58,26 @@ def main():
     model.load_state_dict(initializers(package / manifest["files"]["decoder"], "model."))
     model.eval()
     weights = initializers(package / manifest["files"]["hypernet"])
-    basis = weights.get("basis")
-    hypernet = HyperNetwork(dims["d_model"], dims["vocab_size"], manifest["lora"]["rank"], manifest["hypernet"]["hidden"], basis)
-    hypernet.load_state_dict(weights)
-    hypernet.eval()
     static = (read_tensor(package, manifest, "static_lora_a"), read_tensor(package, manifest, "static_lora_b"))
+    on_static = "static_a" in weights  # Chameleon on top of the static LoRA (format 3): its module is Stacked(net)
+    own = {k[len("net."):]: v for k, v in weights.items() if k.startswith("net.")} if on_static else weights
+    hypernet = HyperNetwork(dims["d_model"], dims["vocab_size"], manifest["lora"]["rank"], manifest["hypernet"]["hidden"], own.get("basis"))
+    hypernet.load_state_dict(own)
+    if on_static:
+        hypernet = Stacked(hypernet, (weights["static_a"], weights["static_b"]))
+    hypernet.eval()
+    library = None if "library" not in manifest else {
+        "names": manifest["library"]["names"], **{k: read_tensor(package, manifest, f"library_{k}") for k in ("lora_a", "lora_b", "centroids")}}
+    masks = None if "masks" not in manifest else {
+        "names": manifest["masks"]["names"], **{k: read_tensor(package, manifest, f"masks_{k}") for k in ("lora_a", "lora_b", "mask_a", "mask_b", "centroids")}}
+    temperatures = {"library_weighted": manifest.get("library", {}).get("temperature"), "masks": manifest.get("masks", {}).get("temperature")}
     prompts = fixture_prompts(json.loads((package / manifest["files"]["equivalence"]).read_text()))
     extra = {k: manifest[k] for k in ("data", "training", "eval") if k in manifest}
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = Path(tmp) / "tokenizer.json"
         shutil.copyfile(package / manifest["files"]["tokenizer"], tokenizer)
-        written = export_package(package, model, hypernet, static, tokenizer, cfg, manifest["tokenizer"]["eos_token_id"], prompts, extra)
+        written = export_package(package, model, hypernet, static, tokenizer, cfg, manifest["tokenizer"]["eos_token_id"], prompts, extra,
+                                 library, masks, {k: v for k, v in temperatures.items() if v is not None})
     print(f"{package}: re-exported as {written['format']}")
 
 
