@@ -14,6 +14,7 @@ export type ErrorCode =
   | 'unauthorized'
   | 'admin_disabled'
   | 'not_found'
+  | 'method_not_allowed'
   | 'request_timeout'
   | 'payload_too_large'
   | 'uri_too_long'
@@ -44,6 +45,7 @@ const MAPPINGS: Record<ErrorCode, Mapping> = {
   unauthorized: { status: 401, type: 'authentication_error' },
   admin_disabled: { status: 403, type: 'permission_error' },
   not_found: { status: 404, type: 'invalid_request_error' },
+  method_not_allowed: { status: 405, type: 'invalid_request_error' },
   request_timeout: { status: 408, type: 'invalid_request_error' },
   payload_too_large: { status: 413, type: 'invalid_request_error' },
   uri_too_long: { status: 414, type: 'invalid_request_error' },

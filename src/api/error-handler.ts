@@ -76,7 +76,21 @@ export function installErrorHandling(app: FastifyInstance): void {
     return reply.code(status).send(service.toJSON());
   });
 
+  // A path that exists under other methods gets 405 with Allow (RFC 9110), not 404. Routes are registered after
+  // this hook, so it sees them all.
+  const routes: Array<{ methods: string[]; pattern: RegExp }> = [];
+  app.addHook('onRoute', (route) => {
+    const methods = (Array.isArray(route.method) ? route.method : [route.method]).map(String);
+    const pattern = new RegExp(`^${route.url.split('/').map((part) => (part.startsWith(':') ? '[^/]+' : part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'))).join('/')}$`);
+    routes.push({ methods, pattern });
+  });
   app.setNotFoundHandler((request, reply) => {
+    const path = request.url.split('?')[0];
+    const allowed = [...new Set(routes.filter((r) => r.pattern.test(path)).flatMap((r) => r.methods))].filter((m) => m !== request.method);
+    if (allowed.length > 0) {
+      reply.header('allow', allowed.join(', '));
+      return reply.code(405).send(new ServiceError('method_not_allowed', `${request.method} is not allowed on ${path}; use ${allowed.join(' or ')}.`).toJSON());
+    }
     const error = new ServiceError('not_found', `No route for ${request.method} ${request.url}.`);
     return reply.code(404).send(error.toJSON());
   });

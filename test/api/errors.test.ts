@@ -104,6 +104,16 @@ describe('400, 404 on the real app', () => {
     assert.equal(res.statusCode, 404);
     assertOpenAIError(res.json(), 'not_found', null);
   });
+
+  test('405 with Allow for a path that exists under other methods', async () => {
+    const res = await app.inject({ method: 'GET', url: '/v1/completions' });
+    assert.equal(res.statusCode, 405);
+    assert.equal(res.headers.allow, 'POST');
+    assertOpenAIError(res.json(), 'method_not_allowed', null);
+    const param = await app.inject({ method: 'PUT', url: '/v1/adapters/some-name?x=1' });
+    assert.equal(param.statusCode, 405);
+    assert.equal(param.headers.allow, 'DELETE');
+  });
 });
 
 describe('503 before the model is ready', () => {
