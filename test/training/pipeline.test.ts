@@ -12,7 +12,7 @@ after(() => rmSync(scratch, { recursive: true, force: true }));
 test('the tiny configuration of the training pipeline builds a servable package end to end', { timeout: 240_000 }, () => {
   const out = join(scratch, 'package');
   const log = runPython(['training/build.py', '--config', 'training/configs/tiny.json', '--out', out, '--work', join(scratch, 'work')]);
-  for (const stage of ['data', 'tokenizer', 'encode', 'pretrain', 'cache', 'static', 'hypernet', 'evaluate', 'export']) {
+  for (const stage of ['data', 'tokenizer', 'encode', 'pretrain', 'cache', 'static', 'hypernet', 'library', 'masks', 'evaluate', 'export']) {
     assert.match(log, new RegExp(`stage ${stage}: [0-9.]+ s`), `stage ${stage} ran`);
   }
   const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8'));
@@ -23,7 +23,7 @@ test('the tiny configuration of the training pipeline builds a servable package 
   assert.equal(embeddingBytes, manifest.dims.vocab_size * manifest.dims.d_model * 4);
 
   const report = JSON.parse(readFileSync(join(out, 'eval.json'), 'utf8'));
-  for (const method of ['base', 'static', 'chameleon_windows', 'chameleon_oracle', 'chameleon_request']) {
+  for (const method of ['base', 'static', 'chameleon_windows', 'chameleon_oracle', 'chameleon_request', 'library', 'library_weighted', 'masks']) {
     const row = report.validation[method];
     assert.ok(Number.isFinite(row.M.overall) && row.M.overall > 1, `${method} has an M perplexity`);
     assert.ok(Number.isFinite(row.P.overall) && row.P.overall > 1, `${method} has a P perplexity`);
@@ -34,6 +34,15 @@ test('the tiny configuration of the training pipeline builds a servable package 
     assert.ok(Number.isFinite(report.continuation.validation[prompt].chameleon_windows.overall), `continuation at ${prompt} tokens`);
   }
   assert.equal(typeof report.target.ratio, 'number');
+  for (const method of ['library', 'library_weighted', 'masks']) {
+    assert.ok(Number.isFinite(report.continuation.validation['32'][method].overall), `${method} in the continuation table`);
+  }
+  for (const n of [8, 32, 128]) assert.ok(Number.isFinite(report.examples.validation[`${n} examples`].overall), `adapter from ${n} examples`);
+  for (const kind of ['static', 'hypernet', 'library', 'masks']) assert.ok(report.storage_bytes[kind] > 0, `${kind} storage`);
+  // the selector temperatures were chosen on validation and shipped with the library and masks
+  assert.equal(manifest.library.temperature, report.selector_temperatures.chosen.library_weighted);
+  assert.equal(manifest.masks.temperature, report.selector_temperatures.chosen.masks);
+  assert.equal(manifest.hypernet.rank, 2 * manifest.lora.rank, 'the tiny configuration trains Chameleon on top of the static LoRA');
 });
 
 test('the tiny package passes the ONNX Runtime vs PyTorch equivalence check', async () => {
