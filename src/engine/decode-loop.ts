@@ -77,7 +77,8 @@ export interface Runtime {
 
 export interface TextCodec {
   readonly eosId: number;
-  decode(ids: readonly number[]): string;
+  /** The bytes of a generated token in the text (none for special tokens). */
+  bytes(id: number): Uint8Array;
   piece(id: number): string;
 }
 
@@ -223,7 +224,7 @@ export class DecodeLoop {
     for (const [row, spec] of job.rows.entries()) {
       this.waiting.push({
         window, row, spec, slot: -1, length: 0, lastToken: 0, generated: 0, rng: new Random(spec.seed),
-        text: new TextTracker((ids) => this.codec.decode(ids), spec.stop), promptLogprobs: [], done: false,
+        text: new TextTracker((id) => this.codec.bytes(id), spec.stop), promptLogprobs: [], done: false,
       });
     }
   }

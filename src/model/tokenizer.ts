@@ -50,6 +50,8 @@ export class TextTokenizer {
   /** Bytes of the longest token: a text of n bytes has at least ceil(n / maxTokenBytes) tokens. */
   readonly maxTokenBytes: number;
   private readonly pieces: string[] = [];
+  /** The bytes of each token in a decoded text: none for special tokens (decoding skips them). */
+  private readonly textBytes: Uint8Array[] = [];
   private readonly specials: string[];
 
   private constructor(
@@ -76,6 +78,7 @@ export class TextTokenizer {
         piece = bytesPiece(bytes);
       }
       this.pieces[id] = piece;
+      this.textBytes[id] = special ? new Uint8Array(0) : bytes;
     }
     this.maxTokenBytes = longest;
   }
@@ -151,6 +154,11 @@ export class TextTokenizer {
   /** Text of generated ids (special tokens dropped). */
   decode(ids: readonly number[]): string {
     return ids.length === 0 ? '' : this.tokenizer.decode(ids as number[], { skip_special_tokens: true });
+  }
+
+  /** The bytes token `id` adds to a decoded text (none for special tokens): decode(ids) is their UTF-8 decoding. */
+  bytes(id: number): Uint8Array {
+    return this.textBytes[id] ?? new Uint8Array(0);
   }
 
   /**

@@ -76,7 +76,7 @@ class FakeRuntime implements Runtime {
   }
 }
 
-const codec = { eosId: 0, decode: (ids: readonly number[]) => ids.map((i) => `<${i}>`).join(''), piece: (i: number) => `<${i}>` };
+const codec = { eosId: 0, bytes: (i: number) => new TextEncoder().encode(`<${i}>`), piece: (i: number) => `<${i}>` };
 
 function spec(prompt: number[], slot: number, maxTokens: number, over: Partial<RowSpec> = {}): RowSpec {
   return { promptIds: prompt, bosAdded: false, slot, maxTokens, temperature: 0, topP: 1, topK: 0, seed: 0, stop: [], logprobs: null, promptLogprobs: false, ignoreEos: true, adaptationScale: 1, ...over };

@@ -7,10 +7,10 @@ const VOCAB: Record<number, number[]> = {
   1: [...Buffer.from('Hello')], 2: [...Buffer.from(' wor')], 3: [...Buffer.from('ld')], 4: [...Buffer.from('\n\n')],
   5: [0xe6], 6: [0x97, 0xa5], 7: [...Buffer.from('END')], 8: [...Buffer.from('E')], 9: [...Buffer.from('ND!')],
 };
-const decode = (ids: readonly number[]) => Buffer.from(ids.flatMap((id) => VOCAB[id])).toString('utf8');
+const bytes = (id: number) => Uint8Array.from(VOCAB[id]);
 
 function run(ids: number[], stop: string[]) {
-  const tracker = new TextTracker(decode, stop);
+  const tracker = new TextTracker(bytes, stop);
   const deltas: string[] = [];
   let stopped = false;
   for (const id of ids) {
@@ -50,4 +50,10 @@ test('an unfinished UTF-8 character is held back until complete', () => {
   const r = run([1, 5, 6], []);
   assert.deepEqual(r.deltas, ['Hello', '', '日', '']);
   assert.equal(r.final, 'Hello日');
+});
+
+test('invalid bytes become U+FFFD as in a whole decode; an unfinished character at the end is flushed as one', () => {
+  const r = run([1, 6, 3, 5], []);
+  assert.equal(r.final, Buffer.from([...VOCAB[1], ...VOCAB[6], ...VOCAB[3], ...VOCAB[5]]).toString('utf8'));
+  assert.deepEqual(r.deltas, ['Hello', '\uFFFD\uFFFD', 'ld', '', '\uFFFD']);
 });

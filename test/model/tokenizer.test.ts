@@ -22,7 +22,7 @@ test('decoding is exact and append-only: spaces before punctuation survive, also
   const ids = tok.encode(text);
   assert.equal(tok.decode(ids), text);
   assert.equal(ids.map((id) => tok.piece(id)).join(''), text);
-  const tracker = new TextTracker((list) => tok.decode(list), []);
+  const tracker = new TextTracker((id) => tok.bytes(id), []);
   const streamed = ids.map((id) => tracker.push(id).delta).join('') + tracker.flush();
   assert.equal(streamed, text);
 });
