@@ -58,3 +58,12 @@ def load_cached(work):
     base.load_state_dict(ckpt["model"])
     base.eval()
     return base, torch.load(work / "textsets.pt")
+
+
+def open_build(config_path):
+    """The config, work folder, pretrained base (eval mode) and cached text sets of a build (`build.py --until cache`)."""
+    cfg = json.loads(Path(config_path).read_text())
+    work = ROOT / "training/.cache" / cfg["name"]
+    setup_torch(cfg["seed"])
+    base, sets = load_cached(work)
+    return cfg, work, base, sets

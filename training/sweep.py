@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from adapt import train_hypernet, train_static  # noqa: E402
-from common import ROOT, load_cached, log, setup_torch, write_json  # noqa: E402
+from common import ROOT, log, open_build, write_json  # noqa: E402
 from evaluate import held_out_context, perplexities  # noqa: E402
 
 
@@ -33,10 +33,7 @@ def main():
     parser.add_argument("--steps-fraction", type=float, default=0.5)
     parser.add_argument("--eval-clusters", default="2:16,4:8,8:4", help="max_clusters:target_cluster_size pairs")
     args = parser.parse_args()
-    cfg = json.loads(Path(args.config).read_text())
-    work = ROOT / "training/.cache" / cfg["name"]
-    setup_torch(cfg["seed"])
-    base, sets = load_cached(work)
+    cfg, work, base, sets = open_build(args.config)
     wte = base.wte.weight.detach()
     val = {"M": sets["M_val"], "P": sets["P_val"]}
     results_path = work / "sweep.json"
