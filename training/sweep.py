@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from adapt import train_hypernet, train_static  # noqa: E402
