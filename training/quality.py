@@ -107,6 +107,7 @@ def main():
         net = None
         if not c.get("static_only"):
             net = train_hypernet(wte, train, c, c["seed"], static if c["hypernet"].get("on_static") else None)
+            torch.save(net.state_dict(), work / f"quality_net_{name}.pt")  # for inference-time levers measured later
         kind = c["hypernet"].get("context", "embedding")
         entry = {"overrides": overrides, "steps": c["hypernet"]["steps"], "seconds": None, "splits": {}}
         for split, texts in vals.items():
