@@ -41,10 +41,10 @@ async function remove(name: string, headers: Record<string, string> = auth) {
 }
 
 /** The prompt's token logprobs (echo, nothing generated) under the given request fields. */
-async function scored(prompt: string, fields: Record<string, unknown>): Promise<{ logprobs: number[]; chameleon: any }> {
+async function scored(prompt: string, fields: Record<string, unknown>): Promise<{ logprobs: number[]; chameleon: any; model: string }> {
   const res = await complete(app, { prompt, max_tokens: 0, echo: true, logprobs: 0, ...fields });
   assert.equal(res.status, 200, JSON.stringify(res.body));
-  return { logprobs: res.body.choices[0].logprobs.token_logprobs.slice(1), chameleon: res.body.chameleon };
+  return { logprobs: res.body.choices[0].logprobs.token_logprobs.slice(1), chameleon: res.body.chameleon, model: res.body.model };
 }
 
 function maxAbsDiff(a: number[], b: number[]): number {
@@ -111,6 +111,7 @@ describe('named adapters', () => {
     const viaRequest = await scored(prompt, { adaptation: 'request' });
     assert.ok(maxAbsDiff(viaName.logprobs, viaRequest.logprobs) < 1e-4);
     assert.equal(viaName.chameleon.adapter, 'from-one-example');
+    assert.equal(viaName.model, 'from-one-example', 'the response names the model that was asked for');
     assert.equal((await remove('from-one-example')).status, 200);
   });
 

@@ -198,11 +198,12 @@ describe('POST /v1/completions', () => {
 });
 
 describe('models, health and metrics', () => {
-  test('GET /v1/models lists the served model', async () => {
+  test('GET /v1/models lists the served model first, then its named adapters', async () => {
     const res = await request(app.server).get('/v1/models');
     assert.equal(res.status, 200);
     assert.equal(res.body.object, 'list');
-    assert.deepEqual(res.body.data.map((m: any) => m.id), [MODEL]);
+    assert.equal(res.body.data[0].id, MODEL);
+    assert.ok(res.body.data.slice(1).every((m: any) => m.parent === MODEL));
     const one = await request(app.server).get(`/v1/models/${MODEL}`);
     assert.equal(one.body.id, MODEL);
   });

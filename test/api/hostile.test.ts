@@ -131,7 +131,8 @@ describe('hostile bodies', () => {
 describe('hostile requests (routes, methods, the HTTP layer)', () => {
   const cases: Array<[string, () => Promise<RawReply>, number, string, boolean]> = [
     ['an unknown route', () => raw('GET /v2/everything HTTP/1.1\r\nHost: x\r\n\r\n'), 404, 'not_found', false],
-    ['a method without a route', () => raw('DELETE /v1/completions HTTP/1.1\r\nHost: x\r\n\r\n'), 404, 'not_found', false],
+    ['a method without a route on a known path', () => raw('DELETE /v1/completions HTTP/1.1\r\nHost: x\r\n\r\n'), 405, 'method_not_allowed', false],
+    ['a path without a route', () => raw('DELETE /v1/nothing HTTP/1.1\r\nHost: x\r\n\r\n'), 404, 'not_found', false],
     ['an invalid method', () => raw('FOO\x01 / HTTP/1.1\r\nHost: x\r\n\r\n'), 400, 'invalid_request', true],
     ['bad percent-encoding', () => raw('GET /v1/models/%E0%A4%A HTTP/1.1\r\nHost: x\r\n\r\n'), 400, 'invalid_request', false],
     ['a path parameter that is too long', () => raw(`GET /v1/models/${'m'.repeat(500)} HTTP/1.1\r\nHost: x\r\n\r\n`), 414, 'uri_too_long', false],

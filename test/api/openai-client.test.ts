@@ -21,7 +21,16 @@ after(async () => {
 
 test('openai client: models.list', async () => {
   const models = await client.models.list();
-  assert.deepEqual(models.data.map((m) => m.id), [MODEL]);
+  assert.equal(models.data[0].id, MODEL);
+  assert.ok(models.data.length > 1, 'the named adapters are listed as models too');
+});
+
+test('openai client: a named adapter is chosen by model, with no extension', async () => {
+  const models = await client.models.list();
+  const adapter = models.data.find((m) => m.id !== MODEL)!;
+  const completion = await client.completions.create({ model: adapter.id, prompt: 'The ship sailed', max_tokens: 4, temperature: 0 });
+  assert.equal(completion.model, adapter.id);
+  assert.equal((completion as unknown as { chameleon: { adapter: string } }).chameleon.adapter, adapter.id);
 });
 
 test('openai client: completions.create without streaming', async () => {
