@@ -3,7 +3,8 @@
  * every way to make or choose an adapter is checked against the mode that must give exactly the same update.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -115,6 +116,27 @@ describe('named adapters', () => {
     assert.equal((await remove('from-one-example')).status, 200);
   });
 
+  test('a PEFT folder is scaled by lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora', async () => {
+    const rank = pkg.manifest.lora.rank;
+    const folder = join(scratch, 'peft');
+    mkdirSync(folder, { recursive: true });
+    safetensors(join(folder, 'adapter_model.safetensors'), {
+      'base_model.model.lm_head.lora_A.weight': { shape: [rank, pkg.dims.d_model], data: pkg.readTensor('static_lora_a') },
+      'base_model.model.lm_head.lora_B.weight': { shape: [pkg.dims.vocab_size, rank], data: pkg.readTensor('static_lora_b') },
+    });
+    const prompt = SEA[4];
+    for (const [config, scale] of [[{ r: rank, lora_alpha: rank / 2 }, 0.5], [{ r: rank, lora_alpha: Math.sqrt(rank), use_rslora: true }, 1]] as const) {
+      writeFileSync(join(folder, 'adapter_config.json'), JSON.stringify(config));
+      assert.equal((await post({ name: 'peft', path: folder })).status, 201);
+      const viaName = await scored(prompt, { model: 'peft' });
+      const viaScale = await scored(prompt, { adaptation: 'static', adaptation_scale: scale });
+      assert.ok(maxAbsDiff(viaName.logprobs, viaScale.logprobs) < 1e-4, JSON.stringify(config));
+      assert.equal((await remove('peft')).status, 200);
+    }
+    writeFileSync(join(folder, 'adapter_config.json'), JSON.stringify({ r: '4', lora_alpha: '8' }));
+    assert.equal((await post({ name: 'peft', path: folder })).body.error.code, 'invalid_adapter');
+  });
+
   test('a .safetensors LoRA loads and serves exactly its update (here the static LoRA, so: as adaptation static)', async () => {
     const rank = pkg.manifest.lora.rank;
     const file = join(scratch, 'static.safetensors');
@@ -149,6 +171,27 @@ describe('named adapters', () => {
     assert.equal((await post({ name: 'garbage', path: garbage })).body.error.code, 'invalid_adapter');
     assert.equal((await post({ name: 'missing', path: join(scratch, 'nothing-here') })).status, 400);
     assert.equal((await post({ name: 'no-fields' })).status, 400);
+    const both = await post({ name: 'both', path: wrong, examples: ['x'] });
+    assert.equal(both.status, 400);
+    const empty = await post({ name: 'empty', examples: [] });
+    assert.equal(empty.body.error.param, 'examples');
+
+    // never read a device, a FIFO or a folder as a file; never take factors that overflow the logits
+    symlinkSync('/dev/zero', join(scratch, 'zero.safetensors'));
+    execFileSync('mkfifo', [join(scratch, 'fifo.safetensors')]);
+    mkdirSync(join(scratch, 'peft-dir', 'adapter_model.safetensors'), { recursive: true });
+    for (const path of ['zero.safetensors', 'fifo.safetensors', 'peft-dir'].map((f) => join(scratch, f))) {
+      const refused = await post({ name: 'special', path });
+      assert.equal(refused.status, 400, `${path}: ${JSON.stringify(refused.body)}`);
+      assert.equal(refused.body.error.code, 'invalid_adapter');
+    }
+    const rank = pkg.manifest.lora.rank;
+    const huge = join(scratch, 'huge.safetensors');
+    safetensors(huge, {
+      lora_a: { shape: [rank, pkg.dims.d_model], data: new Float32Array(rank * pkg.dims.d_model).fill(3e38) },
+      lora_b: { shape: [pkg.dims.vocab_size, rank], data: new Float32Array(pkg.dims.vocab_size * rank).fill(3e38) },
+    });
+    assert.match((await post({ name: 'huge', path: huge })).body.error.message, /magnitude/);
     assert.equal((await post({ name: 'bad name!', examples: ['x'] })).status, 400);
 
     const unknown = await complete(app, { model: 'no-such-adapter', prompt: 'Hello', max_tokens: 1 });

@@ -56,6 +56,9 @@ export async function adapterRoutes(app: FastifyInstance, options: AdapterRouteO
     },
   }, async (request, reply) => {
     const body = request.body as { name: string; path?: string; examples?: string[] };
+    if ((body.path === undefined) === (body.examples === undefined)) {
+      throw new ServiceError('invalid_request', 'Give exactly one of path (an adapter file on the server) and examples (texts to make one from).', { param: body.path === undefined ? 'path' : 'examples' });
+    }
     const adapter = body.path !== undefined ? await service.loadAdapter(body.name, body.path) : await service.adapterFromExamples(body.name, body.examples!);
     request.log.info({ adapter: adapter.id, source: adapter.source, rank: adapter.factors.rank }, 'adapter loaded');
     reply.code(201);

@@ -44,19 +44,14 @@ export const AdapterDeleted = Type.Object(
 
 const MAX_EXAMPLES = 256;
 
-export const LoadAdapterRequest = Type.Union([
-  Type.Object({
-    name: Type.String({ description: 'Name to serve it under (then `model` in completions)' }),
-    path: Type.String({
-      minLength: 1,
-      description: 'On the server: a .safetensors LoRA of the LM head (lora_A [r, d_model], lora_B [vocab, r]), a PEFT adapter folder, or a model package of the same base model (its static LoRA)',
-    }),
-  }, { additionalProperties: false }),
-  Type.Object({
-    name: Type.String({ description: 'Name to serve it under (then `model` in completions)' }),
-    examples: Type.Array(Type.String({ minLength: 1 }), {
-      minItems: 1, maxItems: MAX_EXAMPLES,
-      description: `1 to ${MAX_EXAMPLES} example texts: the hypernetwork makes the adapter from their mean feature, as for one cluster, without training`,
-    }),
-  }, { additionalProperties: false }),
-], { $id: 'LoadAdapterRequest', description: 'Load an adapter from a file (path) or make one from example texts (examples)' });
+export const LoadAdapterRequest = Type.Object({
+  name: Type.String({ description: 'Name to serve it under (then `model` in completions)' }),
+  path: Type.Optional(Type.String({
+    minLength: 1,
+    description: 'Either this, on the server: a .safetensors LoRA of the LM head (lora_A [r, d_model], lora_B [vocab, r]), a PEFT adapter folder, or a model package of the same base model (its static LoRA)',
+  })),
+  examples: Type.Optional(Type.Array(Type.String({ minLength: 1 }), {
+    minItems: 1, maxItems: MAX_EXAMPLES,
+    description: `Or this: 1 to ${MAX_EXAMPLES} example texts; the hypernetwork makes the adapter from their mean feature, as for one cluster, without training`,
+  })),
+}, { $id: 'LoadAdapterRequest', additionalProperties: false, description: 'Load an adapter from a file (path) or make one from example texts (examples): exactly one of the two' });
