@@ -164,7 +164,7 @@ def main():
     @stage("evaluate", work / "eval.json", timings, evaluated)
     def run_evaluate():
         """Validation only, unless --final: builds never print test numbers, so nothing is chosen on them."""
-        from evaluate import LABELS, PROMPT_LENGTHS, baseline_adapters, continuation_markdown, continuation_tables, evaluate_all, examples_markdown, examples_table, markdown_table, plot
+        from evaluate import LABELS, PROMPT_LENGTHS, baseline_adapters, continuation_markdown, continuation_tables, evaluate_all, examples_markdown, examples_table, markdown_table
         base, _ = load_base()
         sets = text_sets()
         wte = base.wte.weight.detach()
@@ -205,7 +205,6 @@ def main():
             "continuation_markdown": continuation_markdown(continuation[final]),
         }
         write_json(report, work / "eval.json")
-        plot(echo[final], cfg["adapt_domains"], work / "eval.png")
         print(f"{final}, echo:\n{report['table_markdown']}\n{final}, prompt -> continuation:\n{report['continuation_markdown']}")
         print(f"{final}, adapters made from N training examples of each domain, scored after {target_p}-token prompts:\n{report['examples_markdown']}")
         log(f"chameleon_windows / static on M {final}, {target_p}-token prompts: {ratio:.4f} (target 0.90)")
@@ -233,6 +232,18 @@ def main():
                 "library": count([library["lora_a"], library["lora_b"], library["centroids"]]),
                 "masks": count([masks[k] for k in ("lora_a", "lora_b", "mask_a", "mask_b", "centroids")])}
 
+    def unseen_domain(quality_path):
+        """The full-budget run of this config with one M domain kept out of training (`quality.py`), if there is one:
+        static vs Chameleon on the unseen domain, on validation and (once scored with --final) on test2."""
+        if not quality_path.exists():
+            return None
+        for name, run in json.loads(quality_path.read_text()).items():
+            overrides = {k: v for k, v in run["overrides"].items() if k != "holdout"}
+            same = all(cfg.get(k) == v if not isinstance(v, dict) else all(cfg.get(k, {}).get(kk) == vv for kk, vv in v.items()) for k, v in overrides.items())
+            if "holdout" in run["overrides"] and same and run["steps"] == cfg["hypernet"]["steps"]:
+                return {"run": name, "held_out": run["overrides"]["holdout"], "validation": run["splits"], "test2": run.get("final")}
+        return None
+
     def exported():
         manifest_path = out / "manifest.json"
         if not manifest_path.exists():
@@ -241,6 +252,7 @@ def main():
 
     @stage("export", out / "manifest.json", timings, exported)
     def run_export():
+        from evaluate import plot
         from export import export_package
         # The service computes embedding features before the prefill, so hidden-state contexts cannot be served.
         if cfg["hypernet"].get("context", "embedding") != "embedding":
@@ -249,8 +261,10 @@ def main():
         sets = text_sets()
         report = json.loads((work / "eval.json").read_text())
         out.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(work / "eval.json", out / "eval.json")
-        shutil.copyfile(work / "eval.png", out / "eval.png")
+        report["unseen_domain"] = unseen_domain(work / "quality.json")
+        write_json(report, out / "eval.json")
+        final = "test2" if "test2" in report else "validation"
+        plot(report[final], report["continuation"][final], report["unseen_domain"], cfg["adapt_domains"], final, out / "eval.png")
         test_ids = sets["M_test"].token_ids
         prompts = [test_ids[0][:7], test_ids[len(test_ids) // 2][:4], test_ids[-1][:9]]
         eos = bpe.Tokenizer(work / "tokenizer.json").eos_id

@@ -124,24 +124,46 @@ def markdown_table(results, domains_m, domains_p):
     return "\n".join(lines)
 
 
-def plot(results, domains_m, path):
+def plot(echo, continuation, unseen, domains_m, split, path):
+    """Three panels: echo perplexity per M domain and on P; prompt -> continuation ratio to static per prompt length;
+    the same ratio on the domain kept out of training (when that run exists)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     columns = list(domains_m) + ["overall"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [len(columns), 1.6]})
-    methods = list(results)
+    methods = list(echo)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), gridspec_kw={"width_ratios": [len(columns) + 1.6, 3, 2.4]})
     width = 0.8 / len(methods)
     for n, m in enumerate(methods):
         xs = [c + (n - len(methods) / 2 + 0.5) * width for c in range(len(columns))]
-        axes[0].bar(xs, [results[m]["M"][c] for c in columns], width, label=LABELS[m])
-        axes[1].bar([n * width], [results[m]["P"]["overall"]], width)
-    axes[0].set_xticks(range(len(columns)), columns)
-    axes[0].set_ylabel("perplexity (test, token-weighted)")
-    axes[0].set_title("Adaptation mixture M")
-    axes[0].legend(fontsize=8)
-    axes[1].set_xticks([])
-    axes[1].set_title("Pretraining domain P (Brown)")
+        axes[0].bar(xs, [echo[m]["M"][c] for c in columns] , width, label=LABELS[m])
+        axes[0].bar([len(columns) + 0.3 + n * width], [echo[m]["P"]["overall"]], width, color=f"C{n}")
+    axes[0].set_xticks(list(range(len(columns))) + [len(columns) + 0.6], columns + ["P (Brown)"])
+    axes[0].set_ylabel(f"perplexity ({split}, token-weighted)")
+    axes[0].set_title("Echo: every position scored")
+    axes[0].legend(fontsize=7)
+    prompts = list(continuation)
+    for m in [m for m in CONTINUATION_METHODS if m not in ("base", "static") and m in continuation[prompts[0]]]:
+        axes[1].plot(prompts, [continuation[p][m]["overall"] / continuation[p]["static"]["overall"] for p in prompts], marker="o", label=m)
+    axes[1].axhline(1.0, color="gray", lw=0.8)
+    axes[1].axhline(0.9, color="gray", lw=0.8, ls="--")
+    axes[1].set_xlabel("prompt tokens")
+    axes[1].set_ylabel("continuation perplexity / static LoRA")
+    axes[1].set_title(f"Prompt -> continuation ({split})")
+    axes[1].legend(fontsize=7)
+    if unseen is not None:
+        for label, splits in (("validation", unseen["validation"]), ("test2", unseen.get("test2") or {})):
+            rows = splits.get(f"unseen_{'val' if label == 'validation' else 'test2'}")
+            if rows is None:
+                continue
+            c = rows["continuation"]
+            axes[2].plot(list(c), [c[p]["chameleon_windows"]["overall"] / c[p]["static"]["overall"] for p in c], marker="o", label=f"windows, {label}")
+        axes[2].axhline(1.0, color="gray", lw=0.8)
+        axes[2].axhline(1.02, color="gray", lw=0.8, ls="--")
+        axes[2].set_xlabel("prompt tokens")
+        axes[2].set_title(f"Unseen domain: {unseen['held_out']} (not trained on)")
+        axes[2].set_ylabel("windows / static LoRA")
+        axes[2].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

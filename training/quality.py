@@ -21,11 +21,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from adapt import TextSet, train_hypernet, train_static  # noqa: E402
+from adapt import Stacked, TextSet, train_hypernet, train_static  # noqa: E402
 from common import ROOT, load_cached, log, setup_torch, write_json  # noqa: E402
 from evaluate import continuation_markdown, continuation_tables, perplexities  # noqa: E402
 
 from evaluate import PROMPT_LENGTHS as PROMPTS  # noqa: E402
+from data import TEST2  # noqa: E402
+from model import HyperNetwork  # noqa: E402
 
 
 def merge(cfg, overrides):
@@ -59,7 +61,7 @@ def tables_markdown(results):
     for name, r in results.items():
         if "static_only" in r["overrides"]:
             continue
-        for split, s in r["splits"].items():
+        for split, s in {**r["splits"], **r.get("final", {})}.items():
             for p, row in s["continuation"].items():
                 o = {m: row[m]["overall"] for m in row}
                 lines.append(f"| {name} | {split} | {p} | {o['static']:.2f} | {o['chameleon_windows']:.2f} | {o['chameleon_oracle']:.2f} | {o['chameleon_request']:.2f} | "
@@ -73,6 +75,7 @@ def main():
     parser.add_argument("--steps-fraction", type=float, default=0.5)
     parser.add_argument("--run", action="append", default=[], help="name:json overrides")
     parser.add_argument("--table", action="store_true", help="print the tables of quality.json and exit")
+    parser.add_argument("--final", action="append", default=[], help="score this finished run on test2 (once, for the final table)")
     args = parser.parse_args()
     cfg = json.loads(Path(args.config).read_text())
     work = ROOT / "training/.cache" / cfg["name"]
@@ -97,8 +100,7 @@ def main():
         if holdout:
             vals = {"seen_val": subset(sets["M_val"], lambda d: d != holdout), "unseen_val": subset(sets["M_val"], lambda d: d == holdout)}
         started = time.time()
-        static_key = json.dumps({"static": c["static"], "steps": c["hypernet"]["steps"], "holdout": holdout, "rank": c["lora"]["rank"]}, sort_keys=True)
-        static_path = work / f"quality_static_{hashlib.sha1(static_key.encode()).hexdigest()[:10]}.pt"  # reused by runs that share it
+        static_key, static_path = static_file(work, c)
         if static_path.exists() and torch.load(static_path)["key"] == static_key:
             static = torch.load(static_path)["factors"]
         else:
@@ -108,20 +110,50 @@ def main():
         if not c.get("static_only"):
             net = train_hypernet(wte, train, c, c["seed"], static if c["hypernet"].get("on_static") else None)
             torch.save(net.state_dict(), work / f"quality_net_{name}.pt")  # for inference-time levers measured later
-        kind = c["hypernet"].get("context", "embedding")
-        entry = {"overrides": overrides, "steps": c["hypernet"]["steps"], "seconds": None, "splits": {}}
-        for split, texts in vals.items():
-            echo = {m: perplexities(wte, texts, m, static, net, c, c["seed"])["overall"] for m in (["static"] if net is None else ["static", "chameleon_windows", "chameleon_request"])}
-            if kind != "embedding":
-                echo = {"static": echo["static"]}  # the echo table's contexts are embedding features
-            prompts = [p for p in PROMPTS if p <= c["model"]["context"] // 2]
-            tables = continuation_tables(wte, texts, prompts, static, net, c, c["seed"], kind)
-            entry["splits"][split] = {"echo": echo, "continuation": {str(p): t for p, t in tables.items()}}
-            log(f"{name} {split} echo: " + ", ".join(f"{m} {v:.2f}" for m, v in echo.items()))
-            print(f"{name} / {split} (validation, prompt -> continuation)\n" + continuation_markdown(tables), flush=True)
+        entry = {"overrides": overrides, "steps": c["hypernet"]["steps"], "seconds": None,
+                 "splits": score(name, wte, vals, static, net, c, "validation")}
         entry["seconds"] = round(time.time() - started, 1)
         results[name] = entry
         write_json(results, results_path)
+    for name in args.final:
+        # once, for the final table: the run's saved static LoRA and hypernetwork on test2, nothing retrained
+        entry = results[name]
+        c = merge(cfg, entry["overrides"])
+        c["hypernet"]["steps"] = entry["steps"]
+        c["static"].pop("steps", None)
+        c["static"].pop("tokens_per_step", None)
+        holdout = c.get("holdout")
+        static = torch.load(static_file(work, c)[1])["factors"]
+        net = HyperNetwork(c["model"]["d_model"], c["model"]["vocab_size"], c["lora"]["rank"], c["hypernet"]["hidden"])
+        net = Stacked(net, static) if c["hypernet"].get("on_static") else net
+        net.load_state_dict(torch.load(work / f"quality_net_{name}.pt"))
+        net.eval()
+        test2 = sets[f"M_{TEST2}"]
+        splits = {f"seen_{TEST2}": subset(test2, lambda d: d != holdout), f"unseen_{TEST2}": subset(test2, lambda d: d == holdout)} if holdout else {f"M_{TEST2}": test2}
+        entry["final"] = score(name, wte, splits, static, net, c, TEST2)
+        write_json(results, results_path)
+
+
+def static_file(work, c):
+    """The key and file of a run's static LoRA (shared by the runs with the same static settings, budget and holdout)."""
+    key = json.dumps({"static": c["static"], "steps": c["hypernet"]["steps"], "holdout": c.get("holdout"), "rank": c["lora"]["rank"]}, sort_keys=True)
+    return key, work / f"quality_static_{hashlib.sha1(key.encode()).hexdigest()[:10]}.pt"
+
+
+def score(name, wte, splits, static, net, c, label):
+    """Echo and prompt -> continuation tables of a run on each of the given splits."""
+    kind = c["hypernet"].get("context", "embedding")
+    out = {}
+    for split, texts in splits.items():
+        echo = {m: perplexities(wte, texts, m, static, net, c, c["seed"])["overall"] for m in (["static"] if net is None else ["static", "chameleon_windows", "chameleon_request"])}
+        if kind != "embedding":
+            echo = {"static": echo["static"]}  # the echo table's contexts are embedding features
+        prompts = [p for p in PROMPTS if p <= c["model"]["context"] // 2]
+        tables = continuation_tables(wte, texts, prompts, static, net, c, c["seed"], kind)
+        out[split] = {"echo": echo, "continuation": {str(p): t for p, t in tables.items()}}
+        log(f"{name} {split} echo: " + ", ".join(f"{m} {v:.2f}" for m, v in echo.items()))
+        print(f"{name} / {split} ({label}, prompt -> continuation)\n" + continuation_markdown(tables), flush=True)
+    return out
 
 
 if __name__ == "__main__":
