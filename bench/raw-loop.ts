@@ -55,7 +55,8 @@ export class RawLoop {
   static async open(modelDir: string, settings: SessionSettings, slots: number): Promise<RawLoop> {
     const manifest = JSON.parse(readFileSync(join(modelDir, 'manifest.json'), 'utf8'));
     const decoder = await ort.InferenceSession.create(join(modelDir, manifest.files.decoder), sessionOptions(settings));
-    return new RawLoop(decoder, manifest.dims, manifest.lora.rank, slots);
+    // the rank the service stacks for batch rows: the hypernetwork's
+    return new RawLoop(decoder, manifest.dims, manifest.hypernet.rank, slots);
   }
 
   /** One decoder run: `batch` rows of `seq` new tokens after `past` cached ones, logits for each row's last position. */
@@ -69,6 +70,7 @@ export class RawLoop {
       lora_a: this.loraA,
       lora_b: this.loraB,
       cluster_index: int64(Array.from({ length: batch }, (_, i) => i % 3), [batch]),
+      lora_scale: new ort.Tensor('float32', new Float32Array(batch).fill(1), [batch]),
       logits_index: int64(Array.from({ length: batch }, (_, b) => b * seq + seq - 1), [batch]),
     };
     this.cache.view(0, batch).forEach((view, i) => {

@@ -26,9 +26,6 @@ import type { BatchStats, FinishReason, Job, RowEvent, RowSpec, TokenLogprob } f
 import { argmax, Random, SamplingScratch, sampleFromProbs, tokenLogprobs } from './sampling.js';
 import { TextTracker } from './stopping.js';
 
-export interface AdapterStack {
-  readonly slots: number;
-}
 /** `count` adapters of one rank: a [count, rank, d_model] and b [count, vocab, rank], row-major. */
 export interface AdapterPart {
   readonly count: number;
@@ -65,10 +62,14 @@ export interface Runtime {
   readonly slotCount: number;
   /** One hypernetwork run: LoRA factors for `count` contexts ([count, d_model] row-major). */
   hypernet(contexts: Float32Array, count: number): Promise<AdapterPart>;
-  /** [zero, static, ...parts] stacked along the clusters axis, at the largest rank among them. */
-  stack(parts: readonly AdapterPart[]): AdapterStack;
+  /**
+   * Puts the parts into the decoder's adapter stack ([zero, static, ...] along the clusters axis, at the largest rank
+   * in use) in consecutive slots, and returns the first; they stay there until `releaseAdapters(first)`.
+   */
+  placeAdapters(parts: readonly AdapterPart[]): number;
+  releaseAdapters(first: number): void;
   /** Runs the decoder, writes each row's new keys and values into its slot; logits [logitsIndex.length, V]. */
-  step(feeds: StepFeeds, adapters: AdapterStack): Promise<Float32Array>;
+  step(feeds: StepFeeds): Promise<Float32Array>;
   /** softmax(logits row / temperature) of the given logits rows: [rows.length, V]. */
   softmax(logits: Float32Array, rows: readonly number[], temperatures: readonly number[]): Promise<Float32Array>;
   /** A row changes slots: its first `length` cached positions move with it. */
@@ -155,12 +156,10 @@ export class DecodeLoop {
   /** Decoding rows: running[i] owns slot i. */
   private running: Row[] = [];
   private windows: Window[] = [];
-  private stack: AdapterStack;
   private pumping: Promise<void> | null = null;
 
   constructor(private readonly runtime: Runtime, private readonly codec: TextCodec, options: LoopOptions = {}) {
     this.scratch = new SamplingScratch(runtime.vocabSize);
-    this.stack = runtime.stack([]);
     this.prefillChunkTokens = options.prefillChunkTokens ?? DEFAULT_PREFILL_CHUNK_TOKENS;
     this.onForward = options.onForward ?? (() => {});
     this.now = options.now ?? (() => performance.now());
@@ -219,8 +218,8 @@ export class DecodeLoop {
       entry.resolve(stats);
       return;
     }
+    if (window.parts.length > 0) window.base = this.runtime.placeAdapters(window.parts);
     this.windows.push(window);
-    this.restack();
     for (const [row, spec] of job.rows.entries()) {
       this.waiting.push({
         window, row, spec, slot: -1, length: 0, lastToken: 0, generated: 0, rng: new Random(spec.seed),
@@ -304,7 +303,7 @@ export class DecodeLoop {
     const logits = await this.runtime.step({
       firstSlot: rows[0].slot, batch: B, seq: width, inputIds, positionIds, pastLength: rows.map((r) => r.length), newTokens,
       clusterIndex: BigInt64Array.from(rows, (r) => this.adapterIndex(r)), rowScale: Float32Array.from(rows, (r) => r.spec.adaptationScale), logitsIndex,
-    }, this.stack);
+    });
     const ms = this.now() - t;
     this.onForward('prefill', ms, B, newTokens.reduce((a, b) => a + b, 0));
 
@@ -367,7 +366,7 @@ export class DecodeLoop {
       firstSlot: 0, batch: B, seq: 1, inputIds, positionIds, pastLength: rows.map((r) => r.length), newTokens: rows.map(() => 1),
       clusterIndex: BigInt64Array.from(rows, (r) => this.adapterIndex(r)), rowScale: Float32Array.from(rows, (r) => r.spec.adaptationScale),
       logitsIndex: rows.map((_, i) => i),
-    }, this.stack);
+    });
     const ms = this.now() - t;
     this.onForward('decode', ms, B, B);
 
@@ -400,29 +399,17 @@ export class DecodeLoop {
     this.retire(done);
   }
 
-  /** Counts finished rows against their windows; windows with no live row resolve and leave the stack. */
+  /** Counts finished rows against their windows; windows with no live row resolve and give their adapter slots back. */
   private retire(rows: readonly Row[]): void {
     if (rows.length === 0) return;
     for (const r of rows) r.window.live--;
     const finished = this.windows.filter((w) => w.live === 0);
     if (finished.length === 0) return;
     this.windows = this.windows.filter((w) => w.live > 0);
-    this.restack();
-    for (const w of finished) w.resolve(w.stats);
-  }
-
-  /** Rebuilds the adapter stack for the windows with live rows, and their offsets in it. */
-  private restack(): void {
-    let base = 2;
-    const parts: AdapterPart[] = [];
-    for (const w of this.windows) {
-      w.base = base;
-      for (const part of w.parts) {
-        parts.push(part);
-        base += part.count;
-      }
+    for (const w of finished) {
+      if (w.parts.length > 0) this.runtime.releaseAdapters(w.base);
+      w.resolve(w.stats);
     }
-    this.stack = this.runtime.stack(parts);
   }
 
   private failAll(error: Error): void {
@@ -432,8 +419,10 @@ export class DecodeLoop {
     this.prefilling = [];
     this.waiting = [];
     this.prefillStart = 0;
-    this.stack = this.runtime.stack([]);
-    for (const w of windows) w.reject(error);
+    for (const w of windows) {
+      if (w.parts.length > 0) this.runtime.releaseAdapters(w.base);
+      w.reject(error);
+    }
   }
 
   private finish(r: Row, reason: FinishReason, out: RowEvent[]): void {

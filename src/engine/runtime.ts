@@ -7,13 +7,10 @@ import type { Device } from '../config.js';
 import { ModelPackageError } from '../errors.js';
 import { cacheInputNames, checkSignature, type RuntimeTensorInfo } from '../model/manifest.js';
 import type { ModelPackage } from '../model/package.js';
-import type { AdapterPart, AdapterStack, Runtime, StepFeeds } from './decode-loop.js';
+import { AdapterArena } from './adapter-arena.js';
+import type { AdapterPart, Runtime, StepFeeds } from './decode-loop.js';
 import { KvSlots } from './kv-slots.js';
 import { FLOAT, model, node, tensorInfo } from './onnx-proto.js';
-
-class OrtAdapters implements AdapterStack {
-  constructor(readonly a: ort.Tensor, readonly b: ort.Tensor, readonly slots: number) {}
-}
 
 
 export interface RuntimeOptions {
@@ -44,8 +41,9 @@ export class OrtRuntime implements Runtime {
   readonly vocabSize: number;
   private readonly dims: ModelPackage['dims'];
   private readonly hypernetRank: number;
-  private readonly staticPart: AdapterPart;
-  private baseStack: OrtAdapters | null = null;
+  private readonly adapters: AdapterArena;
+  /** The arena's buffers as decoder inputs, rebuilt when the arena replaces them. */
+  private adapterTensors: { version: number; a: ort.Tensor; b: ort.Tensor } | null = null;
   private readonly cache: KvSlots;
   private readonly cacheNames: string[];
 
@@ -60,7 +58,8 @@ export class OrtRuntime implements Runtime {
     this.dims = pkg.dims;
     this.vocabSize = pkg.dims.vocab_size;
     this.hypernetRank = pkg.manifest.hypernet.rank;
-    this.staticPart = { count: 1, rank: pkg.manifest.lora.rank, a: pkg.readTensor('static_lora_a'), b: pkg.readTensor('static_lora_b') };
+    const staticPart = { count: 1, rank: pkg.manifest.lora.rank, a: pkg.readTensor('static_lora_a'), b: pkg.readTensor('static_lora_b') };
+    this.adapters = new AdapterArena(pkg.dims.d_model, pkg.dims.vocab_size, staticPart);
     const { n_layer: layers, n_head: heads, head_dim: headDim, context: capacity } = pkg.dims;
     this.cache = new KvSlots({ layers, heads, headDim, capacity, slots });
     this.cacheNames = cacheInputNames(layers);
@@ -127,46 +126,32 @@ export class OrtRuntime implements Runtime {
     return { count, rank: R, a, b };
   }
 
-  stack(parts: readonly AdapterPart[]): AdapterStack {
-    if (parts.length === 0 && this.baseStack !== null) return this.baseStack;
-    const D = this.dims.d_model;
-    const V = this.vocabSize;
-    const R = parts.reduce((r, p) => Math.max(r, p.rank), this.staticPart.rank);
-    const slots = 2 + parts.reduce((n, p) => n + p.count, 0);
-    const a = new Float32Array(slots * R * D);
-    const b = new Float32Array(slots * V * R);
-    // A part of a lower rank is written into the first rank columns of its slots; the rest stays zero, which
-    // adds nothing to the update.
-    const put = (first: number, part: AdapterPart) => {
-      const r = part.rank;
-      for (let k = 0; k < part.count; k++) {
-        a.set(part.a.subarray(k * r * D, (k + 1) * r * D), (first + k) * R * D);
-        if (r === R) {
-          b.set(part.b.subarray(k * V * r, (k + 1) * V * r), (first + k) * V * R);
-          continue;
-        }
-        for (let v = 0; v < V; v++) {
-          const from = (k * V + v) * r;
-          b.set(part.b.subarray(from, from + r), ((first + k) * V + v) * R);
-        }
-      }
-    };
-    put(1, this.staticPart);
-    let slot = 2;
-    for (const part of parts) {
-      put(slot, part);
-      slot += part.count;
-    }
-    const stack = new OrtAdapters(new ort.Tensor('float32', a, [slots, R, D]), new ort.Tensor('float32', b, [slots, V, R]), slots);
-    if (parts.length === 0) this.baseStack = stack;
-    return stack;
+  placeAdapters(parts: readonly AdapterPart[]): number {
+    return this.adapters.place(parts);
   }
 
-  async step(feeds: StepFeeds, adapters: AdapterStack): Promise<Float32Array> {
+  releaseAdapters(first: number): void {
+    this.adapters.release(first);
+  }
+
+  private adapterInputs(): { a: ort.Tensor; b: ort.Tensor } {
+    const arena = this.adapters;
+    if (this.adapterTensors?.version !== arena.version) {
+      const { d_model: D, vocab_size: V } = this.dims;
+      this.adapterTensors = {
+        version: arena.version,
+        a: new ort.Tensor('float32', arena.a, [arena.capacity, arena.rank, D]),
+        b: new ort.Tensor('float32', arena.b, [arena.capacity, V, arena.rank]),
+      };
+    }
+    return this.adapterTensors;
+  }
+
+  async step(feeds: StepFeeds): Promise<Float32Array> {
     const { n_layer: L, n_head: H, head_dim: HD, context: C } = this.dims;
     const { batch: B, seq: T } = feeds;
     const wanted = feeds.logitsIndex.length;
-    const stack = adapters as OrtAdapters;
+    const stack = this.adapterInputs();
     const inputs: Record<string, ort.Tensor> = {
       input_ids: new ort.Tensor('int64', feeds.inputIds, [B, T]),
       position_ids: new ort.Tensor('int64', feeds.positionIds, [B, T]),

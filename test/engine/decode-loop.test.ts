@@ -5,16 +5,11 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { DecodeLoop, type AdapterPart, type AdapterStack, type JobHooks, type LoopOptions, type Runtime, type StepFeeds } from '../../src/engine/decode-loop.js';
+import { DecodeLoop, type AdapterPart, type JobHooks, type LoopOptions, type Runtime, type StepFeeds } from '../../src/engine/decode-loop.js';
 import type { Job, RowEvent, RowSpec, TokenLogprob } from '../../src/engine/protocol.js';
 import { softmaxRow } from '../../src/engine/sampling.js';
 
 const V = 50;
-
-class FakeStack implements AdapterStack {
-  constructor(readonly offsets: number[]) {}
-  get slots() { return this.offsets.length; }
-}
 
 interface Run { phase: 'prefill' | 'decode'; rows: number; seq: number; logits: number; newTokens: number[] }
 
@@ -33,11 +28,23 @@ class FakeRuntime implements Runtime {
   async hypernet(contexts: Float32Array, count: number): Promise<AdapterPart> {
     return { count, offsets: Array.from(contexts.subarray(0, count)) } as unknown as AdapterPart;
   }
-  stack(parts: readonly AdapterPart[]): AdapterStack {
+  /** Adapter "offsets" by stack slot (zero, static, then placed parts); released slots are poisoned. */
+  readonly offsets: number[] = [0, 7];
+  readonly placed = new Map<number, number>();
+  placeAdapters(parts: readonly AdapterPart[]): number {
     // hypernetwork parts carry their offsets; a ready-made part (named adapter, library selection) its a[0]
-    return new FakeStack([0, 7, ...parts.flatMap((p) => (p as unknown as { offsets?: number[] }).offsets ?? [p.a[0]])]);
+    const first = this.offsets.length;
+    this.offsets.push(...parts.flatMap((p) => (p as unknown as { offsets?: number[] }).offsets ?? [p.a[0]]));
+    this.placed.set(first, this.offsets.length - first);
+    return first;
   }
-  async step(f: StepFeeds, adapters: AdapterStack): Promise<Float32Array> {
+  releaseAdapters(first: number): void {
+    const count = this.placed.get(first);
+    assert.ok(count !== undefined, 'released once, after being placed');
+    this.offsets.fill(Number.NaN, first, first + count);
+    this.placed.delete(first);
+  }
+  async step(f: StepFeeds): Promise<Float32Array> {
     assert.ok(f.firstSlot + f.batch <= this.slotCount, 'the run stays within the cache');
     assert.ok(f.batch > 0 && f.seq > 0, 'no empty run');
     this.runs.push({ phase: f.seq === 1 && f.logitsIndex.length === f.batch && f.newTokens.every((n) => n === 1) ? 'decode' : 'prefill', rows: f.batch, seq: f.seq, logits: f.logitsIndex.length, newTokens: f.newTokens });
@@ -57,7 +64,8 @@ class FakeRuntime implements Runtime {
       const t = flat % f.seq;
       assert.ok(t < f.newTokens[b], 'logits only for real positions');
       const seen = rows[b].slice(0, f.pastLength[b] + t + 1);
-      const offset = (adapters as FakeStack).offsets[Number(f.clusterIndex[b])];
+      const offset = this.offsets[Number(f.clusterIndex[b])];
+      assert.ok(Number.isFinite(offset), 'a row reads a placed adapter, never a released one');
       logits[n * V + (seen.reduce((s, x) => s + x, 0) + seen.length + offset) % V] = 5;
     });
     rows.forEach((tokens, b) => { this.cache[f.firstSlot + b] = tokens; });
@@ -143,6 +151,15 @@ test('jobs joining a running decode (longer or shorter caches) give every row wh
   assert.deepEqual(ca.finishes, ['length', 'length']);
   assert.ok(runtime.runs.some((r) => r.phase === 'decode' && r.rows >= 5), 'one decoder run served rows of all three jobs');
   assert.equal(statsA.tokens, 9);
+  assert.equal(runtime.placed.size, 0, 'every window gave its adapter slots back');
+});
+
+test('a job\'s ready-made factors take the slots after its hypernetwork outputs', async () => {
+  const factors = [{ rank: 1, a: Float32Array.of(31), b: Float32Array.of(0) }, { rank: 2, a: Float32Array.of(13, 0), b: Float32Array.of(0, 0) }];
+  const job: Job = { batchId: 7, rows: [spec([3, 4], 4, 3), spec([3, 4], 3, 3), spec([3, 4], 2, 3)], contexts: Float32Array.from([11]), contextCount: 1, factors };
+  const together = await alone(job);
+  const separately = await Promise.all([13, 31, 11].map((offset) => alone({ ...job, rows: [spec([3, 4], 2, 3)], contexts: Float32Array.from([offset]), factors: [] })));
+  assert.deepEqual(together.texts, separately.map((c) => c.texts[0]));
 });
 
 test('a cancelled row stops at the next step; the others go on', async () => {
