@@ -106,7 +106,7 @@ describe('POST /v1/completions', () => {
     assert.ok(maxAbsDiff(mixedStatic, staticLora) < 1e-4, 'static is unaffected by its batch');
   });
 
-  test('only batch requests form a batch request\'s context: none, static and request neighbours change nothing', async () => {
+  test('only batch requests form a batch request\'s context: none, static, request, library, masks and named-adapter neighbours change nothing', async () => {
     const prompt = 'The President said that the';
     const alone = await complete(app, { prompt, max_tokens: 0, echo: true, logprobs: 0 });
     const [beside] = await Promise.all([
@@ -114,6 +114,11 @@ describe('POST /v1/completions', () => {
       ...LICENSE.slice(0, 2).map((p) => complete(app, { prompt: p, max_tokens: 1, adaptation: 'none' })),
       complete(app, { prompt: LICENSE[2], max_tokens: 1, adaptation: 'static' }),
       complete(app, { prompt: LICENSE[3], max_tokens: 1, adaptation: 'request' }),
+      // the seed's baselines are clustered too, but each mode on its own; a named adapter is not clustered at all
+      complete(app, { prompt: LICENSE[4], max_tokens: 1, adaptation: 'library' }),
+      complete(app, { prompt: LICENSE[5], max_tokens: 1, adaptation: 'masks' }),
+      complete(app, { prompt: LICENSE[6], max_tokens: 1, adaptation: 'library_weighted', adaptation_scale: 0.5 }),
+      complete(app, { prompt: LICENSE[7], max_tokens: 1, model: 'library:license' }),
     ]);
     assert.equal(beside.status, 200);
     assert.deepEqual(beside.body.chameleon.cluster_sizes, [1], 'clustered with itself only');
