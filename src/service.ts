@@ -59,7 +59,7 @@ export interface CompletionService {
 }
 
 /** Name of a package library entry as a named adapter. */
-export function libraryAdapterName(domain: string): string {
+function libraryAdapterName(domain: string): string {
   return `library:${domain}`;
 }
 

@@ -104,7 +104,7 @@ export class DomainAdapters {
 }
 
 /** softmax(cosine(context, centroid_i) / temperature); temperature 0 is the one-hot of the nearest centroid. */
-export function selectorWeights(context: Float32Array, centroids: Float32Array, count: number, temperature: number): number[] {
+function selectorWeights(context: Float32Array, centroids: Float32Array, count: number, temperature: number): number[] {
   const D = context.length;
   let norm = 0;
   for (let j = 0; j < D; j++) norm += context[j] * context[j];
