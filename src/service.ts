@@ -5,10 +5,12 @@
 import { AdapterRegistry, loadAdapterFile, type NamedAdapter } from './adaptation/adapters.js';
 import { DomainAdapters, type DomainMode } from './adaptation/domains.js';
 import { FeatureExtractor } from './adaptation/features.js';
+import { ContextGate } from './adaptation/gate.js';
 import { Scheduler } from './batching/scheduler.js';
 import type { Completion } from './batching/completion.js';
 import type { Config } from './config.js';
 import { EngineClient, type EngineLogger } from './engine/client.js';
+import type { LoraFactors } from './engine/protocol.js';
 import { ServiceError } from './errors.js';
 import { ModelPackage } from './model/package.js';
 import type { TextTokenizer } from './model/tokenizer.js';
@@ -74,6 +76,7 @@ export class InferenceService implements CompletionService {
   private starting: Promise<void> | null = null;
   private readonly features: FeatureExtractor;
   private readonly domains: DomainAdapters;
+  private readonly gate: ContextGate | null;
   readonly adapters: AdapterRegistry;
 
   private constructor(
@@ -85,6 +88,7 @@ export class InferenceService implements CompletionService {
     const m = model.manifest;
     this.features = new FeatureExtractor(model.readTensor('embeddings'), m.dims.vocab_size, m.dims.d_model, m.features.exclude_token_ids);
     this.domains = DomainAdapters.fromPackage(model);
+    this.gate = ContextGate.fromPackage(model);
     const maxRank = Math.max(64, m.hypernet.rank);
     this.adapters = new AdapterRegistry(config.maxAdapters, { vocabSize: m.dims.vocab_size, dim: m.dims.d_model, maxRank }, config.modelName);
     for (const [domain, factors] of this.domains.libraryEntries()) this.adapters.add(libraryAdapterName(domain), factors, 'package');
@@ -138,7 +142,7 @@ export class InferenceService implements CompletionService {
       this.failure = error;
       for (const listener of this.failureListeners) listener(error);
     });
-    this.scheduler = new Scheduler(this.engine, this.features, this.domains, this.config, this.metrics, this.logger);
+    this.scheduler = new Scheduler(this.engine, this.features, this.domains, this.config, this.metrics, this.logger, this.gate);
     this.scheduler.start();
     if (this.state === 'loading') this.state = 'ready';
   }
@@ -174,8 +178,17 @@ export class InferenceService implements CompletionService {
       const feature = this.features.feature(await this.tokenizer.tokenizePrompt(text));
       for (let j = 0; j < D; j++) context[j] += feature[j] / examples.length;
     }
+    const similarity = this.gate?.similarity(context);
+    if (similarity !== undefined && !this.gate!.admits(similarity)) {
+      return this.adapters.add(name, this.staticFactors(), 'examples', { examples: examples.length, contextSimilarity: similarity, gated: true });
+    }
     const [factors] = await this.engine!.adapt(context, 1);
-    return this.adapters.add(name, factors, 'examples', { examples: examples.length });
+    return this.adapters.add(name, factors, 'examples', { examples: examples.length, contextSimilarity: similarity, gated: false });
+  }
+
+  /** The package's static LoRA as factors (what a gated context gets). */
+  private staticFactors(): LoraFactors {
+    return { rank: this.model.manifest.lora.rank, a: this.model.readTensor('static_lora_a'), b: this.model.readTensor('static_lora_b') };
   }
 
   /** Stops admitting, finishes every admitted request, then stops the worker. */

@@ -155,7 +155,8 @@ def main():
             net = Stacked(net, torch.load(work / "static.pt"))
         net.load_state_dict(torch.load(work / "hypernet.pt"))
         net.eval()
-        return net
+        from adapt import gated
+        return gated(net, cfg, text_sets()["M_train"])
 
     def evaluated():
         path = work / "eval.json"
@@ -234,14 +235,16 @@ def main():
 
     def unseen_domain(quality_path):
         """The full-budget run of this config with one M domain kept out of training (`quality.py`), if there is one:
-        static vs Chameleon on the unseen domain, on validation and (once scored with --final) on test2."""
+        static vs Chameleon on the unseen domain, on validation and (once scored with --final) on test2; the gate's
+        validation sweep, and the fresh test3 (scored once with --final-unseen, gated and not)."""
         if not quality_path.exists():
             return None
         for name, run in json.loads(quality_path.read_text()).items():
             overrides = {k: v for k, v in run["overrides"].items() if k != "holdout"}
             same = all(cfg.get(k) == v if not isinstance(v, dict) else all(cfg.get(k, {}).get(kk) == vv for kk, vv in v.items()) for k, v in overrides.items())
             if "holdout" in run["overrides"] and same and run["steps"] == cfg["hypernet"]["steps"]:
-                return {"run": name, "held_out": run["overrides"]["holdout"], "validation": run["splits"], "test2": run.get("final")}
+                return {"run": name, "held_out": run["overrides"]["holdout"], "validation": run["splits"], "test2": run.get("final"),
+                        "gate_sweep": run.get("gate_sweep"), "test3": run.get("final_unseen")}
         return None
 
     def exported():

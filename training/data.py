@@ -142,7 +142,7 @@ def take_budget(documents, budget):
     return taken
 
 
-def unused_documents(documents, taken, seed, budget):
+def unused_documents(documents, taken, seed, budget, label=TEST2):
     """Documents whose whole group (a license family, a speech) no split touched, in a fixed shuffled order.
 
     A document cut short by a budget counts as used, and so does every document of a group with a used member,
@@ -151,8 +151,27 @@ def unused_documents(documents, taken, seed, budget):
     group_of = {doc_id: group for doc_id, group, _ in documents}
     used = {group_of[doc_id] for docs in taken.values() for doc_id, _ in docs}
     rest = [(doc_id, text) for doc_id, group, text in documents if group not in used]
-    random.Random(f"{seed}-{TEST2}").shuffle(rest)
+    random.Random(f"{seed}-{label}").shuffle(rest)
     return take_budget(rest, budget)
+
+
+def taken_splits(documents, config, budgets, with_test2):
+    """{split: [(doc id, text)]} of one domain's documents: train, val, test, and test2 for an M domain."""
+    seed = config["seed"]
+    by_split = split_documents(documents, seed, config["split_fractions"])
+    taken = {split: take_budget(by_split[split], budgets.get(split)) for split in SPLITS}
+    if with_test2:
+        taken[TEST2] = unused_documents(documents, taken, seed, budgets.get("test"))
+    return taken
+
+
+def fresh_documents(config, domain):
+    """test3 of one M domain: documents whose group no split and not test2 touched, in a fixed shuffled order, the
+    test budget of them. For a test that must come after test2 was consulted (the unseen-domain row)."""
+    documents = list(SOURCES[domain]())
+    budgets = config["domain_chars"]
+    taken = taken_splits(documents, config, budgets, with_test2=True)
+    return unused_documents(documents, taken, config["seed"], budgets.get("test"), "test3")
 
 
 def build(config, out_dir):
@@ -164,12 +183,8 @@ def build(config, out_dir):
         budgets = config["pretrain_chars"] if role == "P" else config["domain_chars"]
         for domain in domains:
             documents = list(SOURCES[domain]())
-            by_split = split_documents(documents, seed, fractions)
-            taken = {split: take_budget(by_split[split], budgets.get(split)) for split in SPLITS}
-            splits = SPLITS
-            if role == "M":
-                taken[TEST2] = unused_documents(documents, taken, seed, budgets.get("test"))
-                splits = SPLITS + (TEST2,)
+            taken = taken_splits(documents, config, budgets, with_test2=role == "M")
+            splits = tuple(taken)
             stats = {"source": PROVENANCE[domain]}
             for split in splits:
                 docs = taken[split]

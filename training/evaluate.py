@@ -157,7 +157,12 @@ def plot(echo, continuation, unseen, domains_m, split, path):
             if rows is None:
                 continue
             c = rows["continuation"]
-            axes[2].plot(list(c), [c[p]["chameleon_windows"]["overall"] / c[p]["static"]["overall"] for p in c], marker="o", label=f"windows, {label}")
+            axes[2].plot(list(c), [c[p]["chameleon_windows"]["overall"] / c[p]["static"]["overall"] for p in c], marker="o", label=f"windows, {label} (no gate)")
+        for variant in ("ungated", "gated"):
+            if unseen.get("test3"):
+                c = unseen["test3"][variant]["unseen_test3"]["continuation"]
+                axes[2].plot(list(c), [c[p]["chameleon_windows"]["overall"] / c[p]["static"]["overall"] for p in c], marker="s",
+                             ls="-" if variant == "gated" else ":", label=f"windows, test3, {'gate ' + str(unseen['test3']['min_similarity']) if variant == 'gated' else 'no gate'}")
         axes[2].axhline(1.0, color="gray", lw=0.8)
         axes[2].axhline(1.02, color="gray", lw=0.8, ls="--")
         axes[2].set_xlabel("prompt tokens")

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import torch
 
+from adapt import Gated
 from common import write_json
 
 OPSET = 14
@@ -180,6 +181,9 @@ def export_package(out, model, hypernet, static, tokenizer_path, cfg, eos_id, fi
     m = model.config
     dims = {**m, "head_dim": m["d_model"] // m["n_head"]}
     rank, scale = cfg["lora"]["rank"], cfg["lora"]["scale"]
+    # a gate is served by the service (a gated context takes the static slot), so the graph is the network alone
+    gate = hypernet if isinstance(hypernet, Gated) else None
+    hypernet = gate.stacked if gate is not None else hypernet
     model.eval()
     hypernet.eval()
     with torch.no_grad():
@@ -200,6 +204,8 @@ def export_package(out, model, hypernet, static, tokenizer_path, cfg, eos_id, fi
     write_tensor(static[0], out / "static_lora_a.bin")
     write_tensor(static[1], out / "static_lora_b.bin")
     baselines = baseline_tensors(library, masks)
+    if gate is not None:
+        baselines["gate_centroids"] = gate.centroids
     for name, tensor in baselines.items():
         write_tensor(tensor, out / f"{name}.bin")
     shutil.copyfile(tokenizer_path, out / "tokenizer.json")
@@ -240,7 +246,10 @@ def export_package(out, model, hypernet, static, tokenizer_path, cfg, eos_id, fi
             **{name: {"file": f"{name}.bin", "dtype": "float32", "shape": list(t.shape)} for name, t in baselines.items()},
         },
         "decoder": dec_sig,
-        "hypernet": {**hyp_sig, "hidden": cfg["hypernet"]["hidden"], "rank": hyper_rank, "on_static": bool(cfg["hypernet"].get("on_static"))},
+        "hypernet": {**hyp_sig, "hidden": cfg["hypernet"]["hidden"], "rank": hyper_rank, "on_static": bool(cfg["hypernet"].get("on_static")),
+                     **({"gate": {"names": gate.names, "min_similarity": gate.min_similarity,
+                                  "rule": "a context whose cosine similarity to every centroid (gate_centroids: the training domains' mean "
+                                          "features) is below min_similarity gets the static LoRA alone"}} if gate is not None else {})},
         **sections,
         "onnx_opset": OPSET,
         **extra,

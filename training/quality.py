@@ -21,8 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from adapt import Stacked, TextSet, train_hypernet, train_static  # noqa: E402
-from common import ROOT, load_cached, log, setup_torch, write_json  # noqa: E402
+import bpe  # noqa: E402
+import data  # noqa: E402
+from adapt import Stacked, TextSet, gated, train_hypernet, train_static  # noqa: E402
+from common import ROOT, chunk_texts, load_cached, log, setup_torch, write_json  # noqa: E402
 from evaluate import continuation_markdown, continuation_tables, perplexities  # noqa: E402
 
 from evaluate import PROMPT_LENGTHS as PROMPTS  # noqa: E402
@@ -76,6 +78,8 @@ def main():
     parser.add_argument("--run", action="append", default=[], help="name:json overrides")
     parser.add_argument("--table", action="store_true", help="print the tables of quality.json and exit")
     parser.add_argument("--final", action="append", default=[], help="score this finished run on test2 (once, for the final table)")
+    parser.add_argument("--gate-sweep", action="append", default=[], help="validate the gate's threshold on this finished holdout run")
+    parser.add_argument("--final-unseen", action="append", default=[], help="score this finished holdout run on its domain's test3 (once)")
     args = parser.parse_args()
     cfg = json.loads(Path(args.config).read_text())
     work = ROOT / "training/.cache" / cfg["name"]
@@ -118,20 +122,84 @@ def main():
     for name in args.final:
         # once, for the final table: the run's saved static LoRA and hypernetwork on test2, nothing retrained
         entry = results[name]
-        c = merge(cfg, entry["overrides"])
-        c["hypernet"]["steps"] = entry["steps"]
-        c["static"].pop("steps", None)
-        c["static"].pop("tokens_per_step", None)
+        c, static, net = load_run(work, cfg, entry, name)
         holdout = c.get("holdout")
-        static = torch.load(static_file(work, c)[1])["factors"]
-        net = HyperNetwork(c["model"]["d_model"], c["model"]["vocab_size"], c["lora"]["rank"], c["hypernet"]["hidden"])
-        net = Stacked(net, static) if c["hypernet"].get("on_static") else net
-        net.load_state_dict(torch.load(work / f"quality_net_{name}.pt"))
-        net.eval()
         test2 = sets[f"M_{TEST2}"]
         splits = {f"seen_{TEST2}": subset(test2, lambda d: d != holdout), f"unseen_{TEST2}": subset(test2, lambda d: d == holdout)} if holdout else {f"M_{TEST2}": test2}
         entry["final"] = score(name, wte, splits, static, net, c, TEST2)
         write_json(results, results_path)
+    for name in args.gate_sweep:
+        entry = results[name]
+        c, static, net = load_run(work, cfg, entry, name)
+        entry["gate_sweep"] = gate_sweep(name, wte, sets, static, net, c)
+        write_json(results, results_path)
+    for name in args.final_unseen:
+        # once, after the gate was chosen on validation: a held-out domain's fresh documents (test3, beyond test2,
+        # which was consulted before the gate existed), with and without the gate
+        entry = results[name]
+        c, static, net = load_run(work, cfg, entry, name)
+        holdout = c["holdout"]
+        texts = fresh_texts(work, base, c, holdout)
+        train = subset(sets["M_train"], lambda d: d != holdout)
+        gate = c["hypernet"].get("gate") or {"min_similarity": entry["gate_sweep"]["chosen"]}
+        gated_net = gated(net, merge(c, {"hypernet": {"gate": gate}}), train)
+        entry["final_unseen"] = {"split": "test3", "documents": "the held-out domain's documents that no split and not test2 used (data.fresh_documents)",
+                                 "min_similarity": gate["min_similarity"],
+                                 "ungated": score(name, wte, {"unseen_test3": texts}, static, net, c, "test3"),
+                                 "gated": score(f"{name} + gate", wte, {"unseen_test3": texts}, static, gated_net, c, "test3")}
+        write_json(results, results_path)
+
+
+GATE_GRID = (0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8)
+GATE_LIMIT = 1.02
+
+
+def gate_sweep(name, wte, sets, static, net, c):
+    """Validation of the gate's threshold on a holdout run: Chameleon (windows) / static at each prompt length on
+    the seen domains' validation and on the held-out domain's texts (its validation and training documents, both
+    unseen by this run), per threshold. Rule, fixed before the sweep: the smallest threshold of the grid that keeps
+    every unseen split at <= 1.02x static at every prompt length (the goal), so the seen domains lose the least."""
+    holdout = c["holdout"]
+    train = subset(sets["M_train"], lambda d: d != holdout)
+    splits = {"seen_val": subset(sets["M_val"], lambda d: d != holdout), "unseen_val": subset(sets["M_val"], lambda d: d == holdout),
+              "unseen_train": subset(sets["M_train"], lambda d: d == holdout)}
+    prompts = [p for p in PROMPTS if p <= c["model"]["context"] // 2]
+    sweep = {}
+    for threshold in (None, *GATE_GRID):
+        candidate = net if threshold is None else gated(net, merge(c, {"hypernet": {"gate": {"min_similarity": threshold}}}), train)
+        row = {}
+        for split, texts in splits.items():
+            tables = continuation_tables(wte, texts, prompts, static, candidate, c, c["seed"])
+            row[split] = {str(p): round(t["chameleon_windows"]["overall"] / t["static"]["overall"], 4) for p, t in tables.items()}
+        sweep["none" if threshold is None else str(threshold)] = row
+        log(f"{name} gate {threshold}: " + "; ".join(f"{s} " + "/".join(f"{v:.3f}" for v in r.values()) for s, r in row.items()))
+    passing = [t for t in GATE_GRID if all(v <= GATE_LIMIT for s, r in sweep[str(t)].items() if s.startswith("unseen") for v in r.values())]
+    chosen = passing[0] if passing else None
+    return {"rule": f"smallest threshold with every unseen split <= {GATE_LIMIT}x static (windows) at every prompt length",
+            "windows_over_static": sweep, "chosen": chosen}
+
+
+def fresh_texts(work, base, c, domain):
+    """test3 of a domain as a TextSet: its fresh documents, tokenized and cut as the build cuts every split."""
+    docs = data.fresh_documents(c, domain)
+    tok = bpe.Tokenizer(work / "tokenizer.json")
+    texts = chunk_texts([tok.encode(text) for _, text in docs], tok.eos_id, c["model"]["context"], c["texts"]["min_tokens"])
+    log(f"test3 of {domain}: {len(docs)} documents, {len(texts)} texts")
+    return TextSet(base, texts, [domain] * len(texts))
+
+
+def load_run(work, cfg, entry, name):
+    """The config, static LoRA and hypernetwork (eval mode) a finished run saved."""
+    c = merge(cfg, entry["overrides"])
+    c["hypernet"]["steps"] = entry["steps"]
+    c["static"].pop("steps", None)
+    c["static"].pop("tokens_per_step", None)
+    static = torch.load(static_file(work, c)[1])["factors"]
+    net = HyperNetwork(c["model"]["d_model"], c["model"]["vocab_size"], c["lora"]["rank"], c["hypernet"]["hidden"])
+    net = Stacked(net, static) if c["hypernet"].get("on_static") else net
+    net.load_state_dict(torch.load(work / f"quality_net_{name}.pt"))
+    net.eval()
+    return c, static, net
 
 
 def static_file(work, c):

@@ -21,7 +21,7 @@ from onnx import numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from export import export_package  # noqa: E402
-from adapt import Stacked  # noqa: E402
+from adapt import Gated, Stacked  # noqa: E402
 from model import GPT, HyperNetwork  # noqa: E402
 
 
@@ -65,6 +65,9 @@ def main():
     hypernet.load_state_dict(own)
     if on_static:
         hypernet = Stacked(hypernet, (weights["static_a"], weights["static_b"]))
+    gate = manifest["hypernet"].get("gate")
+    if gate is not None:
+        hypernet = Gated(hypernet, read_tensor(package, manifest, "gate_centroids"), gate["min_similarity"], gate["names"])
     hypernet.eval()
     library = None if "library" not in manifest else {
         "names": manifest["library"]["names"], **{k: read_tensor(package, manifest, f"library_{k}") for k in ("lora_a", "lora_b", "centroids")}}

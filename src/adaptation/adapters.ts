@@ -22,6 +22,9 @@ export interface NamedAdapter {
   created: number;
   /** Example texts the adapter was made from (source `examples`). */
   examples?: number;
+  /** Source `examples` with a gated package: their context's similarity to the nearest training domain, and whether the gate turned it away (the adapter is then the static LoRA). */
+  contextSimilarity?: number;
+  gated?: boolean;
 }
 
 export interface AdapterShape {
@@ -70,7 +73,7 @@ export class AdapterRegistry {
     return this.list().filter((a) => a.source !== 'package').length;
   }
 
-  add(id: string, factors: LoraFactors, source: AdapterSource, extra: { examples?: number } = {}): NamedAdapter {
+  add(id: string, factors: LoraFactors, source: AdapterSource, extra: Pick<NamedAdapter, 'examples' | 'contextSimilarity' | 'gated'> = {}): NamedAdapter {
     this.checkName(id, source);
     checkFactors(factors, this.shape);
     const adapter: NamedAdapter = { id, factors, source, created: Math.floor(Date.now() / 1000), ...extra };

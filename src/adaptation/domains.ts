@@ -12,6 +12,7 @@
  */
 import type { LoraFactors } from '../engine/protocol.js';
 import type { ModelPackage } from '../model/package.js';
+import { cosineToCentroids } from './centroids.js';
 
 export type DomainMode = 'library' | 'library_weighted' | 'masks';
 
@@ -105,15 +106,7 @@ export class DomainAdapters {
 
 /** softmax(cosine(context, centroid_i) / temperature); temperature 0 is the one-hot of the nearest centroid. */
 function selectorWeights(context: Float32Array, centroids: Float32Array, count: number, temperature: number): number[] {
-  const D = context.length;
-  let norm = 0;
-  for (let j = 0; j < D; j++) norm += context[j] * context[j];
-  norm = Math.sqrt(norm) || 1;
-  const sims = Array.from({ length: count }, (_, k) => {
-    let dot = 0;
-    for (let j = 0; j < D; j++) dot += context[j] * centroids[k * D + j];
-    return dot / norm;
-  });
+  const sims = cosineToCentroids(context, centroids, count);
   if (temperature === 0) {
     const best = sims.indexOf(Math.max(...sims));
     return sims.map((_, k) => (k === best ? 1 : 0));

@@ -5,10 +5,12 @@
  *     | ready-made factors: one per library / masks cluster in use, one per named adapter in use ]
  *
  * and each row's cluster_index points at its slot. Only what the batch needs is computed: clusters with no member
- * of their mode get no slot, and rows that share a cluster or a named adapter share its slot.
+ * of their mode get no slot, and rows that share a cluster or a named adapter share its slot. A hypernetwork context
+ * that the package's gate does not admit takes the static slot instead (see gate.ts).
  */
 import type { LoraFactors } from '../engine/protocol.js';
 import type { DomainMode } from './domains.js';
+import type { ContextGate } from './gate.js';
 
 /** Modes whose rows are clustered (each mode on its own: no mode ever shapes another's context). */
 export const CLUSTERED_MODES = ['batch', 'library', 'library_weighted', 'masks'] as const;
@@ -41,6 +43,10 @@ export interface SlotPlan {
   count: number;
   /** Slot FIRST_ADAPTER_SLOT + count + j holds factors[j]. */
   factors: LoraFactors[];
+  /** Per row: its hypernetwork context's similarity to the nearest training domain (null: no context, or no gate). */
+  similarities: Array<number | null>;
+  /** Per row: the gate turned its context away, so the static LoRA served it. */
+  gated: boolean[];
 }
 
 /**
@@ -52,11 +58,22 @@ export function planSlots(
   clusterContexts: ReadonlyMap<ClusteredMode, readonly Float32Array[]>,
   dim: number,
   makeFactors: (mode: DomainMode, context: Float32Array) => LoraFactors,
+  gate: Pick<ContextGate, 'similarity' | 'admits'> | null = null,
 ): SlotPlan {
   const inputs: Float32Array[] = [];
   const factors: LoraFactors[] = [];
   const shared = new Map<string, { kind: 'hypernet' | 'factors'; index: number }>();
-  const hypernet = (key: string | null, context: Float32Array) => {
+  const similarities = new Array<number | null>(rows.length).fill(null);
+  const gated = new Array<boolean>(rows.length).fill(false);
+  const hypernet = (row: number, key: string | null, context: Float32Array) => {
+    if (gate !== null) {
+      const similarity = gate.similarity(context);
+      similarities[row] = similarity;
+      if (!gate.admits(similarity)) {
+        gated[row] = true;
+        return STATIC_SLOT;
+      }
+    }
     const known = key === null ? undefined : shared.get(key);
     if (known !== undefined) return known;
     const entry = { kind: 'hypernet' as const, index: inputs.push(context) - 1 };
@@ -71,16 +88,16 @@ export function planSlots(
     }
     return entry;
   };
-  const entries = rows.map((row) => {
+  const entries = rows.map((row, i) => {
     switch (row.mode) {
       case 'none':
         return ZERO_SLOT;
       case 'static':
         return STATIC_SLOT;
       case 'request':
-        return hypernet(null, row.feature);
+        return hypernet(i, null, row.feature);
       case 'batch':
-        return hypernet(`batch:${row.cluster}`, clusterContexts.get('batch')![row.cluster]);
+        return hypernet(i, `batch:${row.cluster}`, clusterContexts.get('batch')![row.cluster]);
       case 'adapter':
         return ready(`adapter:${row.adapter!.id}`, () => row.adapter!.factors);
       default: {
@@ -93,5 +110,5 @@ export function planSlots(
   const slots = entries.map((e) => typeof e === 'number' ? e : FIRST_ADAPTER_SLOT + (e.kind === 'hypernet' ? e.index : count + e.index));
   const contexts = new Float32Array(Math.max(count, 1) * dim);
   inputs.forEach((v, i) => contexts.set(v, i * dim));
-  return { slots, contexts, count, factors };
+  return { slots, contexts, count, factors, similarities, gated };
 }

@@ -43,6 +43,10 @@ export interface BatchInfo {
   clusterIndices: number[];
   /** Members of the cluster whose mean formed each prompt's context (1 for request mode, 0 for none / static / adapter). */
   clusterSizes: number[];
+  /** Each prompt's hypernetwork context's similarity to the nearest training domain (null without a context or a gate). */
+  contextSimilarities: Array<number | null>;
+  /** Each prompt: the gate turned its context away and the static LoRA served it. */
+  gated: boolean[];
   mode: AdaptationMode;
   /** The named adapter (mode `adapter`), else null. */
   adapter: string | null;

@@ -16,6 +16,7 @@ import { clusterContexts, clusterFeatures } from '../adaptation/clustering.js';
 import { ContextPool } from '../adaptation/context-pool.js';
 import type { DomainAdapters } from '../adaptation/domains.js';
 import type { FeatureExtractor } from '../adaptation/features.js';
+import type { ContextGate } from '../adaptation/gate.js';
 import { CLUSTERED_MODES, isClustered, planSlots, type ClusteredMode } from '../adaptation/slots.js';
 import type { BatchSink } from '../engine/client.js';
 import type { BatchStats, Job, RowEvent, RowSpec } from '../engine/protocol.js';
@@ -75,6 +76,8 @@ export class Scheduler {
     private readonly options: SchedulerOptions,
     private readonly metrics: Metrics,
     private readonly logger: SchedulerLogger,
+    /** The package's context gate (hypernetwork contexts unlike every training domain take the static LoRA). */
+    private readonly gate: ContextGate | null = null,
   ) {
     this.queue = new BoundedQueue(options.queueSize, options.retryAfterSeconds);
     this.batcher = new WindowBatcher(this.queue, options);
@@ -212,8 +215,11 @@ export class Scheduler {
     }
     const plan = planSlots(
       rows.map((r, i) => ({ mode: modes[i], feature: features[i], cluster: rowCluster[i], adapter: r.completion.params.adapter })),
-      contexts, dim, (mode, context) => this.domains.factors(mode, context),
+      contexts, dim, (mode, context) => this.domains.factors(mode, context), this.gate,
     );
+    for (let i = 0; i < rows.length; i++) {
+      if (plan.similarities[i] !== null) this.metrics.hypernetContexts.inc({ outcome: plan.gated[i] ? 'gated' : 'adapted' });
+    }
     this.metrics.adaptationSeconds.observe({ stage: 'clustering' }, (performance.now() - t) / 1000);
     this.metrics.batchSize.observe(rows.length);
     this.inFlightRows += rows.length;
@@ -235,6 +241,8 @@ export class Scheduler {
           clusters: clusterCount[indices[0]],
           clusterIndices: indices.map((i) => Math.max(rowCluster[i], 0)),
           clusterSizes: indices.map((i) => (isClustered(mode) ? clusterSize[i] : mode === 'request' ? 1 : 0)),
+          contextSimilarities: indices.map((i) => plan.similarities[i]),
+          gated: indices.map((i) => plan.gated[i]),
           mode,
           adapter: completion.params.adapter?.id ?? null,
           adaptationScale: completion.params.adaptationScale,

@@ -32,6 +32,12 @@ const DomainSelector = Type.Object({
   temperature: Type.Number({ minimum: 0 }),
 });
 
+/** Below min_similarity (cosine to the nearest training domain's centroid), a context gets the static LoRA alone. */
+const ContextGate = Type.Object({
+  names: Type.Array(Type.String({ minLength: 1 }), { minItems: 1 }),
+  min_similarity: Type.Number({ minimum: -1, maximum: 1 }),
+});
+
 export const ManifestSchema = Type.Object({
   format: Type.Literal(MANIFEST_FORMAT),
   name: Type.String(),
@@ -69,10 +75,11 @@ export const ManifestSchema = Type.Object({
     masks_mask_a: Type.Optional(FileTensor),
     masks_mask_b: Type.Optional(FileTensor),
     masks_centroids: Type.Optional(FileTensor),
+    gate_centroids: Type.Optional(FileTensor),
   }),
   decoder: Signature,
   /** rank: of the factors the hypernetwork outputs (twice lora.rank when it adds a dynamic update to the static one). */
-  hypernet: Type.Intersect([Signature, Type.Object({ rank: PositiveInt })]),
+  hypernet: Type.Intersect([Signature, Type.Object({ rank: PositiveInt, gate: Type.Optional(ContextGate) })]),
   /** The modular LoRA library (one LoRA per training domain): also served as named adapters. */
   library: Type.Optional(DomainSelector),
   /** LoRA*Mask: one shared LoRA, one mask over its entries per training domain. */
@@ -203,6 +210,8 @@ function checkConsistency(dir: string, m: Manifest): void {
     expectTensor('masks_mask_b', [masks.K, V, masks.r]);
     expectTensor('masks_centroids', [masks.K, D]);
   }
+  if (m.hypernet.gate !== undefined) expectTensor('gate_centroids', [m.hypernet.gate.names.length, D]);
+  else if (m.tensors.gate_centroids !== undefined) fail(dir, 'tensors gate_centroids is listed but hypernet has no gate');
 
   const expectNames = (where: string, specs: TensorSignature[], names: string[]) => {
     const got = specs.map((s) => s.name);

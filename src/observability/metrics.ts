@@ -19,6 +19,7 @@ export class Metrics {
   readonly timeToFirstToken: Histogram;
   readonly tokensGenerated: Counter;
   readonly requests: Counter<'status'>;
+  readonly hypernetContexts: Counter<'outcome'>;
   private queueSource: () => number = () => 0;
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
@@ -66,6 +67,12 @@ export class Metrics {
     this.timeToFirstToken = new Histogram({ name: 'chameleon_time_to_first_token_seconds', help: 'From admission to the first generated token', buckets: SECONDS, registers });
     this.tokensGenerated = new Counter({ name: 'chameleon_tokens_generated_total', help: 'Completion tokens generated', registers });
     this.requests = new Counter({ name: 'chameleon_requests_total', help: 'Completion requests by HTTP status', labelNames: ['status'], registers });
+    this.hypernetContexts = new Counter({
+      name: 'chameleon_hypernet_prompts_total',
+      help: 'Prompts whose adapter comes from a hypernetwork context (batch and request modes, packages with a context gate): adapted, or gated (unlike every training domain: the static LoRA served them)',
+      labelNames: ['outcome'],
+      registers,
+    });
   }
 
   /** Where the queue-depth gauge reads from. */

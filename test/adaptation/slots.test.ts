@@ -42,3 +42,21 @@ test('a batch without hypernetwork rows asks for no hypernetwork run', () => {
   assert.equal(plan.count, 0);
   assert.equal(plan.factors.length, 0);
 });
+
+test('a gate sends the contexts it does not admit to the static slot, and reports every similarity', () => {
+  const gate = { similarity: (context: Float32Array) => context[0] / 100, admits: (similarity: number) => similarity >= 0.25 };
+  const contexts = new Map<ClusteredMode, Float32Array[]>([['batch', [f(10), f(30)]], ['library', [f(5)]]]);
+  const plan = planSlots([
+    { mode: 'batch', feature: f(1), cluster: 0 },
+    { mode: 'batch', feature: f(2), cluster: 1 },
+    { mode: 'request', feature: f(20), cluster: -1 },
+    { mode: 'request', feature: f(40), cluster: -1 },
+    { mode: 'library', feature: f(3), cluster: 0 },
+    { mode: 'static', feature: f(4), cluster: -1 },
+  ], contexts, 2, make, gate);
+  assert.deepEqual(plan.slots, [STATIC_SLOT, 2, STATIC_SLOT, 3, 4, STATIC_SLOT]);
+  assert.equal(plan.count, 2, 'no hypernetwork input for a gated context');
+  assert.deepEqual(Array.from(plan.contexts), [30, 30, 40, 40]);
+  assert.deepEqual(plan.similarities, [0.1, 0.3, 0.2, 0.4, null, null], 'only hypernetwork contexts are gated (the library selects by its own centroids)');
+  assert.deepEqual(plan.gated, [true, false, true, false, false, false]);
+});

@@ -53,6 +53,14 @@ describe('model package validation', () => {
       rejects(copy.dir, /hypernet\.outputs lora_a has shape/);
       copy.writeManifest({ ...copy.manifest, library: { names: ['a', 'b'], rank: 4, temperature: 0.1 } });
       rejects(copy.dir, /tensors\.library_lora_a( is missing|\.shape is)/);
+      const gate = copy.manifest.hypernet.gate;
+      copy.writeManifest({ ...copy.manifest, hypernet: { ...copy.manifest.hypernet, gate: { ...gate, names: [...gate.names, 'extra'] } } });
+      rejects(copy.dir, /tensors\.gate_centroids\.shape/);
+      copy.writeManifest({ ...copy.manifest, hypernet: { ...copy.manifest.hypernet, gate: { ...gate, min_similarity: 2 } } });
+      rejects(copy.dir, /hypernet.*min_similarity|\/hypernet/);
+      const { gate: _dropped, ...ungated } = copy.manifest.hypernet;
+      copy.writeManifest({ ...copy.manifest, hypernet: ungated });
+      rejects(copy.dir, /gate_centroids is listed but hypernet has no gate/);
     } finally {
       copy.remove();
     }

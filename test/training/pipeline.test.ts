@@ -3,6 +3,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
+import { loadManifest } from '../../src/model/manifest.js';
 import { replayEquivalence } from '../model/equivalence.js';
 import { runPython } from './python.js';
 
@@ -43,6 +44,10 @@ test('the tiny configuration of the training pipeline builds a servable package 
   assert.equal(manifest.library.temperature, report.selector_temperatures.chosen.library_weighted);
   assert.equal(manifest.masks.temperature, report.selector_temperatures.chosen.masks);
   assert.equal(manifest.hypernet.rank, 2 * manifest.lora.rank, 'the tiny configuration trains Chameleon on top of the static LoRA');
+  // the gate ships its threshold and one centroid per training domain, which the service's manifest check accepts
+  assert.equal(manifest.hypernet.gate.min_similarity, 0.6);
+  assert.deepEqual(manifest.tensors.gate_centroids.shape, [manifest.hypernet.gate.names.length, manifest.dims.d_model]);
+  assert.equal(loadManifest(out).manifest.hypernet.gate?.names.length, manifest.hypernet.gate.names.length);
 });
 
 test('the tiny package passes the ONNX Runtime vs PyTorch equivalence check', async () => {

@@ -94,6 +94,13 @@ export const ChameleonInfo = Type.Object(
     cluster_indices: Type.Array(Type.Integer(), { description: 'Cluster of each prompt (choice), in choice order' }),
     cluster_size: Type.Integer({ description: 'Members of the cluster whose mean formed the (first) prompt\'s context: 1 for `request` mode, 0 for `none`, `static` and named adapters' }),
     cluster_sizes: Type.Array(Type.Integer(), { description: 'cluster_size of each prompt (choice), in choice order' }),
+    context_similarity: Type.Union([Type.Number(), Type.Null()], {
+      description: 'Cosine similarity of the (first) prompt\'s hypernetwork context (its cluster\'s mean, or its own feature in `request` mode) to the nearest training domain; null for modes without such a context or a package without a gate',
+    }),
+    context_similarities: Type.Array(Type.Union([Type.Number(), Type.Null()]), { description: 'context_similarity of each prompt (choice), in choice order' }),
+    gated: Type.Boolean({
+      description: 'True when that context was below the package\'s gate (`hypernet.gate.min_similarity`, chosen on validation): unlike every training domain, so the static LoRA alone served the prompt instead of a generated update',
+    }),
     num_clusters: Type.Integer({ description: 'Clusters among the clustered prompts (0 for modes that cluster nothing)' }),
     mode: ServedMode,
     adapter: Type.Union([Type.String(), Type.Null()], { description: 'The named adapter that served the request (null: the base model\'s modes)' }),

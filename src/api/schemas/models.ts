@@ -28,6 +28,8 @@ export const AdapterObject = Type.Object(
       description: 'package: the model package\'s LoRA library; file: loaded from a file or folder; examples: made by the hypernetwork from example texts',
     }),
     examples: Type.Optional(Type.Integer({ description: 'Example texts it was made from (source examples)' })),
+    context_similarity: Type.Optional(Type.Number({ description: 'Source examples, with a package that has a gate: cosine similarity of the examples\' mean feature to the nearest training domain' })),
+    gated: Type.Optional(Type.Boolean({ description: 'Source examples: true when that similarity was below the package\'s gate, so the adapter is the static LoRA' })),
   },
   { $id: 'Adapter' },
 );

@@ -1,0 +1,98 @@
+/**
+ * The context gate through HTTP on the real default package: a prompt unlike every training domain gets the static
+ * LoRA alone (bit for bit what `adaptation: "static"` gives), a prompt from a training domain keeps its generated
+ * update, and the response says which happened.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import type { FastifyInstance } from 'fastify';
+import { ContextGate } from '../../src/adaptation/gate.js';
+import { ModelPackage } from '../../src/model/package.js';
+import { complete, MODEL_DIR, startApp } from '../helpers/app.js';
+import { LICENSE, SEA } from '../helpers/prompts.js';
+
+const TOKEN = 'gate-admin-token';
+const pkg = ModelPackage.open(MODEL_DIR);
+const gate = ContextGate.fromPackage(pkg);
+/** Markup and numbers: nothing like the speeches, the novel, the e-mails or the licences the package adapted to. */
+const UNFAMILIAR = '<div id="7"><span>{{ 42 }}</span> 0x1F 0x2E 0x3D 0x4C 0x5B </div>';
+let app: FastifyInstance;
+
+before(async () => {
+  // each request is served alone, so its cluster is itself and its context is its own feature
+  app = await startApp({ adminToken: TOKEN, maxWaitMs: 0, idleDispatch: true, clusterInFlight: false });
+});
+after(async () => {
+  await app.close();
+});
+
+async function scored(prompt: string, adaptation: string): Promise<{ logprobs: number[]; chameleon: any }> {
+  const res = await complete(app, { prompt, max_tokens: 0, echo: true, logprobs: 0, adaptation });
+  assert.equal(res.status, 200, JSON.stringify(res.body));
+  return { logprobs: res.body.choices[0].logprobs.token_logprobs.slice(1), chameleon: res.body.chameleon };
+}
+
+function similarity(prompt: string): Promise<number> {
+  return scored(prompt, 'request').then((r) => r.chameleon.context_similarity);
+}
+
+describe('context gate', () => {
+  test('the default package ships a gate: a threshold and one centroid per training domain', () => {
+    assert.ok(gate !== null);
+    const spec = pkg.manifest.hypernet.gate!;
+    assert.deepEqual(spec.names, pkg.manifest.library?.names, 'one centroid per domain the package adapted to');
+    assert.ok(spec.min_similarity > 0 && spec.min_similarity < 1);
+    const centroids = pkg.readTensor('gate_centroids');
+    const first = centroids.slice(0, pkg.dims.d_model);
+    assert.ok(Math.abs(gate.similarity(first) - 1) < 1e-5, 'a centroid is as similar as can be to itself');
+  });
+
+  test('an unfamiliar prompt gets the static LoRA alone, in request and in batch mode', async () => {
+    const threshold = pkg.manifest.hypernet.gate!.min_similarity;
+    const fixed = await scored(UNFAMILIAR, 'static');
+    for (const mode of ['request', 'batch']) {
+      const adapted = await scored(UNFAMILIAR, mode);
+      assert.equal(adapted.chameleon.gated, true, `${mode}: similarity ${adapted.chameleon.context_similarity} vs ${threshold}`);
+      assert.ok(adapted.chameleon.context_similarity < threshold);
+      assert.deepEqual(adapted.logprobs, fixed.logprobs, `${mode}: exactly the static LoRA's logprobs`);
+    }
+    assert.equal(fixed.chameleon.context_similarity, null, 'static mode forms no context');
+    assert.equal(fixed.chameleon.gated, false);
+    const metrics = (await app.inject({ method: 'GET', url: '/metrics' })).body;
+    assert.match(metrics, /chameleon_hypernet_prompts_total\{outcome="gated"\} [1-9]/);
+  });
+
+  test('a prompt from a training domain keeps its generated update', async () => {
+    for (const prompt of [LICENSE[0], SEA[0]]) {
+      const adapted = await scored(prompt, 'request');
+      assert.equal(adapted.chameleon.gated, false, `similarity ${adapted.chameleon.context_similarity}`);
+      assert.ok(adapted.chameleon.context_similarity >= pkg.manifest.hypernet.gate!.min_similarity);
+      const fixed = await scored(prompt, 'static');
+      assert.notDeepEqual(adapted.logprobs, fixed.logprobs, 'the hypernetwork changed the output');
+    }
+  });
+
+  test('a batch request reports each prompt: the familiar one adapted, the unfamiliar one gated', async () => {
+    const res = await complete(app, { prompt: [SEA[1], UNFAMILIAR], max_tokens: 1, adaptation: 'batch' });
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    const { context_similarities: sims, gated } = res.body.chameleon;
+    assert.equal(sims.length, 2);
+    assert.ok(sims[1] < sims[0], `the markup is the less familiar context (${sims})`);
+    assert.equal(gated, res.body.chameleon.context_similarity < pkg.manifest.hypernet.gate!.min_similarity);
+  });
+
+  test('an adapter made from unfamiliar examples is the static LoRA, and says so', async () => {
+    const auth = { authorization: `Bearer ${TOKEN}` };
+    const made = await app.inject({ method: 'POST', url: '/v1/adapters', headers: auth, payload: { name: 'markup', examples: [UNFAMILIAR] } });
+    assert.equal(made.statusCode, 201, made.body);
+    assert.equal(made.json().gated, true);
+    assert.equal(made.json().rank, pkg.manifest.lora.rank, 'the static LoRA\'s own rank');
+    assert.equal(made.json().context_similarity, await similarity(UNFAMILIAR));
+    const served = await complete(app, { model: 'markup', prompt: SEA[2], max_tokens: 0, echo: true, logprobs: 0 });
+    const fixed = await scored(SEA[2], 'static');
+    assert.deepEqual(served.body.choices[0].logprobs.token_logprobs.slice(1), fixed.logprobs);
+    const familiar = await app.inject({ method: 'POST', url: '/v1/adapters', headers: auth, payload: { name: 'whaling', examples: [SEA[3], SEA[4]] } });
+    assert.equal(familiar.json().gated, false);
+    assert.equal(familiar.json().rank, pkg.manifest.hypernet.rank);
+  });
+});
