@@ -178,12 +178,14 @@ export class InferenceService implements CompletionService {
       const feature = this.features.feature(await this.tokenizer.tokenizePrompt(text));
       for (let j = 0; j < D; j++) context[j] += feature[j] / examples.length;
     }
-    const similarity = this.gate?.similarity(context);
-    if (similarity !== undefined && !this.gate!.admits(similarity)) {
-      return this.adapters.add(name, this.staticFactors(), 'examples', { examples: examples.length, contextSimilarity: similarity, gated: true });
+    if (this.gate === null) {
+      const [factors] = await this.engine!.adapt(context, 1);
+      return this.adapters.add(name, factors, 'examples', { examples: examples.length });
     }
-    const [factors] = await this.engine!.adapt(context, 1);
-    return this.adapters.add(name, factors, 'examples', { examples: examples.length, contextSimilarity: similarity, gated: false });
+    const similarity = this.gate.similarity(context);
+    const gated = !this.gate.admits(similarity);
+    const factors = gated ? this.staticFactors() : (await this.engine!.adapt(context, 1))[0];
+    return this.adapters.add(name, factors, 'examples', { examples: examples.length, contextSimilarity: similarity, gated });
   }
 
   /** The package's static LoRA as factors (what a gated context gets). */

@@ -145,7 +145,8 @@ def main():
         base, _ = load_base()
         save_atomic(train_masks(base.wte.weight.detach(), text_sets()["M_train"], cfg, cfg["seed"]), work / "masks.pt")
 
-    def load_hypernet():
+    def load_hypernet(train):
+        """The trained hypernetwork (eval mode), inside its gate when the config has one (centroids from train)."""
         from model import HyperNetwork
         m = cfg["model"]
         basis = load_base()[0].wte.weight if cfg["hypernet"].get("embedding_basis") else None
@@ -156,11 +157,15 @@ def main():
         net.load_state_dict(torch.load(work / "hypernet.pt"))
         net.eval()
         from adapt import gated
-        return gated(net, cfg, text_sets()["M_train"])
+        return gated(net, cfg, train)
 
     def evaluated():
         path = work / "eval.json"
-        return path.exists() and (not args.final or "test2" in json.loads(path.read_text()))
+        if not path.exists():
+            return False
+        report = json.loads(path.read_text())
+        # a gate changes every Chameleon number without retraining anything
+        return (not args.final or "test2" in report) and report.get("gate") == cfg["hypernet"].get("gate")
 
     @stage("evaluate", work / "eval.json", timings, evaluated)
     def run_evaluate():
@@ -169,7 +174,7 @@ def main():
         base, _ = load_base()
         sets = text_sets()
         wte = base.wte.weight.detach()
-        static, net = torch.load(work / "static.pt"), load_hypernet()
+        static, net = torch.load(work / "static.pt"), load_hypernet(sets["M_train"])
         kind = cfg["hypernet"].get("context", "embedding")
         splits = ("val", "test", data.TEST2) if args.final else ("val",)
         # prompts must leave room for a continuation within the model's context (the tiny config's is 64)
@@ -194,6 +199,7 @@ def main():
             "texts": f"documents cut into texts of at most {cfg['model']['context']} tokens (BOS first)",
             "eval": cfg["eval"],
             "labels": LABELS,
+            "gate": cfg["hypernet"].get("gate"),
             "continuation": continuation,
             "selector_temperatures": {"chosen": temperatures, "validation": selection},
             "examples": examples,
@@ -278,7 +284,7 @@ def main():
             "eval": {k: report[k] for k in ("metric", "eval", "validation", "test", "test2", "target") if k in report},
         }
         extra["eval"].update({k: report[k] for k in ("selector_temperatures", "storage_bytes") if k in report})
-        manifest = export_package(out, base, load_hypernet(), torch.load(work / "static.pt"), work / "tokenizer.json", cfg, eos, prompts, extra,
+        manifest = export_package(out, base, load_hypernet(sets["M_train"]), torch.load(work / "static.pt"), work / "tokenizer.json", cfg, eos, prompts, extra,
                                   torch.load(work / "library.pt"), torch.load(work / "masks.pt"), report["selector_temperatures"]["chosen"])
         size = sum(p.stat().st_size for p in out.iterdir())
         log(f"package written to {out}: {len(manifest['files'])} files, {size / 1e6:.1f} MB")

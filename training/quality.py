@@ -141,7 +141,9 @@ def main():
         holdout = c["holdout"]
         texts = fresh_texts(work, base, c, holdout)
         train = subset(sets["M_train"], lambda d: d != holdout)
-        gate = c["hypernet"].get("gate") or {"min_similarity": entry["gate_sweep"]["chosen"]}
+        gate = c["hypernet"].get("gate") or {"min_similarity": entry.get("gate_sweep", {}).get("chosen")}
+        if gate["min_similarity"] is None:
+            raise SystemExit(f"{name}: no gate in the config and no threshold chosen by --gate-sweep {name}")
         gated_net = gated(net, merge(c, {"hypernet": {"gate": gate}}), train)
         entry["final_unseen"] = {"split": "test3", "documents": "the held-out domain's documents that no split and not test2 used (data.fresh_documents)",
                                  "min_similarity": gate["min_similarity"],

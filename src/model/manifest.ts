@@ -79,7 +79,7 @@ export const ManifestSchema = Type.Object({
   }),
   decoder: Signature,
   /** rank: of the factors the hypernetwork outputs (twice lora.rank when it adds a dynamic update to the static one). */
-  hypernet: Type.Intersect([Signature, Type.Object({ rank: PositiveInt, gate: Type.Optional(ContextGate) })]),
+  hypernet: Type.Intersect([Signature, Type.Object({ rank: PositiveInt, on_static: Type.Optional(Type.Boolean()), gate: Type.Optional(ContextGate) })]),
   /** The modular LoRA library (one LoRA per training domain): also served as named adapters. */
   library: Type.Optional(DomainSelector),
   /** LoRA*Mask: one shared LoRA, one mask over its entries per training domain. */
@@ -210,7 +210,11 @@ function checkConsistency(dir: string, m: Manifest): void {
     expectTensor('masks_mask_b', [masks.K, V, masks.r]);
     expectTensor('masks_centroids', [masks.K, D]);
   }
-  if (m.hypernet.gate !== undefined) expectTensor('gate_centroids', [m.hypernet.gate.names.length, D]);
+  if (m.hypernet.gate !== undefined) {
+    // a gated context gets the static LoRA alone: the same as zeroing the generated part only for a network on static
+    if (m.hypernet.on_static !== true) fail(dir, 'hypernet.gate needs hypernet.on_static (a network whose outputs start with the static LoRA)');
+    expectTensor('gate_centroids', [m.hypernet.gate.names.length, D]);
+  }
   else if (m.tensors.gate_centroids !== undefined) fail(dir, 'tensors gate_centroids is listed but hypernet has no gate');
 
   const expectNames = (where: string, specs: TensorSignature[], names: string[]) => {

@@ -58,6 +58,8 @@ describe('model package validation', () => {
       rejects(copy.dir, /tensors\.gate_centroids\.shape/);
       copy.writeManifest({ ...copy.manifest, hypernet: { ...copy.manifest.hypernet, gate: { ...gate, min_similarity: 2 } } });
       rejects(copy.dir, /hypernet.*min_similarity|\/hypernet/);
+      copy.writeManifest({ ...copy.manifest, hypernet: { ...copy.manifest.hypernet, on_static: false } });
+      rejects(copy.dir, /hypernet\.gate needs hypernet\.on_static/);
       const { gate: _dropped, ...ungated } = copy.manifest.hypernet;
       copy.writeManifest({ ...copy.manifest, hypernet: ungated });
       rejects(copy.dir, /gate_centroids is listed but hypernet has no gate/);
