@@ -9,13 +9,16 @@ import type { FastifyInstance } from 'fastify';
 import { ContextGate } from '../../src/adaptation/gate.js';
 import { ModelPackage } from '../../src/model/package.js';
 import { complete, MODEL_DIR, startApp } from '../helpers/app.js';
-import { LICENSE, SEA } from '../helpers/prompts.js';
+import { SEA } from '../helpers/prompts.js';
 
 const TOKEN = 'gate-admin-token';
 const pkg = ModelPackage.open(MODEL_DIR);
 const gate = ContextGate.fromPackage(pkg);
-/** Markup and numbers: nothing like the speeches, the novel, the e-mails or the licences the package adapted to. */
-const UNFAMILIAR = '<div id="7"><span>{{ 42 }}</span> 0x1F 0x2E 0x3D 0x4C 0x5B </div>';
+/** Letter salad: nothing like the speeches, the novel, the e-mails or the licences the package adapted to. */
+const UNFAMILIAR = 'zxqv jjkw pfft qqq zzz xxy wvvw kkj';
+const UNFAMILIAR_TOO = 'qqzx vvkw jjpf zzzt xxq wwkk pfzz';
+/** A licence's warranty clause and a whaling scene: well inside two training domains. */
+const FAMILIAR = ['THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED', SEA[7]];
 let app: FastifyInstance;
 
 before(async () => {
@@ -63,7 +66,7 @@ describe('context gate', () => {
   });
 
   test('a prompt from a training domain keeps its generated update', async () => {
-    for (const prompt of [LICENSE[0], SEA[0]]) {
+    for (const prompt of FAMILIAR) {
       const adapted = await scored(prompt, 'request');
       assert.equal(adapted.chameleon.gated, false, `similarity ${adapted.chameleon.context_similarity}`);
       assert.ok(adapted.chameleon.context_similarity >= pkg.manifest.hypernet.gate!.min_similarity);
@@ -72,13 +75,18 @@ describe('context gate', () => {
     }
   });
 
-  test('a batch request reports each prompt: the familiar one adapted, the unfamiliar one gated', async () => {
-    const res = await complete(app, { prompt: [SEA[1], UNFAMILIAR], max_tokens: 1, adaptation: 'batch' });
-    assert.equal(res.status, 200, JSON.stringify(res.body));
-    const { context_similarities: sims, gated } = res.body.chameleon;
-    assert.equal(sims.length, 2);
-    assert.ok(sims[1] < sims[0], `the markup is the less familiar context (${sims})`);
-    assert.equal(gated, res.body.chameleon.context_similarity < pkg.manifest.hypernet.gate!.min_similarity);
+  test('the prompts of one batch cluster share its context, its similarity and its fate', async () => {
+    const threshold = pkg.manifest.hypernet.gate!.min_similarity;
+    const familiar = await complete(app, { prompt: [SEA[3], SEA[7]], max_tokens: 1, adaptation: 'batch' });
+    const unfamiliar = await complete(app, { prompt: [UNFAMILIAR, UNFAMILIAR_TOO], max_tokens: 1, adaptation: 'batch' });
+    for (const [res, gated] of [[familiar, false], [unfamiliar, true]] as const) {
+      assert.equal(res.status, 200, JSON.stringify(res.body));
+      const info = res.body.chameleon;
+      assert.equal(info.cluster_size, 2, 'two prompts, one cluster');
+      assert.equal(info.context_similarities.length, 2);
+      assert.equal(info.context_similarities[0], info.context_similarities[1]);
+      assert.equal(info.gated, gated, `similarity ${info.context_similarity} vs ${threshold}`);
+    }
   });
 
   test('an adapter made from unfamiliar examples is the static LoRA, and says so', async () => {
@@ -91,7 +99,7 @@ describe('context gate', () => {
     const served = await complete(app, { model: 'markup', prompt: SEA[2], max_tokens: 0, echo: true, logprobs: 0 });
     const fixed = await scored(SEA[2], 'static');
     assert.deepEqual(served.body.choices[0].logprobs.token_logprobs.slice(1), fixed.logprobs);
-    const familiar = await app.inject({ method: 'POST', url: '/v1/adapters', headers: auth, payload: { name: 'whaling', examples: [SEA[3], SEA[4]] } });
+    const familiar = await app.inject({ method: 'POST', url: '/v1/adapters', headers: auth, payload: { name: 'whaling', examples: [SEA[3], SEA[7]] } });
     assert.equal(familiar.json().gated, false);
     assert.equal(familiar.json().rank, pkg.manifest.hypernet.rank);
   });
