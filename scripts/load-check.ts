@@ -31,7 +31,9 @@ function send(agent: Agent, method: string, path: string, body?: string | Buffer
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8'), ms: performance.now() - started }));
     });
-    req.on('error', reject);
+    // A server may answer 429 and close while a large body is still being written: the hostile clients count the
+    // reset as status 0 (the reply may be lost, as HTTP/1.1 allows); everyone else treats it as a failure.
+    req.on('error', (error: NodeJS.ErrnoException) => (hostileRole && (error.code === 'EPIPE' || error.code === 'ECONNRESET') ? resolve({ status: 0, body: '', ms: performance.now() - started }) : reject(error)));
     req.end(body);
   });
 }

@@ -128,6 +128,22 @@ describe('hostile bodies', () => {
   });
 });
 
+describe('large bodies share a byte budget', () => {
+  test('back-to-back bodies of about a megabyte: the second is refused unread with 429 and Connection: close, and the budget refills', async () => {
+    // one prompt far over the byte bound: parsed, then refused with a 400 before any tokenization
+    const big = JSON.stringify({ model: MODEL, prompt: 'a'.repeat(1_000_000) });
+    assertError(await post(big), 400, 'context_length_exceeded');
+    const refused = await post(big);
+    assertError(refused, 429, 'queue_full');
+    assert.equal(refused.headers.connection, 'close');
+    assert.ok(Number(refused.headers['retry-after']) >= 1);
+    await assertAlive();
+    assertError(await post(JSON.stringify({ model: MODEL, prompt: 'a'.repeat(20_000) })), 400, 'context_length_exceeded');
+    await new Promise((resolve) => setTimeout(resolve, 400)); // 4 MiB/s refills well over a megabyte
+    assertError(await post(big), 400, 'context_length_exceeded');
+  });
+});
+
 describe('hostile requests (routes, methods, the HTTP layer)', () => {
   const cases: Array<[string, () => Promise<RawReply>, number, string, boolean]> = [
     ['an unknown route', () => raw('GET /v2/everything HTTP/1.1\r\nHost: x\r\n\r\n'), 404, 'not_found', false],

@@ -30,6 +30,13 @@ const BODY_OVERHEAD_BYTES = 64 * 1024;
  */
 const LARGE_BODY_BYTES = 64 * 1024;
 const LARGE_BODIES_AT_ONCE = 2;
+/**
+ * Large bodies also share a byte budget (a token bucket that holds one largest body and refills at this rate): a
+ * client that keeps sending maximum-size bodies, which no real prompt needs (a whole context of text is a few
+ * kilobytes), would otherwise keep the event loop decoding and parsing half a megabyte every few milliseconds,
+ * while every stream, probe and ordinary request waits behind that work.
+ */
+const LARGE_BODY_BYTES_PER_SECOND = 4 * 1024 * 1024;
 
 /** Status of a stream (sent as 200 before its outcome was known), for the request counter. */
 const streamOutcome = new WeakMap<FastifyRequest, number>();
@@ -50,7 +57,12 @@ export async function completionRoutes(app: FastifyInstance, options: Completion
   });
   // A full queue refuses before the body is read or parsed, the cheapest way to say 429 to a burst; so does
   // a large body while LARGE_BODIES_AT_ONCE others are being read and admitted (each holds its slot until admitted).
+  const tokenizer = service.tokenizer;
+  // The largest useful body: MAX_BATCH_SIZE prompts of the most bytes a context can hold, twice over for JSON escapes
+  // (\u00e9 for a two-byte character). A larger one is refused unread (413).
+  const bodyLimit = tokenizer === null ? undefined : 2 * maxPrompts * service.contextLength * tokenizer.maxTokenBytes + BODY_OVERHEAD_BYTES;
   let largeBodies = 0;
+  const largeBudget = { bytes: bodyLimit ?? 0, at: performance.now() };
   const largeSlot = new WeakMap<FastifyRequest, () => void>();
   app.addHook('onRequest', async (request, reply) => {
     if (service.queueFull) {
@@ -58,10 +70,18 @@ export async function completionRoutes(app: FastifyInstance, options: Completion
     }
     const length = Number(request.headers['content-length'] ?? Number.POSITIVE_INFINITY);
     if (!(length > LARGE_BODY_BYTES)) return;
-    if (largeBodies >= LARGE_BODIES_AT_ONCE) {
+    const capacity = bodyLimit ?? Number.POSITIVE_INFINITY;
+    if (Number.isFinite(length) && length > capacity) return; // refused unread by the body limit (413)
+    const now = performance.now();
+    largeBudget.bytes = Math.min(capacity, largeBudget.bytes + ((now - largeBudget.at) / 1000) * LARGE_BODY_BYTES_PER_SECOND);
+    largeBudget.at = now;
+    // a body without a length (chunked) may be as large as the limit
+    const charge = Math.min(length, capacity);
+    if (largeBodies >= LARGE_BODIES_AT_ONCE || charge > largeBudget.bytes) {
       reply.header('connection', 'close'); // not worth reading the body only to discard it
-      throw new ServiceError('queue_full', `Too many large requests (over ${LARGE_BODY_BYTES} bytes) at once; retry later.`, { retryAfterSeconds });
+      throw new ServiceError('queue_full', `Too many large requests (over ${LARGE_BODY_BYTES} bytes) at once or per second; retry later.`, { retryAfterSeconds });
     }
+    largeBudget.bytes -= charge;
     largeBodies++;
     let held = true;
     const release = () => {
@@ -72,13 +92,10 @@ export async function completionRoutes(app: FastifyInstance, options: Completion
     reply.raw.once('close', release);
   });
 
-  const tokenizer = service.tokenizer;
   app.post(
     '/v1/completions',
     {
-      // The largest useful body: MAX_BATCH_SIZE prompts of the most bytes a context can hold, twice over for
-      // JSON escapes (\u00e9 for a two-byte character). A larger one is refused unread (413).
-      bodyLimit: tokenizer === null ? undefined : 2 * maxPrompts * service.contextLength * tokenizer.maxTokenBytes + BODY_OVERHEAD_BYTES,
+      bodyLimit,
       schema: {
         summary: 'Create a completion (OpenAI-compatible)',
         description:
