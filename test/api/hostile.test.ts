@@ -129,12 +129,14 @@ describe('hostile bodies', () => {
 });
 
 describe('large bodies share a byte budget', () => {
-  test('back-to-back bodies of about a megabyte: the second is refused unread with 429 and Connection: close, and the budget refills', async () => {
+  test('back-to-back bodies of about a megabyte: the second is refused unread, after a pause, with 429 and Connection: close; small bodies pass; the budget refills', async () => {
     // one prompt far over the byte bound: parsed, then refused with a 400 before any tokenization
     const big = JSON.stringify({ model: MODEL, prompt: 'a'.repeat(1_000_000) });
     assertError(await post(big), 400, 'context_length_exceeded');
+    const started = performance.now();
     const refused = await post(big);
     assertError(refused, 429, 'queue_full');
+    assert.ok(performance.now() - started >= 200, 'the refusal waits out its pause (a tarpit for clients that ignore Retry-After)');
     assert.equal(refused.headers.connection, 'close');
     assert.ok(Number(refused.headers['retry-after']) >= 1);
     await assertAlive();

@@ -37,6 +37,12 @@ const LARGE_BODIES_AT_ONCE = 2;
  * while every stream, probe and ordinary request waits behind that work.
  */
 const LARGE_BODY_BYTES_PER_SECOND = 4 * 1024 * 1024;
+/**
+ * Such a refusal is sent after a pause (a tarpit): a client that ignores Retry-After and sends its next large body at
+ * once would otherwise cost a connection, headers and an error reply every millisecond or so, which is CPU taken from
+ * the engine. Ordinary requests never wait here.
+ */
+const LARGE_BODY_REFUSAL_DELAY_MS = 250;
 
 /** Status of a stream (sent as 200 before its outcome was known), for the request counter. */
 const streamOutcome = new WeakMap<FastifyRequest, number>();
@@ -79,6 +85,7 @@ export async function completionRoutes(app: FastifyInstance, options: Completion
     const charge = Math.min(length, capacity);
     if (largeBodies >= LARGE_BODIES_AT_ONCE || charge > largeBudget.bytes) {
       reply.header('connection', 'close'); // not worth reading the body only to discard it
+      await new Promise((resolve) => setTimeout(resolve, LARGE_BODY_REFUSAL_DELAY_MS));
       throw new ServiceError('queue_full', `Too many large requests (over ${LARGE_BODY_BYTES} bytes) at once or per second; retry later.`, { retryAfterSeconds });
     }
     largeBudget.bytes -= charge;
