@@ -6,7 +6,8 @@
  *  3. 50 clients send maximum-size hostile requests (32 prompts of the most bytes a context can hold, too many
  *     tokens) without pause, while /health/live and normal completions are measured again;
  *  4. a full queue gets a burst of 240 concurrent requests: latency of the 429s, and every accepted request
- *     answered once with its own prompt.
+ *     answered once with its own prompt; then the same burst against a bare node:http server that answers 429 at
+ *     once, the floor of what this machine allows.
  * The hostile clients run in a child process so that building and sending their bodies does not delay the probes.
  */
 import { spawn } from 'node:child_process';
@@ -23,10 +24,17 @@ const MAX_PROMPT_BYTES = CONTEXT * LONGEST_TOKEN_BYTES;
 
 interface Reply { status: number; body: string; ms: number }
 
-function send(agent: Agent, method: string, path: string, body?: string | Buffer): Promise<Reply> {
+const BARE_429_SERVER = `
+const server = require('node:http').createServer((req, res) => {
+  res.writeHead(429, { 'content-type': 'application/json', 'retry-after': '1' });
+  res.end('{"error":{"message":"full","type":"rate_limit_error","param":null,"code":"queue_full"}}');
+});
+server.listen(0, '127.0.0.1', () => console.log(server.address().port));`;
+
+function send(agent: Agent, method: string, path: string, body?: string | Buffer, base = BASE): Promise<Reply> {
   const started = performance.now();
   return new Promise((resolve, reject) => {
-    const req = httpRequest(`${BASE}${path}`, { method, agent, headers: body === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
+    const req = httpRequest(`${base}${path}`, { method, agent, headers: body === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8'), ms: performance.now() - started }));
@@ -158,11 +166,14 @@ if (hostileRole) {
     if (i > 400) throw new Error(`the queue did not fill (depth ${depth} of ${size})`);
     await new Promise((r) => setTimeout(r, 25));
   }
-  const burstAgent = new Agent({ keepAlive: true, maxSockets: 240 });
-  const burst = await Promise.all(Array.from({ length: 240 }, (_, i) => {
-    const prompt = `burst request ${i} ${word()}`;
-    return send(burstAgent, 'POST', '/v1/completions', JSON.stringify({ model: MODEL, prompt, max_tokens: 4, echo: true, temperature: 0 })).then((r) => ({ ...r, prompt }));
-  }));
+  const burstOf240 = (base: string) => {
+    const burstAgent = new Agent({ keepAlive: true, maxSockets: 240 });
+    return Promise.all(Array.from({ length: 240 }, (_, i) => {
+      const prompt = `burst request ${i} ${word()}`;
+      return send(burstAgent, 'POST', '/v1/completions', JSON.stringify({ model: MODEL, prompt, max_tokens: 4, echo: true, temperature: 0 }), base).then((r) => ({ ...r, prompt }));
+    })).finally(() => burstAgent.destroy());
+  };
+  const burst = await burstOf240(BASE);
   const refused = burst.filter((r) => r.status === 429);
   const accepted = burst.filter((r) => r.status === 200);
   const own = (r: Reply & { prompt: string }) => (JSON.parse(r.body) as { choices: Array<{ text: string }> }).choices[0].text.startsWith(r.prompt);
@@ -170,5 +181,16 @@ if (hostileRole) {
   const fillersOwn = fillerReplies.filter((f) => f.res.status === 200 && (JSON.parse(f.res.body) as { choices: Array<{ text: string; index: number }> }).choices.every((c) => c.text.startsWith(f.prompts[c.index]))).length;
   console.log(`burst:   240 concurrent on a full queue: ${refused.length} x 429 p50 ${fmt(percentile(refused.map((r) => r.ms), 50))} p99 ${fmt(percentile(refused.map((r) => r.ms), 99))} (goal < 50 ms); ${accepted.length} accepted, each with its own prompt: ${accepted.every(own)}; other statuses: ${burst.length - refused.length - accepted.length}; fillers (9 x 32 prompts, the queue's 256 + 32 in flight) answered 200 with their own prompts: ${fillersOwn} of 9`);
   agent.destroy();
-  burstAgent.destroy();
+
+  // The floor on this machine: the same burst against a bare node:http server in its own process that answers every
+  // request with a 429 at once (no framework, no engine sharing the cores).
+  const bare = spawn(process.execPath, ['-e', BARE_429_SERVER], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const barePort = await new Promise<number>((resolve) => bare.stdout.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))));
+  const floors: number[] = [];
+  for (let round = 0; round < 3; round++) {
+    floors.push(percentile((await burstOf240(`http://127.0.0.1:${barePort}`)).map((r) => r.ms), 99));
+    await new Promise((r) => setTimeout(r, 300));
+  }
+  bare.kill();
+  console.log(`floor:   the same burst against a bare node:http server answering 429 at once, 3 runs: p99 ${floors.map(fmt).join(' / ')}`);
 }
