@@ -61,8 +61,9 @@ export async function completionRoutes(app: FastifyInstance, options: Completion
     reply.raw.once('finish', () => count(streamOutcome.get(request) ?? reply.raw.statusCode));
     reply.raw.once('close', () => count(499));
   });
-  // A full queue refuses before the body is read or parsed, the cheapest way to say 429 to a burst; so does
-  // a large body while LARGE_BODIES_AT_ONCE others are being read and admitted (each holds its slot until admitted).
+  // A full queue refuses before the body is read or parsed, the cheapest way to say 429 to a burst; so does a large
+  // body while LARGE_BODIES_AT_ONCE others are being read and admitted (each holds its slot until admitted) or when
+  // the large bodies' byte budget is spent.
   const tokenizer = service.tokenizer;
   // The largest useful body: MAX_BATCH_SIZE prompts of the most bytes a context can hold, twice over for JSON escapes
   // (\u00e9 for a two-byte character). A larger one is refused unread (413).
