@@ -86,7 +86,13 @@ describe('context gate', () => {
       assert.equal(info.context_similarities.length, 2);
       assert.equal(info.context_similarities[0], info.context_similarities[1]);
       assert.equal(info.gated, gated, `similarity ${info.context_similarity} vs ${threshold}`);
+      assert.deepEqual(info.gated_choices, [gated, gated]);
     }
+    // request mode: each prompt its own context, each choice its own similarity and fate
+    const mixed = await complete(app, { prompt: [UNFAMILIAR, SEA[7]], max_tokens: 1, adaptation: 'request' });
+    const { context_similarities: sims, gated_choices: fates } = mixed.body.chameleon;
+    assert.deepEqual(fates, sims.map((s: number) => s < threshold));
+    assert.deepEqual(fates, [true, false]);
   });
 
   test('an adapter made from unfamiliar examples is the static LoRA, and says so', async () => {

@@ -129,10 +129,15 @@ describe('hostile bodies', () => {
 });
 
 describe('large bodies share a byte budget', () => {
-  test('back-to-back bodies of about a megabyte: the second is refused unread, after a pause, with 429 and Connection: close; small bodies pass; the budget refills', async () => {
+  test('back-to-back bodies of about a megabyte: the second is refused unread, after a pause, with 429 and Connection: close; small bodies pass, chunked or not; the budget refills', async () => {
     // one prompt far over the byte bound: parsed, then refused with a 400 before any tokenization
     const big = JSON.stringify({ model: MODEL, prompt: 'a'.repeat(1_000_000) });
+    const small = JSON.stringify({ model: MODEL, prompt: 'a'.repeat(20_000) });
+    const chunked = (body: string) => raw('POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n',
+      `${Buffer.byteLength(body).toString(16)}\r\n${body}\r\n0\r\n\r\n`);
     assertError(await post(big), 400, 'context_length_exceeded');
+    // a chunked body declares no length: it is charged as it arrives and cut short when the budget runs out
+    assertError(await chunked(big), 429, 'queue_full');
     const started = performance.now();
     const refused = await post(big);
     assertError(refused, 429, 'queue_full');
@@ -140,7 +145,9 @@ describe('large bodies share a byte budget', () => {
     assert.equal(refused.headers.connection, 'close');
     assert.ok(Number(refused.headers['retry-after']) >= 1);
     await assertAlive();
-    assertError(await post(JSON.stringify({ model: MODEL, prompt: 'a'.repeat(20_000) })), 400, 'context_length_exceeded');
+    // small bodies are never held back, chunked or not
+    assertError(await post(small), 400, 'context_length_exceeded');
+    assertError(await chunked(small), 400, 'context_length_exceeded');
     await new Promise((resolve) => setTimeout(resolve, 400)); // 4 MiB/s refills well over a megabyte
     assertError(await post(big), 400, 'context_length_exceeded');
   });

@@ -15,18 +15,15 @@ export function chameleonInfo(batch: BatchInfo): ChameleonInfo {
     cluster_indices: batch.clusterIndices,
     cluster_size: batch.clusterSizes[0] ?? 0,
     cluster_sizes: batch.clusterSizes,
-    context_similarity: roundSimilarity(batch.contextSimilarities[0] ?? null),
-    context_similarities: batch.contextSimilarities.map(roundSimilarity),
+    context_similarity: batch.contextSimilarities[0] ?? null,
+    context_similarities: batch.contextSimilarities,
     gated: batch.gated[0] ?? false,
+    gated_choices: batch.gated,
     num_clusters: batch.clusters,
     mode: batch.mode,
     adapter: batch.adapter,
     adaptation_scale: batch.adaptationScale,
   };
-}
-
-function roundSimilarity(similarity: number | null): number | null {
-  return similarity === null ? null : Math.round(similarity * 1e4) / 1e4;
 }
 
 export function publicFinish(reason: FinishReason): 'stop' | 'length' | null {

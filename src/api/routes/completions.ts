@@ -2,6 +2,7 @@
  * POST /v1/completions: admission, then either the whole response as JSON or a server-sent-event stream.
  */
 import { randomUUID } from 'node:crypto';
+import { Transform, pipeline } from 'node:stream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import Type from 'typebox';
 import type { BatchInfo, Completion } from '../../batching/completion.js';
@@ -25,13 +26,12 @@ export interface CompletionRouteOptions {
 const BODY_OVERHEAD_BYTES = 64 * 1024;
 
 /**
- * Bodies larger than this are "large": parsing and checking one costs the event loop milliseconds, so only a
- * few are taken in at once; the others are refused with 429 before they are read.
+ * Bodies larger than this are "large": parsing and checking one costs the event loop milliseconds, so they share a
+ * byte budget, and those beyond it are refused with 429 before they are read.
  */
 const LARGE_BODY_BYTES = 64 * 1024;
-const LARGE_BODIES_AT_ONCE = 2;
 /**
- * Large bodies also share a byte budget (a token bucket that holds one largest body and refills at this rate): a
+ * Large bodies share a byte budget (a token bucket that holds one largest body and refills at this rate): a
  * client that keeps sending maximum-size bodies, which no real prompt needs (a whole context of text is a few
  * kilobytes), would otherwise keep the event loop decoding and parsing half a megabyte every few milliseconds,
  * while every stream, probe and ordinary request waits behind that work.
@@ -62,42 +62,59 @@ export async function completionRoutes(app: FastifyInstance, options: Completion
     reply.raw.once('close', () => count(499));
   });
   // A full queue refuses before the body is read or parsed, the cheapest way to say 429 to a burst; so does a large
-  // body while LARGE_BODIES_AT_ONCE others are being read and admitted (each holds its slot until admitted) or when
-  // the large bodies' byte budget is spent.
+  // body when the large bodies' byte budget is spent.
   const tokenizer = service.tokenizer;
   // The largest useful body: MAX_BATCH_SIZE prompts of the most bytes a context can hold, twice over for JSON escapes
   // (\u00e9 for a two-byte character). A larger one is refused unread (413).
   const bodyLimit = tokenizer === null ? undefined : 2 * maxPrompts * service.contextLength * tokenizer.maxTokenBytes + BODY_OVERHEAD_BYTES;
-  let largeBodies = 0;
-  const largeBudget = { bytes: bodyLimit ?? 0, at: performance.now() };
-  const largeSlot = new WeakMap<FastifyRequest, () => void>();
+  const budgetCapacity = bodyLimit ?? Number.POSITIVE_INFINITY;
+  const largeBudget = { bytes: budgetCapacity, at: performance.now() };
+  /** Takes `bytes` from the large bodies' budget; false (and nothing taken) when it holds less. */
+  const spendLargeBudget = (bytes: number): boolean => {
+    const now = performance.now();
+    largeBudget.bytes = Math.min(budgetCapacity, largeBudget.bytes + ((now - largeBudget.at) / 1000) * LARGE_BODY_BYTES_PER_SECOND);
+    largeBudget.at = now;
+    if (bytes > largeBudget.bytes) return false;
+    largeBudget.bytes -= bytes;
+    return true;
+  };
+  const tooManyLargeBodies = () => new ServiceError('queue_full', `Too many large requests (over ${LARGE_BODY_BYTES} bytes) per second; retry later.`, { retryAfterSeconds });
   app.addHook('onRequest', async (request, reply) => {
     if (service.queueFull) {
       throw new ServiceError('queue_full', 'The request queue is full; retry later.', { retryAfterSeconds });
     }
-    const length = Number(request.headers['content-length'] ?? Number.POSITIVE_INFINITY);
-    if (!(length > LARGE_BODY_BYTES)) return;
-    const capacity = bodyLimit ?? Number.POSITIVE_INFINITY;
-    if (Number.isFinite(length) && length > capacity) return; // refused unread by the body limit (413)
-    const now = performance.now();
-    largeBudget.bytes = Math.min(capacity, largeBudget.bytes + ((now - largeBudget.at) / 1000) * LARGE_BODY_BYTES_PER_SECOND);
-    largeBudget.at = now;
-    // a body without a length (chunked) may be as large as the limit
-    const charge = Math.min(length, capacity);
-    if (largeBodies >= LARGE_BODIES_AT_ONCE || charge > largeBudget.bytes) {
+    const declared = request.headers['content-length'];
+    if (declared === undefined) return; // no body, or a chunked one: counted as it arrives (preParsing)
+    const length = Number(declared);
+    if (!(length > LARGE_BODY_BYTES) || length > budgetCapacity) return; // small, or refused unread by the body limit (413)
+    if (!spendLargeBudget(length)) {
       reply.header('connection', 'close'); // not worth reading the body only to discard it
       await new Promise((resolve) => setTimeout(resolve, LARGE_BODY_REFUSAL_DELAY_MS));
-      throw new ServiceError('queue_full', `Too many large requests (over ${LARGE_BODY_BYTES} bytes) at once or per second; retry later.`, { retryAfterSeconds });
+      throw tooManyLargeBodies();
     }
-    largeBudget.bytes -= charge;
-    largeBodies++;
-    let held = true;
-    const release = () => {
-      if (held) largeBodies--;
-      held = false;
-    };
-    largeSlot.set(request, release);
-    reply.raw.once('close', release);
+  });
+  // A chunked body declares no length: once it has grown past LARGE_BODY_BYTES, what it has sent and everything
+  // after is charged as it arrives, and it is cut short with the same 429 when the budget runs out.
+  app.addHook('preParsing', async (request, reply, payload) => {
+    if (request.headers['content-length'] !== undefined || request.headers['transfer-encoding'] === undefined) return payload;
+    let received = 0;
+    let charged = 0;
+    const counted = new Transform({
+      transform(chunk: Buffer, _encoding, done) {
+        received += chunk.length;
+        if (received > LARGE_BODY_BYTES) {
+          if (!spendLargeBudget(received - charged)) {
+            reply.header('connection', 'close');
+            done(tooManyLargeBodies());
+            return;
+          }
+          charged = received;
+        }
+        done(null, chunk);
+      },
+    });
+    pipeline(payload, counted, () => {});
+    return counted;
   });
 
   app.post(
@@ -126,12 +143,7 @@ export async function completionRoutes(app: FastifyInstance, options: Completion
     },
     async (request, reply) => {
       const body = request.body as CompletionRequest;
-      let completion: Completion;
-      try {
-        completion = await admit(body, service, request.id, { maxPrompts });
-      } finally {
-        largeSlot.get(request)?.();
-      }
+      const completion: Completion = await admit(body, service, request.id, { maxPrompts });
       service.submit(completion);
       request.log.debug({ prompts: completion.rows, mode: completion.params.mode, user: body.user ?? undefined }, 'completion admitted');
       reply.raw.on('close', () => completion.cancel());

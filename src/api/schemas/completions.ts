@@ -101,6 +101,7 @@ export const ChameleonInfo = Type.Object(
     gated: Type.Boolean({
       description: 'True when that context was below the package\'s gate (`hypernet.gate.min_similarity`, chosen on validation): unlike every training domain, so the static LoRA alone served the prompt instead of a generated update',
     }),
+    gated_choices: Type.Array(Type.Boolean(), { description: 'gated of each prompt (choice), in choice order' }),
     num_clusters: Type.Integer({ description: 'Clusters among the clustered prompts (0 for modes that cluster nothing)' }),
     mode: ServedMode,
     adapter: Type.Union([Type.String(), Type.Null()], { description: 'The named adapter that served the request (null: the base model\'s modes)' }),
