@@ -77,6 +77,8 @@ export class InferenceService implements CompletionService {
   private readonly features: FeatureExtractor;
   private readonly domains: DomainAdapters;
   private readonly gate: ContextGate | null;
+  /** The package's static LoRA as factors (what a gated context gets), read on first use. */
+  private staticLora: LoraFactors | null = null;
   readonly adapters: AdapterRegistry;
 
   private constructor(
@@ -188,9 +190,9 @@ export class InferenceService implements CompletionService {
     return this.adapters.add(name, factors, 'examples', { examples: examples.length, contextSimilarity: similarity, gated });
   }
 
-  /** The package's static LoRA as factors (what a gated context gets). */
   private staticFactors(): LoraFactors {
-    return { rank: this.model.manifest.lora.rank, a: this.model.readTensor('static_lora_a'), b: this.model.readTensor('static_lora_b') };
+    this.staticLora ??= { rank: this.model.manifest.lora.rank, a: this.model.readTensor('static_lora_a'), b: this.model.readTensor('static_lora_b') };
+    return this.staticLora;
   }
 
   /** Stops admitting, finishes every admitted request, then stops the worker. */

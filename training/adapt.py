@@ -121,10 +121,9 @@ class Gated(torch.nn.Module):
         return a, torch.cat([b[:, :, :r], b[:, :, r:] * keep[:, None, None]], 2)
 
 
-def gated(net, cfg, train):
-    """The configured gate (hypernet.gate.min_similarity) around a Chameleon-on-static network, its centroids taken
-    from the training texts' features; the network itself when no gate is configured."""
-    gate = cfg["hypernet"].get("gate")
+def gated(net, train, gate):
+    """A gate ({"min_similarity": t}, as in a config's hypernet.gate) around a Chameleon-on-static network, its
+    centroids taken from the training texts' features; the network itself when gate is None."""
     if not gate:
         return net
     if not isinstance(net, Stacked):

@@ -157,7 +157,7 @@ def main():
         net.load_state_dict(torch.load(work / "hypernet.pt"))
         net.eval()
         from adapt import gated
-        return gated(net, cfg, train)
+        return gated(net, train, cfg["hypernet"].get("gate"))
 
     def evaluated():
         path = work / "eval.json"

@@ -144,7 +144,7 @@ def main():
         gate = c["hypernet"].get("gate") or {"min_similarity": entry.get("gate_sweep", {}).get("chosen")}
         if gate["min_similarity"] is None:
             raise SystemExit(f"{name}: no gate in the config and no threshold chosen by --gate-sweep {name}")
-        gated_net = gated(net, merge(c, {"hypernet": {"gate": gate}}), train)
+        gated_net = gated(net, train, gate)
         entry["final_unseen"] = {"split": "test3", "documents": "the held-out domain's documents that no split and not test2 used (data.fresh_documents)",
                                  "min_similarity": gate["min_similarity"],
                                  "ungated": score(name, wte, {"unseen_test3": texts}, static, net, c, "test3"),
@@ -168,7 +168,7 @@ def gate_sweep(name, wte, sets, static, net, c):
     prompts = [p for p in PROMPTS if p <= c["model"]["context"] // 2]
     sweep = {}
     for threshold in (None, *GATE_GRID):
-        candidate = net if threshold is None else gated(net, merge(c, {"hypernet": {"gate": {"min_similarity": threshold}}}), train)
+        candidate = net if threshold is None else gated(net, train, {"min_similarity": threshold})
         row = {}
         for split, texts in splits.items():
             tables = continuation_tables(wte, texts, prompts, static, candidate, c, c["seed"])
