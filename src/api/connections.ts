@@ -4,6 +4,10 @@
  * half-open connection is closed with 408 after HEADERS_TIMEOUT_MS), and closing the app first stops listening,
  * then closes every connection that has no admitted request on it (idle ones, half-open ones, ones still
  * uploading a body), lets the others finish their response and closes each as soon as it has.
+ *
+ * `Expect: 100-continue` is answered with 100 only when the body is about to be read: Node would send it as soon as
+ * the headers arrive, inviting a client to upload a body that is then refused unread (a full queue, a spent
+ * large-body budget, a body over the limit). A refusal is the final answer instead, as RFC 9110 allows.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -49,6 +53,18 @@ export function installConnectionHygiene(app: FastifyInstance): ConnectionTracke
       if (requests.get(socket)?.request === request) requests.delete(socket);
       if (closing) hangUp(socket);
     });
+  });
+
+  const awaitingContinue = new WeakSet<IncomingMessage>();
+  server.on('checkContinue', (request: IncomingMessage, response: ServerResponse) => {
+    awaitingContinue.add(request);
+    server.emit('request', request, response);
+  });
+  app.addHook('preParsing', async (request, reply, payload) => {
+    if (awaitingContinue.has(request.raw) && !(Number(request.headers['content-length']) > request.routeOptions.bodyLimit)) {
+      reply.raw.writeContinue();
+    }
+    return payload;
   });
 
   app.addHook('preClose', async () => {

@@ -2,6 +2,7 @@
  * Each kind of bad input gets its error, in OpenAI's shape, with the right status.
  */
 import assert from 'node:assert/strict';
+import { connect, type AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../../src/app.js';
@@ -158,8 +159,26 @@ class HeldEngine implements Engine {
   }
 }
 
+/** Sends `head` on a fresh connection and returns the first status line the server writes. */
+function firstResponseLine(port: number, head: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1');
+    let data = '';
+    socket.on('data', (chunk) => {
+      data += chunk.toString('latin1');
+      const end = data.indexOf('\r\n');
+      if (end >= 0) {
+        socket.destroy();
+        resolve(data.slice(0, end));
+      }
+    });
+    socket.on('error', reject);
+    socket.write(head);
+  });
+}
+
 describe('429 when the queue is full', () => {
-  test('the request beyond QUEUE_SIZE is refused with Retry-After; the admitted ones complete', async () => {
+  test('the request beyond QUEUE_SIZE is refused with Retry-After (before any 100 Continue); the admitted ones complete', async () => {
     const config = testConfig({ queueSize: 2, maxBatchSize: 1, maxWaitMs: 0, retryAfterSeconds: 3 });
     const model = ModelPackage.open(MODEL_DIR);
     const metrics = new Metrics({ defaultMetrics: false });
@@ -183,12 +202,17 @@ describe('429 when the queue is full', () => {
       assertOpenAIError(refused.body, 'queue_full', null);
       assert.equal(refused.body.error.type, 'rate_limit_error');
       assert.equal(refused.headers['retry-after'], '3');
+      // A client that waits for 100 Continue before sending its body gets the 429 from its headers alone.
+      await app.listen({ host: '127.0.0.1', port: 0 });
+      const expecting = await firstResponseLine((app.server.address() as AddressInfo).port,
+        'POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 40\r\n\r\n');
+      assert.equal(expecting, 'HTTP/1.1 429 Too Many Requests');
       const timer = setInterval(() => engine.releaseAll(), 5);
       const done = await Promise.all([first, ...queued]);
       clearInterval(timer);
       assert.deepEqual(done.map((r) => r.status), [200, 200, 200]);
       const metricsText = (await app.inject({ url: '/metrics' })).body;
-      assert.match(metricsText, /chameleon_requests_total\{status="429"\} 1/);
+      assert.match(metricsText, /chameleon_requests_total\{status="429"\} 2/);
     } finally {
       await app.close();
       await scheduler.drain();

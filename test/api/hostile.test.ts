@@ -23,14 +23,23 @@ after(async () => {
   await app.close();
 });
 
-interface RawReply { status: number; headers: Record<string, string>; body: string; closed: boolean }
+interface RawReply { status: number; headers: Record<string, string>; body: string; closed: boolean; continued: boolean }
 
 /** Writes raw bytes on a fresh connection and reads one response (the server may close after it). */
 function raw(...parts: Array<string | Buffer>): Promise<RawReply> {
+  return exchange(parts, null);
+}
+
+/**
+ * Writes `head` and reads one final response; `deferred` (a body sent with `Expect: 100-continue`) is written only
+ * after an interim 100 Continue, which the reply reports as `continued`.
+ */
+function exchange(head: Array<string | Buffer>, deferred: string | Buffer | null): Promise<RawReply> {
   return new Promise((resolve, reject) => {
     const socket = connect(port, '127.0.0.1');
     let data = Buffer.alloc(0);
     let closed = false;
+    let continued = false;
     const finish = () => {
       const text = data.toString('utf8');
       const split = text.indexOf('\r\n\r\n');
@@ -39,10 +48,16 @@ function raw(...parts: Array<string | Buffer>): Promise<RawReply> {
       const headers = Object.fromEntries(lines.map((l) => [l.slice(0, l.indexOf(':')).toLowerCase(), l.slice(l.indexOf(':') + 1).trim()]));
       let body = text.slice(split + 4);
       if (headers['transfer-encoding'] === 'chunked') body = body.replace(/^[0-9a-f]+\r\n/, '').replace(/\r\n0\r\n\r\n$/, '');
-      resolve({ status: Number(statusLine!.split(' ')[1]), headers, body, closed });
+      resolve({ status: Number(statusLine!.split(' ')[1]), headers, body, closed, continued });
     };
     socket.on('data', (chunk) => {
       data = Buffer.concat([data, chunk]);
+      const interim = 'HTTP/1.1 100 Continue\r\n\r\n';
+      if (deferred !== null && !continued && data.toString('latin1').startsWith(interim)) {
+        continued = true;
+        data = data.subarray(interim.length);
+        socket.write(deferred);
+      }
       const text = data.toString('utf8');
       const split = text.indexOf('\r\n\r\n');
       const length = /content-length: (\d+)/i.exec(text.slice(0, split))?.[1];
@@ -54,7 +69,7 @@ function raw(...parts: Array<string | Buffer>): Promise<RawReply> {
     socket.on('end', () => { closed = true; });
     socket.on('close', () => { closed = true; if (!socket.destroyed || data.length > 0) finish(); });
     socket.on('error', () => {});
-    for (const part of parts) socket.write(part);
+    for (const part of head) socket.write(part);
   });
 }
 
@@ -150,6 +165,27 @@ describe('large bodies share a byte budget', () => {
     assertError(await chunked(small), 400, 'context_length_exceeded');
     await new Promise((resolve) => setTimeout(resolve, 400)); // 4 MiB/s refills well over a megabyte
     assertError(await post(big), 400, 'context_length_exceeded');
+  });
+});
+
+describe('Expect: 100-continue', () => {
+  const withExpect = (length: number, body: string) =>
+    exchange([`POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: ${length}\r\n\r\n`], body);
+
+  test('a body the server will read is invited with 100 Continue, then answered', async () => {
+    const body = JSON.stringify({ model: MODEL, prompt: 'The ship', max_tokens: 2 });
+    const reply = await withExpect(Buffer.byteLength(body), body);
+    assert.ok(reply.continued, 'the client was told to send its body');
+    assert.equal(reply.status, 200, reply.body);
+    assert.equal(JSON.parse(reply.body).object, 'text_completion');
+  });
+
+  test('a body over the limit is refused from its headers alone: 413, never 100', async () => {
+    const reply = await withExpect(5 * 2 ** 20, '');
+    assert.equal(reply.continued, false, 'no 100 Continue before the refusal');
+    assertError(reply, 413, 'payload_too_large');
+    assert.equal(reply.headers.connection, 'close');
+    await assertAlive();
   });
 });
 
