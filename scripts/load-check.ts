@@ -12,6 +12,7 @@
  */
 import { spawn } from 'node:child_process';
 import { request as httpRequest, Agent } from 'node:http';
+import { connect, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { Random } from '../src/engine/sampling.js';
 
@@ -44,6 +45,38 @@ function send(agent: Agent, method: string, path: string, body?: string | Buffer
     req.on('error', (error: NodeJS.ErrnoException) => (hostileRole && (error.code === 'EPIPE' || error.code === 'ECONNRESET') ? resolve({ status: 0, body: '', ms: performance.now() - started }) : reject(error)));
     req.end(body);
   });
+}
+
+/**
+ * POSTs one body on each of these open sockets at once and reads each reply (status, body, time from its write to
+ * its last byte). The requests are serialised beforehand and the replies parsed by hand, as wrk does, so that the
+ * client's own work (an HTTP agent per request) stays out of what is measured.
+ */
+function rawBurst(sockets: Socket[], host: string, bodies: string[]): Promise<Reply[]> {
+  const requests = bodies.map((body) => Buffer.from(`POST /v1/completions HTTP/1.1\r\nHost: ${host}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`));
+  return Promise.all(sockets.map((socket, i) => new Promise<Reply>((resolve, reject) => {
+    let data = Buffer.alloc(0);
+    const started = performance.now();
+    socket.on('data', (chunk: Buffer) => {
+      data = Buffer.concat([data, chunk]);
+      const head = data.indexOf('\r\n\r\n');
+      if (head < 0) return;
+      const length = Number(/content-length: *(\d+)/i.exec(data.subarray(0, head).toString('latin1'))?.[1]);
+      if (data.length < head + 4 + length) return;
+      resolve({ status: Number(data.subarray(9, 12).toString('latin1')), body: data.subarray(head + 4, head + 4 + length).toString('utf8'), ms: performance.now() - started });
+    });
+    socket.on('error', reject);
+    socket.write(requests[i]);
+  })));
+}
+
+async function openSockets(base: string, count: number): Promise<Socket[]> {
+  const { hostname, port } = new URL(base);
+  return Promise.all(Array.from({ length: count }, () => new Promise<Socket>((resolve, reject) => {
+    const socket = connect(Number(port), hostname, () => resolve(socket));
+    socket.setNoDelay(true);
+    socket.on('error', reject);
+  })));
 }
 
 /** A seeded uniform [0, 1) source (the engine's own generator). */
@@ -156,15 +189,20 @@ if (hostileRole) {
   // Fast refusal: fill the queue with long requests (MAX_BATCH_SIZE 32 in flight, QUEUE_SIZE 256 waiting), then a burst
   // of 240: once from clients that must connect first (as a crowd of new clients does), once from clients whose
   // keep-alive connections are already open (as pooled clients do), which leaves out the cost of 240 TCP handshakes.
+  const burstBodies = () => Array.from({ length: 240 }, (_, i) => JSON.stringify({ model: MODEL, prompt: `burst request ${i} ${word()}`, max_tokens: 4, echo: true, temperature: 0 }));
+  const promptOf = (body: string) => (JSON.parse(body) as { prompt: string }).prompt;
+  /** Readies a burst of 240: over new connections through an HTTP agent, or over sockets opened beforehand. */
   const burstOf240 = async (base: string, warm: boolean) => {
-    const burstAgent = new Agent({ keepAlive: true, maxSockets: 240 });
-    if (warm) await Promise.all(Array.from({ length: 240 }, () => send(burstAgent, 'GET', '/health/live', undefined, base)));
-    return {
-      fire: () => Promise.all(Array.from({ length: 240 }, (_, i) => {
-        const prompt = `burst request ${i} ${word()}`;
-        return send(burstAgent, 'POST', '/v1/completions', JSON.stringify({ model: MODEL, prompt, max_tokens: 4, echo: true, temperature: 0 }), base).then((r) => ({ ...r, prompt }));
-      })).finally(() => burstAgent.destroy()),
+    const bodies = burstBodies();
+    const sockets = warm ? await openSockets(base, bodies.length) : [];
+    const agent = new Agent({ keepAlive: true, maxSockets: bodies.length });
+    const fire = async () => {
+      const replies = warm
+        ? await rawBurst(sockets, new URL(base).host, bodies).finally(() => sockets.forEach((socket) => socket.destroy()))
+        : await Promise.all(bodies.map((body) => send(agent, 'POST', '/v1/completions', body, base))).finally(() => agent.destroy());
+      return replies.map((reply, i) => ({ ...reply, prompt: promptOf(bodies[i]) }));
     };
+    return { fire };
   };
   const fullQueueBurst = async (warm: boolean) => {
     const burster = await burstOf240(BASE, warm);

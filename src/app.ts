@@ -5,6 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
@@ -12,6 +13,7 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastif
 import { pino } from 'pino';
 import { installConnectionHygiene, type ConnectionTracker } from './api/connections.js';
 import { clientErrorHandler, frameworkErrors, installErrorHandling } from './api/error-handler.js';
+import { fullQueueRefusal } from './api/fast-refusal.js';
 import { adapterRoutes } from './api/routes/adapters.js';
 import { completionRoutes } from './api/routes/completions.js';
 import { healthRoutes } from './api/routes/health.js';
@@ -61,6 +63,7 @@ export const API_INFO = {
 export async function buildApp(config: Config, options: AppOptions = {}): Promise<FastifyInstance> {
   const metrics = options.metrics ?? new Metrics();
   const receiveTimeout = config.receiveTimeoutMs;
+  let refusedBeforeFastify: (request: IncomingMessage, response: ServerResponse) => boolean = () => false;
   const app = Fastify({
     // Asynchronous writes: under a burst the lines queue up behind one write instead of costing a system call each on
     // the event loop; pino flushes what is left when the process exits.
@@ -68,10 +71,17 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     requestIdHeader: 'x-request-id',
     genReqId: () => `req-${randomUUID()}`,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
-    keepAliveTimeout: config.keepAliveTimeoutMs,
-    requestTimeout: receiveTimeout,
-    // Node checks both timeouts on this interval (30 s by default, which would let a half-open socket live that long).
-    http: { headersTimeout: Math.min(config.headersTimeoutMs, receiveTimeout), connectionsCheckingInterval: 1000 },
+    // The server is made here (what fastify would make, with the timeouts) so that a full queue's 429 can be sent
+    // before fastify handles the request (api/fast-refusal.ts).
+    serverFactory: (handler) => {
+      // Node checks both timeouts on this interval (30 s by default, which would let a half-open socket live that long).
+      const server = createServer({ headersTimeout: Math.min(config.headersTimeoutMs, receiveTimeout), connectionsCheckingInterval: 1000 }, (request, response) => {
+        if (!refusedBeforeFastify(request, response)) handler(request, response);
+      });
+      server.keepAliveTimeout = config.keepAliveTimeoutMs;
+      server.requestTimeout = receiveTimeout;
+      return server;
+    },
     clientErrorHandler,
     frameworkErrors,
     // While draining, requests already on a connection reach the routes and get a 503 in OpenAI's error shape.
@@ -100,6 +110,11 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
     });
   }
   app.decorate('chameleon', { service, metrics, started, onFailure, connections });
+  refusedBeforeFastify = fullQueueRefusal({
+    queueFull: () => service.queueFull,
+    retryAfterSeconds: config.retryAfterSeconds,
+    refused: () => metrics.requests.inc({ status: '429' }),
+  });
 
   await app.register(swagger, {
     openapi: {

@@ -48,7 +48,7 @@ export function installConnectionHygiene(app: FastifyInstance): ConnectionTracke
   server.on('request', (request: IncomingMessage, response: ServerResponse) => {
     const socket = request.socket;
     requests.set(socket, { request, response });
-    if (closing) response.setHeader('connection', 'close');
+    if (closing && !response.headersSent) response.setHeader('connection', 'close'); // a refusal may have been sent already (api/fast-refusal.ts)
     response.once('close', () => {
       if (requests.get(socket)?.request === request) requests.delete(socket);
       if (closing) hangUp(socket);

@@ -159,18 +159,21 @@ class HeldEngine implements Engine {
   }
 }
 
-/** Sends `head` on a fresh connection and returns the first status line the server writes. */
-function firstResponseLine(port: number, head: string): Promise<string> {
+/** Sends `head` on a fresh connection and reads the first response the server writes (one with a Content-Length). */
+function rawResponse(port: number, head: string): Promise<{ statusLine: string; headers: Record<string, string>; body: string }> {
   return new Promise((resolve, reject) => {
     const socket = connect(port, '127.0.0.1');
     let data = '';
     socket.on('data', (chunk) => {
-      data += chunk.toString('latin1');
-      const end = data.indexOf('\r\n');
-      if (end >= 0) {
-        socket.destroy();
-        resolve(data.slice(0, end));
-      }
+      data += chunk.toString('utf8');
+      const split = data.indexOf('\r\n\r\n');
+      if (split < 0) return;
+      const [statusLine, ...lines] = data.slice(0, split).split('\r\n');
+      const headers = Object.fromEntries(lines.map((l) => [l.slice(0, l.indexOf(':')).toLowerCase(), l.slice(l.indexOf(':') + 1).trim()]));
+      const body = data.slice(split + 4);
+      if (Buffer.byteLength(body) < Number(headers['content-length'])) return;
+      socket.destroy();
+      resolve({ statusLine: statusLine!, headers, body });
     });
     socket.on('error', reject);
     socket.write(head);
@@ -202,11 +205,18 @@ describe('429 when the queue is full', () => {
       assertOpenAIError(refused.body, 'queue_full', null);
       assert.equal(refused.body.error.type, 'rate_limit_error');
       assert.equal(refused.headers['retry-after'], '3');
-      // A client that waits for 100 Continue before sending its body gets the 429 from its headers alone.
+      // Over a real socket the refusal is sent before fastify handles the request (api/fast-refusal.ts): same
+      // answer, and a client that waits for 100 Continue before sending its body gets it from its headers alone.
       await app.listen({ host: '127.0.0.1', port: 0 });
-      const expecting = await firstResponseLine((app.server.address() as AddressInfo).port,
-        'POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 40\r\n\r\n');
-      assert.equal(expecting, 'HTTP/1.1 429 Too Many Requests');
+      const expecting = await rawResponse((app.server.address() as AddressInfo).port,
+        'POST /v1/completions?x=1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Request-Id: burst-7\r\nExpect: 100-continue\r\nContent-Length: 40\r\n\r\n');
+      assert.equal(expecting.statusLine, 'HTTP/1.1 429 Too Many Requests');
+      assert.equal(expecting.headers['retry-after'], '3');
+      assert.equal(expecting.headers['x-request-id'], 'burst-7');
+      assertOpenAIError(JSON.parse(expecting.body), 'queue_full', null);
+      // other routes are served as usual while the queue is full
+      const models = await rawResponse((app.server.address() as AddressInfo).port, 'GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n');
+      assert.equal(models.statusLine, 'HTTP/1.1 200 OK');
       const timer = setInterval(() => engine.releaseAll(), 5);
       const done = await Promise.all([first, ...queued]);
       clearInterval(timer);
