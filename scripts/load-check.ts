@@ -66,6 +66,7 @@ function rawBurst(sockets: Socket[], host: string, bodies: string[]): Promise<Re
       resolve({ status: Number(data.subarray(9, 12).toString('latin1')), body: data.subarray(head + 4, head + 4 + length).toString('utf8'), ms: performance.now() - started });
     });
     socket.on('error', reject);
+    socket.on('close', () => reject(new Error(`connection ${i} closed without a complete reply`)));
     socket.write(requests[i]);
   })));
 }
@@ -191,21 +192,18 @@ if (hostileRole) {
   // keep-alive connections are already open (as pooled clients do), which leaves out the cost of 240 TCP handshakes.
   const burstBodies = () => Array.from({ length: 240 }, (_, i) => JSON.stringify({ model: MODEL, prompt: `burst request ${i} ${word()}`, max_tokens: 4, echo: true, temperature: 0 }));
   const promptOf = (body: string) => (JSON.parse(body) as { prompt: string }).prompt;
-  /** Readies a burst of 240: over new connections through an HTTP agent, or over sockets opened beforehand. */
+  /** A burst of 240: over new connections through an HTTP agent, or over sockets opened just before (not timed). */
   const burstOf240 = async (base: string, warm: boolean) => {
     const bodies = burstBodies();
-    const sockets = warm ? await openSockets(base, bodies.length) : [];
-    const agent = new Agent({ keepAlive: true, maxSockets: bodies.length });
-    const fire = async () => {
-      const replies = warm
-        ? await rawBurst(sockets, new URL(base).host, bodies).finally(() => sockets.forEach((socket) => socket.destroy()))
-        : await Promise.all(bodies.map((body) => send(agent, 'POST', '/v1/completions', body, base))).finally(() => agent.destroy());
-      return replies.map((reply, i) => ({ ...reply, prompt: promptOf(bodies[i]) }));
-    };
-    return { fire };
+    const replies = warm
+      ? await openSockets(base, bodies.length).then((sockets) => rawBurst(sockets, new URL(base).host, bodies).finally(() => sockets.forEach((socket) => socket.destroy())))
+      : await (async () => {
+        const agent = new Agent({ keepAlive: true, maxSockets: bodies.length });
+        return Promise.all(bodies.map((body) => send(agent, 'POST', '/v1/completions', body, base))).finally(() => agent.destroy());
+      })();
+    return replies.map((reply, i) => ({ ...reply, prompt: promptOf(bodies[i]) }));
   };
   const fullQueueBurst = async (warm: boolean) => {
-    const burster = await burstOf240(BASE, warm);
     const fillers = Array.from({ length: 9 }, (_, i) => {
       const prompts = Array.from({ length: 32 }, (_, j) => `filler ${i}-${j} ${word()}`);
       return { prompts, reply: send(new Agent(), 'POST', '/v1/completions', JSON.stringify({ model: MODEL, prompt: prompts, max_tokens: 48, ignore_eos: true, echo: true, temperature: 0 })) };
@@ -218,7 +216,7 @@ if (hostileRole) {
       if (i > 400) throw new Error(`the queue did not fill (depth ${depth} of ${size})`);
       await new Promise((r) => setTimeout(r, 25));
     }
-    const burst = await burster.fire();
+    const burst = await burstOf240(BASE, warm);
     const refused = burst.filter((r) => r.status === 429);
     const accepted = burst.filter((r) => r.status === 200);
     const own = (r: Reply & { prompt: string }) => (JSON.parse(r.body) as { choices: Array<{ text: string }> }).choices[0].text.startsWith(r.prompt);
@@ -237,7 +235,7 @@ if (hostileRole) {
   for (const warm of [false, true]) {
     const floors: number[] = [];
     for (let round = 0; round < 3; round++) {
-      floors.push(percentile((await (await burstOf240(`http://127.0.0.1:${barePort}`, warm)).fire()).map((r) => r.ms), 99));
+      floors.push(percentile((await burstOf240(`http://127.0.0.1:${barePort}`, warm)).map((r) => r.ms), 99));
       await new Promise((r) => setTimeout(r, 300));
     }
     console.log(`floor:   the same burst against a bare node:http server answering 429 at once, ${warm ? 'connections already open' : 'new connections'}, 3 runs: p99 ${floors.map(fmt).join(' / ')}`);

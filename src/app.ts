@@ -66,8 +66,8 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   let refusedBeforeFastify: (request: IncomingMessage, response: ServerResponse) => boolean = () => false;
   const app = Fastify({
     // Asynchronous writes: under a burst the lines queue up behind one write instead of costing a system call each on
-    // the event loop; pino flushes what is left when the process exits.
-    logger: options.logger ?? { level: config.logLevel, stream: pino.destination({ sync: false }) },
+    // the event loop; pino flushes what is left when the process exits. A stalled stdout holds at most 16 MiB.
+    logger: options.logger ?? { level: config.logLevel, stream: pino.destination({ sync: false, maxLength: 16 * 1024 * 1024 }) },
     requestIdHeader: 'x-request-id',
     genReqId: () => `req-${randomUUID()}`,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },

@@ -7,7 +7,8 @@
  *
  * `Expect: 100-continue` is answered with 100 only when the body is about to be read: Node would send it as soon as
  * the headers arrive, inviting a client to upload a body that is then refused unread (a full queue, a spent
- * large-body budget, a body over the limit). A refusal is the final answer instead, as RFC 9110 allows.
+ * large-body budget, a body over the limit). Those refusals are the final answer instead, as RFC 9110 allows; the
+ * ones that come later (an unknown route, a content type that is not JSON) still follow a 100.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -45,10 +46,11 @@ export function installConnectionHygiene(app: FastifyInstance): ConnectionTracke
       if (sockets.size === 0) wakeSettled?.();
     });
   });
-  server.on('request', (request: IncomingMessage, response: ServerResponse) => {
+  // First of the request listeners, so that the header is set before any handler (api/fast-refusal.ts) answers.
+  server.prependListener('request', (request: IncomingMessage, response: ServerResponse) => {
     const socket = request.socket;
     requests.set(socket, { request, response });
-    if (closing && !response.headersSent) response.setHeader('connection', 'close'); // a refusal may have been sent already (api/fast-refusal.ts)
+    if (closing) response.setHeader('connection', 'close');
     response.once('close', () => {
       if (requests.get(socket)?.request === request) requests.delete(socket);
       if (closing) hangUp(socket);
@@ -60,11 +62,11 @@ export function installConnectionHygiene(app: FastifyInstance): ConnectionTracke
     awaitingContinue.add(request);
     server.emit('request', request, response);
   });
-  app.addHook('preParsing', async (request, reply, payload) => {
+  app.addHook('preParsing', (request, reply, payload, done) => {
     if (awaitingContinue.has(request.raw) && !(Number(request.headers['content-length']) > request.routeOptions.bodyLimit)) {
       reply.raw.writeContinue();
     }
-    return payload;
+    done(null, payload);
   });
 
   app.addHook('preClose', async () => {

@@ -19,9 +19,13 @@ export interface FastRefusalOptions {
   refused: () => void;
 }
 
+/** A declared body this large is not read after the refusal: the connection is closed instead. */
+const DRAIN_LIMIT_BYTES = 64 * 1024;
+
 /** Returns a handler that answers a completion request with 429 when the queue is full, and says whether it did. */
 export function fullQueueRefusal(options: FastRefusalOptions): (request: IncomingMessage, response: ServerResponse) => boolean {
-  const body = JSON.stringify(new ServiceError('queue_full', 'The request queue is full; retry later.', { retryAfterSeconds: options.retryAfterSeconds }).toJSON());
+  const refusal = new ServiceError('queue_full', 'The request queue is full; retry later.', { retryAfterSeconds: options.retryAfterSeconds });
+  const body = JSON.stringify(refusal.toJSON());
   const length = String(Buffer.byteLength(body));
   return (request, response) => {
     if (request.method !== 'POST' || !options.queueFull()) return false;
@@ -29,12 +33,17 @@ export function fullQueueRefusal(options: FastRefusalOptions): (request: Incomin
     const query = url.indexOf('?');
     if ((query < 0 ? url : url.slice(0, query)) !== '/v1/completions') return false;
     const incomingId = request.headers['x-request-id'];
-    response.writeHead(429, {
-      'content-type': 'application/json; charset=utf-8',
-      'content-length': length,
-      'retry-after': String(options.retryAfterSeconds),
-      'x-request-id': typeof incomingId === 'string' && incomingId !== '' ? incomingId : `req-${randomUUID()}`,
-    });
+    try {
+      response.writeHead(refusal.status, {
+        'content-type': 'application/json; charset=utf-8',
+        'content-length': length,
+        'retry-after': String(options.retryAfterSeconds),
+        'x-request-id': typeof incomingId === 'string' && incomingId !== '' ? incomingId : `req-${randomUUID()}`,
+        ...(Number(request.headers['content-length']) > DRAIN_LIMIT_BYTES ? { connection: 'close' } : {}),
+      });
+    } catch {
+      return false; // a header Node will not write (an odd x-request-id): fastify answers instead, with its own checks
+    }
     response.end(body);
     options.refused();
     return true;

@@ -194,7 +194,8 @@ describe('429 when the queue is full', () => {
       state: 'ready', failure: null, provider: 'cpu', modelName: MODEL, contextLength: model.dims.context,
       tokenizer: model.tokenizer, created: 0, get queueFull() { return scheduler.queueFull; }, submit: (c) => scheduler.submit(c),
     };
-    const app = await buildApp(config, { service, metrics, logger: false });
+    const logLines: string[] = [];
+    const app = await buildApp(config, { service, metrics, logger: { level: 'info', stream: { write: (line: string) => { logLines.push(line); } } } });
     try {
       const first = complete(app, { prompt: 'one', max_tokens: 1 });
       while (engine.running === 0) await new Promise((r) => setTimeout(r, 5)); // batch 1 holds the engine
@@ -213,7 +214,10 @@ describe('429 when the queue is full', () => {
       assert.equal(expecting.statusLine, 'HTTP/1.1 429 Too Many Requests');
       assert.equal(expecting.headers['retry-after'], '3');
       assert.equal(expecting.headers['x-request-id'], 'burst-7');
+      assert.equal(expecting.headers.connection, 'close', 'its body was never sent: the connection cannot be reused');
       assertOpenAIError(JSON.parse(expecting.body), 'queue_full', null);
+      assert.ok(logLines.some((line) => line.includes('"reqId":"req-')), 'fastify logs the requests it handles');
+      assert.ok(!logLines.some((line) => line.includes('burst-7')), 'the early refusal never reached fastify');
       // other routes are served as usual while the queue is full
       const models = await rawResponse((app.server.address() as AddressInfo).port, 'GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n');
       assert.equal(models.statusLine, 'HTTP/1.1 200 OK');
@@ -224,8 +228,10 @@ describe('429 when the queue is full', () => {
       const metricsText = (await app.inject({ url: '/metrics' })).body;
       assert.match(metricsText, /chameleon_requests_total\{status="429"\} 2/);
     } finally {
+      const release = setInterval(() => engine.releaseAll(), 5); // so that a failed assertion does not leave the drain waiting
       await app.close();
       await scheduler.drain();
+      clearInterval(release);
     }
   });
 });

@@ -8,7 +8,7 @@ import { connect, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
-import { MODEL, startApp } from '../helpers/app.js';
+import { MODEL, startApp, testConfig } from '../helpers/app.js';
 import { Random } from '../../src/engine/sampling.js';
 
 let app: FastifyInstance;
@@ -212,6 +212,12 @@ describe('hostile requests (routes, methods, the HTTP layer)', () => {
       await assertAlive();
     });
   }
+
+  test('the server keeps the configured timeouts (it is made by our serverFactory, not by fastify)', () => {
+    assert.equal(app.server.headersTimeout, 1000);
+    assert.equal(app.server.requestTimeout, 2000);
+    assert.equal(app.server.keepAliveTimeout, testConfig().keepAliveTimeoutMs);
+  });
 
   test('a half-open connection (partial headers) gets 408 after HEADERS_TIMEOUT_MS; the server answers meanwhile', async () => {
     const socket: Socket = connect(port, '127.0.0.1');
