@@ -10,7 +10,6 @@ import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
-import { pino } from 'pino';
 import { installConnectionHygiene, type ConnectionTracker } from './api/connections.js';
 import { clientErrorHandler, frameworkErrors, installErrorHandling } from './api/error-handler.js';
 import { fullQueueRefusal } from './api/fast-refusal.js';
@@ -65,9 +64,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   const receiveTimeout = config.receiveTimeoutMs;
   let refusedBeforeFastify: (request: IncomingMessage, response: ServerResponse) => boolean = () => false;
   const app = Fastify({
-    // Asynchronous writes: under a burst the lines queue up behind one write instead of costing a system call each on
-    // the event loop; pino flushes what is left when the process exits. A stalled stdout holds at most 16 MiB.
-    logger: options.logger ?? { level: config.logLevel, stream: pino.destination({ sync: false, maxLength: 16 * 1024 * 1024 }) },
+    logger: options.logger ?? { level: config.logLevel },
     requestIdHeader: 'x-request-id',
     genReqId: () => `req-${randomUUID()}`,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
