@@ -110,7 +110,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   refusedBeforeFastify = fullQueueRefusal({
     queueFull: () => service.queueFull,
     retryAfterSeconds: config.retryAfterSeconds,
-    refused: () => metrics.requests.inc({ status: '429' }),
+    counted: (status) => metrics.requests.inc({ status }),
   });
 
   await app.register(swagger, {

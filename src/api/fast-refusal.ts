@@ -6,7 +6,8 @@
  * server (`npm run load-check`). Installed through fastify's `serverFactory`; the routes' own check (an onRequest
  * hook) still answers requests that do not come through the server, such as `inject`.
  *
- * These refusals are counted in /metrics (`chameleon_requests_total{status="429"}`) but not logged one by one.
+ * These refusals are counted in /metrics (`chameleon_requests_total{status="429"}`, or 499 for a client that left
+ * before the answer was sent) but not logged one by one.
  */
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -15,8 +16,8 @@ import { ServiceError } from '../errors.js';
 export interface FastRefusalOptions {
   queueFull: () => boolean;
   retryAfterSeconds: number;
-  /** Called once per refusal (the request counter). */
-  refused: () => void;
+  /** Called once per refusal with its outcome, as the routes count theirs: 429 once sent, 499 when the client left first. */
+  counted: (status: '429' | '499') => void;
 }
 
 /** A declared body this large is not read after the refusal: the connection is closed instead. */
@@ -44,8 +45,15 @@ export function fullQueueRefusal(options: FastRefusalOptions): (request: Incomin
     } catch {
       return false; // a header Node will not write (an odd x-request-id): fastify answers instead, with its own checks
     }
+    let sent = false;
+    response.once('finish', () => {
+      sent = true;
+      options.counted('429');
+    });
+    response.once('close', () => {
+      if (!sent) options.counted('499');
+    });
     response.end(body);
-    options.refused();
     return true;
   };
 }
