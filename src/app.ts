@@ -63,10 +63,11 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   const metrics = options.metrics ?? new Metrics();
   const receiveTimeout = config.receiveTimeoutMs;
   let refusedBeforeFastify: (request: IncomingMessage, response: ServerResponse) => boolean = () => false;
+  const newRequestId = () => `req-${randomUUID()}`;
   const app = Fastify({
     logger: options.logger ?? { level: config.logLevel },
     requestIdHeader: 'x-request-id',
-    genReqId: () => `req-${randomUUID()}`,
+    genReqId: newRequestId,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
     // The server is made here (what fastify would make, with the timeouts) so that a full queue's 429 can be sent
     // before fastify handles the request (api/fast-refusal.ts).
@@ -110,7 +111,8 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   refusedBeforeFastify = fullQueueRefusal({
     queueFull: () => service.queueFull,
     retryAfterSeconds: config.retryAfterSeconds,
-    counted: (status) => metrics.requests.inc({ status }),
+    metrics,
+    newRequestId,
   });
 
   await app.register(swagger, {

@@ -180,14 +180,10 @@ export class InferenceService implements CompletionService {
       const feature = this.features.feature(await this.tokenizer.tokenizePrompt(text));
       for (let j = 0; j < D; j++) context[j] += feature[j] / examples.length;
     }
-    if (this.gate === null) {
-      const [factors] = await this.engine!.adapt(context, 1);
-      return this.adapters.add(name, factors, 'examples', { examples: examples.length });
-    }
-    const similarity = this.gate.similarity(context);
-    const gated = !this.gate.admits(similarity);
+    const similarity = this.gate?.similarity(context);
+    const gated = similarity !== undefined && !this.gate!.admits(similarity);
     const factors = gated ? this.staticFactors() : (await this.engine!.adapt(context, 1))[0];
-    return this.adapters.add(name, factors, 'examples', { examples: examples.length, contextSimilarity: similarity, gated });
+    return this.adapters.add(name, factors, 'examples', { examples: examples.length, ...(similarity === undefined ? {} : { contextSimilarity: similarity, gated }) });
   }
 
   private staticFactors(): LoraFactors {

@@ -9,23 +9,21 @@
  * These refusals are counted in /metrics (`chameleon_requests_total{status="429"}`, or 499 for a client that left
  * before the answer was sent) but not logged one by one.
  */
-import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { ServiceError } from '../errors.js';
+import type { Metrics } from '../observability/metrics.js';
+import { LARGE_BODY_BYTES, fullQueueError } from './completions/limits.js';
 
 export interface FastRefusalOptions {
   queueFull: () => boolean;
   retryAfterSeconds: number;
-  /** Called once per refusal with its outcome, as the routes count theirs: 429 once sent, 499 when the client left first. */
-  counted: (status: '429' | '499') => void;
+  metrics: Pick<Metrics, 'countRequest'>;
+  /** The id of a request that brings none (fastify's genReqId). */
+  newRequestId: () => string;
 }
-
-/** A declared body this large is not read after the refusal: the connection is closed instead. */
-const DRAIN_LIMIT_BYTES = 64 * 1024;
 
 /** Returns a handler that answers a completion request with 429 when the queue is full, and says whether it did. */
 export function fullQueueRefusal(options: FastRefusalOptions): (request: IncomingMessage, response: ServerResponse) => boolean {
-  const refusal = new ServiceError('queue_full', 'The request queue is full; retry later.', { retryAfterSeconds: options.retryAfterSeconds });
+  const refusal = fullQueueError(options.retryAfterSeconds);
   const body = JSON.stringify(refusal.toJSON());
   const length = String(Buffer.byteLength(body));
   return (request, response) => {
@@ -39,20 +37,13 @@ export function fullQueueRefusal(options: FastRefusalOptions): (request: Incomin
         'content-type': 'application/json; charset=utf-8',
         'content-length': length,
         'retry-after': String(options.retryAfterSeconds),
-        'x-request-id': typeof incomingId === 'string' && incomingId !== '' ? incomingId : `req-${randomUUID()}`,
-        ...(Number(request.headers['content-length']) > DRAIN_LIMIT_BYTES ? { connection: 'close' } : {}),
+        'x-request-id': typeof incomingId === 'string' && incomingId !== '' ? incomingId : options.newRequestId(),
+        ...(Number(request.headers['content-length']) > LARGE_BODY_BYTES ? { connection: 'close' } : {}),
       });
     } catch {
       return false; // a header Node will not write (an odd x-request-id): fastify answers instead, with its own checks
     }
-    let sent = false;
-    response.once('finish', () => {
-      sent = true;
-      options.counted('429');
-    });
-    response.once('close', () => {
-      if (!sent) options.counted('499');
-    });
+    options.metrics.countRequest(response, () => refusal.status);
     response.end(body);
     return true;
   };

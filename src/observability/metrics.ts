@@ -1,6 +1,7 @@
 /**
  * Prometheus metrics (prom-client), one registry per app so that several apps (tests) can live in a process.
  */
+import type { ServerResponse } from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 const SECONDS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -73,6 +74,18 @@ export class Metrics {
       labelNames: ['outcome'],
       registers,
     });
+  }
+
+  /** Counts a completion request once: `statusOnFinish()` when its response is sent, 499 when the client left first. */
+  countRequest(response: ServerResponse, statusOnFinish: () => number): void {
+    let counted = false;
+    const count = (status: number) => {
+      if (counted) return;
+      counted = true;
+      this.requests.inc({ status: String(status) });
+    };
+    response.once('finish', () => count(statusOnFinish()));
+    response.once('close', () => count(499));
   }
 
   /** Where the queue-depth gauge reads from. */

@@ -10,6 +10,7 @@ import { ServiceError } from '../../errors.js';
 import type { Metrics } from '../../observability/metrics.js';
 import type { CompletionService } from '../../service.js';
 import { admit } from '../completions/admission.js';
+import { LARGE_BODY_BYTES, fullQueueError } from '../completions/limits.js';
 import { ChoiceBuilder, TextOffsets, buildResponse, chameleonInfo, charLength, logprobsOf, publicFinish, usageOf, type ResponseHead } from '../completions/format.js';
 import { errorResponses } from '../schemas/common.js';
 import type { CompletionRequest } from '../schemas/completions.js';
@@ -25,11 +26,6 @@ export interface CompletionRouteOptions {
 /** Room for the JSON around the prompts (field names, the other options) in the body limit. */
 const BODY_OVERHEAD_BYTES = 64 * 1024;
 
-/**
- * Bodies larger than this are "large": parsing and checking one costs the event loop milliseconds, so they share a
- * byte budget, and those beyond it are refused with 429 before they are read.
- */
-const LARGE_BODY_BYTES = 64 * 1024;
 /**
  * Large bodies share a byte budget (a token bucket that holds one largest body and refills at this rate): a
  * client that keeps sending maximum-size bodies, which no real prompt needs (a whole context of text is a few
@@ -52,14 +48,7 @@ export async function completionRoutes(app: FastifyInstance, options: Completion
 
   // Counted once per request: the status sent (a stream's outcome), or 499 when the client left before the end.
   app.addHook('onRequest', async (request, reply) => {
-    let counted = false;
-    const count = (status: number) => {
-      if (counted) return;
-      counted = true;
-      metrics.requests.inc({ status: String(status) });
-    };
-    reply.raw.once('finish', () => count(streamOutcome.get(request) ?? reply.raw.statusCode));
-    reply.raw.once('close', () => count(499));
+    metrics.countRequest(reply.raw, () => streamOutcome.get(request) ?? reply.raw.statusCode);
   });
   // A full queue refuses before the body is read or parsed, the cheapest way to say 429 to a burst; so does a large
   // body when the large bodies' byte budget is spent.
@@ -81,7 +70,7 @@ export async function completionRoutes(app: FastifyInstance, options: Completion
   const tooManyLargeBodies = () => new ServiceError('queue_full', `Too many large requests (over ${LARGE_BODY_BYTES} bytes) per second; retry later.`, { retryAfterSeconds });
   app.addHook('onRequest', async (request, reply) => {
     if (service.queueFull) {
-      throw new ServiceError('queue_full', 'The request queue is full; retry later.', { retryAfterSeconds });
+      throw fullQueueError(retryAfterSeconds);
     }
     const declared = request.headers['content-length'];
     if (declared === undefined) return; // no body, or a chunked one: counted as it arrives (preParsing)
