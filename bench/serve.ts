@@ -235,12 +235,12 @@ async function engineGap(promptIds: number[]): Promise<{ maxGap: number; medianG
     engine.onForward((phase) => { if (phase === 'prefill') chunks++; });
     const running = engine.run({
       batchId: 1, rows: Array.from({ length: 31 }, (_, i) => row(tokenizer.encodePrompt(`The ${WORDS[i % WORDS.length]} of day ${i}`), 200)),
-      contexts: new Float32Array(1), contextCount: 0, factors: [],
+      contexts: new Float32Array(1), contextCount: 0, contextWeights: new Float32Array(0), factors: [],
     }, { onPrompt() {}, onEvents: () => arrivals.push(performance.now()) });
     while (arrivals.length < 40) await new Promise((resolve) => setTimeout(resolve, 5));
     const before = chunks;
     const sent = performance.now();
-    await engine.run({ batchId: 2, rows: [row(promptIds, 1)], contexts: new Float32Array(1), contextCount: 0, factors: [] }, { onPrompt() {}, onEvents() {} });
+    await engine.run({ batchId: 2, rows: [row(promptIds, 1)], contexts: new Float32Array(1), contextCount: 0, contextWeights: new Float32Array(0), factors: [] }, { onPrompt() {}, onEvents() {} });
     const done = performance.now();
     await running;
     const gaps = arrivals.slice(1).map((t, i) => ({ at: t, gap: t - arrivals[i] }));

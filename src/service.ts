@@ -176,14 +176,21 @@ export class InferenceService implements CompletionService {
     if (unavailable !== null) throw unavailable;
     const D = this.model.dims.d_model;
     const context = new Float32Array(D);
+    let tokens = 0;
     for (const text of examples) {
-      const feature = this.features.feature(await this.tokenizer.tokenizePrompt(text));
+      const ids = await this.tokenizer.tokenizePrompt(text);
+      tokens += this.tokenizer.addBos ? ids.length - 1 : ids.length;
+      const feature = this.features.feature(ids);
       for (let j = 0; j < D; j++) context[j] += feature[j] / examples.length;
     }
     const similarity = this.gate?.similarity(context);
-    const gated = similarity !== undefined && !this.gate!.admits(similarity);
-    const factors = gated ? this.staticFactors() : (await this.engine!.adapt(context, 1))[0];
-    return this.adapters.add(name, factors, 'examples', { examples: examples.length, ...(similarity === undefined ? {} : { contextSimilarity: similarity, gated }) });
+    const weight = similarity === undefined ? 1 : this.gate!.weight(similarity, tokens);
+    const gated = weight === 0;
+    const factors = gated ? this.staticFactors() : (await this.engine!.adapt(context, 1, Float32Array.of(weight)))[0];
+    return this.adapters.add(name, factors, 'examples', {
+      examples: examples.length,
+      ...(similarity === undefined ? {} : { contextSimilarity: similarity, gated, dynamicWeight: weight }),
+    });
   }
 
   private staticFactors(): LoraFactors {

@@ -102,34 +102,53 @@ class Gated(torch.nn.Module):
 
     A hypernetwork maps an unfamiliar context to some update learnt for another domain; on a domain kept out of
     training that update cost up to 1.6x static LoRA's perplexity, while the static LoRA, trained on every
-    domain at once, stays mild."""
+    domain at once, stays mild.
 
-    def __init__(self, stacked, centroids, min_similarity, names):
+    With prior_tokens > 0, an admitted context made from n prompt tokens gets its dynamic update weighted
+    n / (n + prior_tokens): shrinkage towards the static LoRA, as empirical Bayes shrinks a mean estimated from few
+    samples towards its prior. A few short prompts give a noisy context, and the hypernetwork's full update for it
+    overshoots, on unseen domains most of all."""
+
+    def __init__(self, stacked, centroids, min_similarity, names, prior_tokens=0, constant_weight=None):
         super().__init__()
         self.stacked = stacked
         self.register_buffer("centroids", centroids.clone())
         self.min_similarity = min_similarity
         self.names = list(names)
+        self.prior_tokens = prior_tokens
+        self.constant_weight = constant_weight  # a validation control only (quality.py --prior-sweep), never exported
 
     def similarity(self, context):
         return (F.normalize(context, dim=-1) @ self.centroids.T).max(-1).values
 
-    def forward(self, context):
+    def forward(self, context, tokens=None):
+        """tokens: the prompt tokens behind each context (None: no shrinkage, as for a context of unknown size)."""
         a, b = self.stacked(context)
-        keep = (self.similarity(context) >= self.min_similarity).to(b.dtype)
+        weight = (self.similarity(context) >= self.min_similarity).to(b.dtype)
+        if self.constant_weight is not None:
+            weight = weight * self.constant_weight
+        elif self.prior_tokens > 0 and tokens is not None:
+            tokens = torch.as_tensor(tokens, dtype=b.dtype)
+            weight = weight * tokens / (tokens + self.prior_tokens)
         r = self.stacked.static_b.shape[-1]
-        return a, torch.cat([b[:, :, :r], b[:, :, r:] * keep[:, None, None]], 2)
+        return a, torch.cat([b[:, :, :r], b[:, :, r:] * weight[:, None, None]], 2)
+
+
+def adapters(net, contexts, tokens):
+    """The network's factors for contexts made from `tokens` prompt tokens each (a gate with shrinkage uses them)."""
+    with torch.no_grad():
+        return net(contexts, tokens) if isinstance(net, Gated) else net(contexts)
 
 
 def gated(net, train, gate):
-    """A gate ({"min_similarity": t}, as in a config's hypernet.gate) around a Chameleon-on-static network, its
+    """A gate ({"min_similarity": t, "prior_tokens": n0}, as in a config's hypernet.gate) around a Chameleon-on-static network, its
     centroids taken from the training texts' features; the network itself when gate is None."""
     if not gate:
         return net
     if not isinstance(net, Stacked):
         raise ValueError("hypernet.gate needs hypernet.on_static: a gated context falls back to the static LoRA")
     names = sorted(set(train.domains))
-    return Gated(net, domain_centroids(train.features, train.domains, names), gate["min_similarity"], names).eval()
+    return Gated(net, domain_centroids(train.features, train.domains, names), gate["min_similarity"], names, gate.get("prior_tokens", 0), gate.get("constant_weight")).eval()
 
 
 def head_loss(wte, hidden, targets, a, b, scale, reduction="mean"):

@@ -250,7 +250,8 @@ def main():
             same = all(cfg.get(k) == v if not isinstance(v, dict) else all(cfg.get(k, {}).get(kk) == vv for kk, vv in v.items()) for k, v in overrides.items())
             if "holdout" in run["overrides"] and same and run["steps"] == cfg["hypernet"]["steps"]:
                 return {"run": name, "held_out": run["overrides"]["holdout"], "validation": run["splits"], "test2": run.get("final"),
-                        "gate_sweep": run.get("gate_sweep"), "test3": run.get("final_unseen")}
+                        "gate_sweep": run.get("gate_sweep"), "prior_sweep": run.get("prior_sweep"),
+                        "test3": run.get("final_unseen_prior") or run.get("final_unseen"), "test3_gate_only": run.get("final_unseen")}
         return None
 
     def exported():

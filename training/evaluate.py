@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from adapt import head_loss, kmeans
+from adapt import adapters, head_loss, kmeans
 
 METHODS = ("base", "static", "chameleon_windows", "chameleon_oracle", "chameleon_request")
 # The seed's baselines, served as modes: each cluster of a window (as for chameleon_windows) gets its adapter
@@ -86,9 +86,8 @@ def perplexity_table(wte, texts, assignments, scale, scored_rows=None):
     return table
 
 
-def hypernet_assignments(hypernet, groups, contexts):
-    with torch.no_grad():
-        a_all, b_all = hypernet(contexts)
+def hypernet_assignments(hypernet, groups, contexts, tokens=None):
+    a_all, b_all = adapters(hypernet, contexts, tokens)
     return [(group, a_all[k:k + 1], b_all[k:k + 1]) for k, group in enumerate(groups)]
 
 
@@ -103,7 +102,8 @@ def perplexities(wte, texts, method, static, hypernet, cfg, seed, baselines=None
         assignments = hypernet_assignments(baselines[method], groups, torch.stack([texts.features[g].mean(0) for g in groups]))
     else:
         groups = groups_for(method, texts, cfg["eval"], seed)
-        assignments = hypernet_assignments(hypernet, groups, torch.stack([texts.features[g].mean(0) for g in groups]))
+        tokens = [sum(len(texts.token_ids[i]) - 1 for i in g) for g in groups]
+        assignments = hypernet_assignments(hypernet, groups, torch.stack([texts.features[g].mean(0) for g in groups]), tokens)
     return perplexity_table(wte, texts, assignments, cfg["lora"]["scale"])
 
 
@@ -226,8 +226,7 @@ def continuation_plans(wte, texts, prompt_tokens, static, hypernet, cfg, seed, k
         oracle = [[ids[k] for k in g] for g in groups_for("chameleon_oracle", sub, cfg["eval"], seed)]
         for method, groups in (("chameleon_windows", window_groups), ("chameleon_oracle", oracle), ("chameleon_request", [[i] for i in ids])):
             contexts = torch.stack([feats[[pos[i] for i in g]].mean(0) for g in groups])
-            with torch.no_grad():
-                a, b = hypernet(contexts)
+            a, b = adapters(hypernet, contexts, [len(g) * prompt_tokens for g in groups])
             index = [0] * len(ids)
             for k, g in enumerate(groups):
                 for i in g:
@@ -328,13 +327,13 @@ def examples_table(wte, train, texts, prompt_tokens, static, hypernet, cfg, seed
     plans, ids = continuation_plans(wte, texts, prompt_tokens, static, hypernet, cfg, seed)
     made = {}
     for n in counts:
-        contexts = []
+        contexts, tokens = [], []
         for d in domains:
             pool = [i for i, dd in enumerate(train.domains) if dd == d]
             pick = [pool[k] for k in torch.randperm(len(pool), generator=g)[:n].tolist()]
             contexts.append(train.features[pick].mean(0))
-        with torch.no_grad():
-            a, b = hypernet(torch.stack(contexts))
+            tokens.append(sum(len(train.token_ids[i]) - 1 for i in pick))
+        a, b = adapters(hypernet, torch.stack(contexts), tokens)
         made[f"{n} examples"] = (a, b, [domains.index(texts.domains[i]) for i in ids])
     rows = {**made, "static": plans["static"], "chameleon_windows": plans["chameleon_windows"]}
     scale = cfg["lora"]["scale"]

@@ -183,6 +183,8 @@ def export_package(out, model, hypernet, static, tokenizer_path, cfg, eos_id, fi
     rank, scale = cfg["lora"]["rank"], cfg["lora"]["scale"]
     # a gate is served by the service (a gated context takes the static slot), so the graph is the network alone
     gate = hypernet if isinstance(hypernet, Gated) else None
+    if gate is not None and gate.constant_weight is not None:
+        raise ValueError("hypernet.gate.constant_weight is a validation control; the service weighs updates by prior_tokens")
     hypernet = gate.stacked if gate is not None else hypernet
     model.eval()
     hypernet.eval()
@@ -248,8 +250,10 @@ def export_package(out, model, hypernet, static, tokenizer_path, cfg, eos_id, fi
         "decoder": dec_sig,
         "hypernet": {**hyp_sig, "hidden": cfg["hypernet"]["hidden"], "rank": hyper_rank, "on_static": bool(cfg["hypernet"].get("on_static")),
                      **({"gate": {"names": gate.names, "min_similarity": gate.min_similarity,
+                                  **({"prior_tokens": gate.prior_tokens} if gate.prior_tokens > 0 else {}),
                                   "rule": "a context whose cosine similarity to every centroid (gate_centroids: the training domains' mean "
-                                          "features) is below min_similarity gets the static LoRA alone"}} if gate is not None else {})},
+                                          "features) is below min_similarity gets the static LoRA alone; another, made from n prompt tokens, "
+                                          "gets its generated update weighted n / (n + prior_tokens) (1 without prior_tokens)"}} if gate is not None else {})},
         **sections,
         "onnx_opset": OPSET,
         **extra,

@@ -25,6 +25,8 @@ export interface NamedAdapter {
   /** Source `examples` with a gated package: their context's similarity to the nearest training domain, and whether the gate turned it away (the adapter is then the static LoRA). */
   contextSimilarity?: number;
   gated?: boolean;
+  /** Source `examples` with a gated package: the weight of its generated update (see gate.ts). */
+  dynamicWeight?: number;
 }
 
 export interface AdapterShape {
@@ -73,7 +75,7 @@ export class AdapterRegistry {
     return this.list().filter((a) => a.source !== 'package').length;
   }
 
-  add(id: string, factors: LoraFactors, source: AdapterSource, extra: Pick<NamedAdapter, 'examples' | 'contextSimilarity' | 'gated'> = {}): NamedAdapter {
+  add(id: string, factors: LoraFactors, source: AdapterSource, extra: Pick<NamedAdapter, 'examples' | 'contextSimilarity' | 'gated' | 'dynamicWeight'> = {}): NamedAdapter {
     this.checkName(id, source);
     checkFactors(factors, this.shape);
     const adapter: NamedAdapter = { id, factors, source, created: Math.floor(Date.now() / 1000), ...extra };

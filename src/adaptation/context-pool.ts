@@ -7,15 +7,15 @@
  * `batch`-mode prompts enter it: other modes never change a batch request's adapter.
  */
 export class ContextPool<Key> {
-  private readonly members = new Map<Key, Float32Array>();
+  private readonly members = new Map<Key, { feature: Float32Array; tokens: number }>();
 
-  /** Features of the prompts in flight, in admission order. */
-  features(): Float32Array[] {
+  /** The prompts in flight, in admission order: their features and prompt tokens. */
+  entries(): Array<{ feature: Float32Array; tokens: number }> {
     return [...this.members.values()];
   }
 
-  add(key: Key, feature: Float32Array): void {
-    this.members.set(key, feature);
+  add(key: Key, feature: Float32Array, tokens: number): void {
+    this.members.set(key, { feature, tokens });
   }
 
   /** The prompt finished (or failed): it no longer shapes the context of later windows. */

@@ -6,7 +6,8 @@
  *
  * and each row's cluster_index points at its slot. Only what the batch needs is computed: clusters with no member
  * of their mode get no slot, and rows that share a cluster or a named adapter share its slot. A hypernetwork context
- * that the package's gate does not admit takes the static slot instead (see gate.ts).
+ * that the package's gate does not admit takes the static slot instead, and an admitted one carries the weight the
+ * gate gives its generated update (see gate.ts).
  */
 import type { LoraFactors } from '../engine/protocol.js';
 import type { DomainMode } from './domains.js';
@@ -31,6 +32,8 @@ export interface SlotRow {
   feature: Float32Array;
   /** Cluster within its mode's clustering (clustered modes only). */
   cluster: number;
+  /** Prompt tokens behind the row's hypernetwork context: its cluster's members together, or its own prompt in `request` mode. */
+  contextTokens: number;
   /** The named adapter's id and factors (mode `adapter` only). */
   adapter?: { id: string; factors: LoraFactors };
 }
@@ -41,12 +44,16 @@ export interface SlotPlan {
   /** Hypernetwork inputs, [count, dim] row-major: slot FIRST_ADAPTER_SLOT + i reads context i. */
   contexts: Float32Array;
   count: number;
+  /** Weight of each context's generated update, [count]. */
+  contextWeights: Float32Array;
   /** Slot FIRST_ADAPTER_SLOT + count + j holds factors[j]. */
   factors: LoraFactors[];
   /** Per row: its hypernetwork context's similarity to the nearest training domain (null: no context, or no gate). */
   similarities: Array<number | null>;
   /** Per row: the gate turned its context away, so the static LoRA served it. */
   gated: boolean[];
+  /** Per row: the weight of its generated update (0 when gated; null: no hypernetwork context). */
+  dynamicWeights: Array<number | null>;
 }
 
 /**
@@ -58,24 +65,30 @@ export function planSlots(
   clusterContexts: ReadonlyMap<ClusteredMode, readonly Float32Array[]>,
   dim: number,
   makeFactors: (mode: DomainMode, context: Float32Array) => LoraFactors,
-  gate: Pick<ContextGate, 'similarity' | 'admits'> | null = null,
+  gate: Pick<ContextGate, 'similarity' | 'weight'> | null = null,
 ): SlotPlan {
   const inputs: Float32Array[] = [];
+  const weights: number[] = [];
   const factors: LoraFactors[] = [];
   const shared = new Map<string, { kind: 'hypernet' | 'factors'; index: number }>();
   const similarities = new Array<number | null>(rows.length).fill(null);
   const gated = new Array<boolean>(rows.length).fill(false);
+  const dynamicWeights = new Array<number | null>(rows.length).fill(null);
   const hypernet = (row: number, key: string | null, context: Float32Array) => {
+    let weight = 1;
     if (gate !== null) {
       const similarity = gate.similarity(context);
       similarities[row] = similarity;
-      if (!gate.admits(similarity)) {
-        gated[row] = true;
-        return STATIC_SLOT;
-      }
+      weight = gate.weight(similarity, rows[row].contextTokens);
+    }
+    dynamicWeights[row] = weight;
+    if (weight === 0) {
+      gated[row] = true;
+      return STATIC_SLOT;
     }
     const known = key === null ? undefined : shared.get(key);
     if (known !== undefined) return known;
+    weights.push(weight);
     const entry = { kind: 'hypernet' as const, index: inputs.push(context) - 1 };
     if (key !== null) shared.set(key, entry);
     return entry;
@@ -110,5 +123,5 @@ export function planSlots(
   const slots = entries.map((e) => typeof e === 'number' ? e : FIRST_ADAPTER_SLOT + (e.kind === 'hypernet' ? e.index : count + e.index));
   const contexts = new Float32Array(Math.max(count, 1) * dim);
   inputs.forEach((v, i) => contexts.set(v, i * dim));
-  return { slots, contexts, count, factors, similarities, gated };
+  return { slots, contexts, count, contextWeights: Float32Array.from(weights), factors, similarities, gated, dynamicWeights };
 }

@@ -47,6 +47,8 @@ export interface BatchInfo {
   contextSimilarities: Array<number | null>;
   /** Each prompt: the gate turned its context away and the static LoRA served it. */
   gated: boolean[];
+  /** Each prompt: the weight of its generated update (0 when gated; null without a hypernetwork context). */
+  dynamicWeights: Array<number | null>;
   mode: AdaptationMode;
   /** The named adapter (mode `adapter`), else null. */
   adapter: string | null;

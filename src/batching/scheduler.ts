@@ -188,13 +188,16 @@ export class Scheduler {
     const clusterSize = new Array<number>(rows.length).fill(0);
     const clusteredWith = new Array<number>(rows.length).fill(rows.length);
     const clusterCount = new Array<number>(rows.length).fill(0);
+    /** Prompt tokens behind each row's hypernetwork context: its cluster's members together (request mode: its own). */
+    const contextTokens = rows.map((r) => r.completion.prompts[r.choice].textTokens);
     const contexts = new Map<ClusteredMode, Float32Array[]>();
     for (const mode of CLUSTERED_MODES) {
       const members = rows.flatMap((_, i) => (modes[i] === mode ? [i] : []));
       if (members.length === 0) continue;
       const pool = this.pools.get(mode)!;
-      const neighbours = this.options.clusterInFlight ? pool.features() : [];
-      const points = [...neighbours, ...members.map((i) => features[i])];
+      const neighbours = this.options.clusterInFlight ? pool.entries() : [];
+      const points = [...neighbours.map((n) => n.feature), ...members.map((i) => features[i])];
+      const pointTokens = [...neighbours.map((n) => n.tokens), ...members.map((i) => contextTokens[i])];
       const clustering = clusterFeatures(points, {
         targetClusterSize: this.options.targetClusterSize,
         maxClusters: this.options.maxClusters,
@@ -202,19 +205,24 @@ export class Scheduler {
       });
       contexts.set(mode, clusterContexts(points, clustering, dim));
       const memberCount = new Array<number>(clustering.k).fill(0);
-      for (const c of clustering.assignments) memberCount[c]++;
+      const memberTokens = new Array<number>(clustering.k).fill(0);
+      clustering.assignments.forEach((c, p) => {
+        memberCount[c]++;
+        memberTokens[c] += pointTokens[p];
+      });
       members.forEach((i, j) => {
         rowCluster[i] = clustering.assignments[neighbours.length + j];
         clusterSize[i] = memberCount[rowCluster[i]];
+        contextTokens[i] = memberTokens[rowCluster[i]];
         clusteredWith[i] = points.length;
         clusterCount[i] = clustering.k;
-        pool.add(rows[i], features[i]);
+        pool.add(rows[i], features[i], pointTokens[neighbours.length + j]);
       });
       this.metrics.clustersPerBatch.observe(clustering.k);
       if (mode === 'batch') this.metrics.clusteredWith.observe(points.length);
     }
     const plan = planSlots(
-      rows.map((r, i) => ({ mode: modes[i], feature: features[i], cluster: rowCluster[i], adapter: r.completion.params.adapter })),
+      rows.map((r, i) => ({ mode: modes[i], feature: features[i], cluster: rowCluster[i], contextTokens: contextTokens[i], adapter: r.completion.params.adapter })),
       contexts, dim, (mode, context) => this.domains.factors(mode, context), this.gate,
     );
     for (let i = 0; i < rows.length; i++) {
@@ -243,6 +251,7 @@ export class Scheduler {
           clusterSizes: indices.map((i) => (isClustered(mode) ? clusterSize[i] : mode === 'request' ? 1 : 0)),
           contextSimilarities: indices.map((i) => plan.similarities[i]),
           gated: indices.map((i) => plan.gated[i]),
+          dynamicWeights: indices.map((i) => plan.dynamicWeights[i]),
           mode,
           adapter: completion.params.adapter?.id ?? null,
           adaptationScale: completion.params.adaptationScale,
@@ -297,7 +306,7 @@ export class Scheduler {
 
     try {
       const stats = await this.engine.run(
-        { batchId, rows: specs, contexts: plan.contexts, contextCount: plan.count, factors: plan.factors },
+        { batchId, rows: specs, contexts: plan.contexts, contextCount: plan.count, contextWeights: plan.contextWeights, factors: plan.factors },
         {
           onAdapted: (ms) => this.metrics.adaptationSeconds.observe({ stage: 'hypernet' }, ms / 1000),
           onPrompt: (row, logprobs) => rows[row].completion.emit({ type: 'prompt', choice: rows[row].choice, logprobs }),

@@ -146,14 +146,17 @@ export class EngineClient {
     });
   }
 
-  /** Runs the hypernetwork alone on `count` contexts ([count, d_model]): the factors of an adapter made from examples. */
-  adapt(contexts: Float32Array, count: number): Promise<LoraFactors[]> {
+  /**
+   * Runs the hypernetwork alone on `count` contexts ([count, d_model]), each generated update weighted as `weights`
+   * says: the factors of an adapter made from examples.
+   */
+  adapt(contexts: Float32Array, count: number, weights: Float32Array): Promise<LoraFactors[]> {
     if (this.failure !== null) return Promise.reject(this.failure);
     if (this.closing) return Promise.reject(new EngineError('inference engine is closed'));
     const id = this.nextAdaptId++;
     return new Promise((resolve, reject) => {
       this.adapting.set(id, { resolve, reject });
-      this.worker.postMessage({ type: 'adapt', id, contexts, count } satisfies ToWorker, [contexts.buffer as ArrayBuffer]);
+      this.worker.postMessage({ type: 'adapt', id, contexts, count, weights } satisfies ToWorker, [contexts.buffer as ArrayBuffer]);
     });
   }
 

@@ -60,8 +60,11 @@ export interface Runtime {
   readonly vocabSize: number;
   /** Cache slots: the most rows that can be prefilled or decoded at once. */
   readonly slotCount: number;
-  /** One hypernetwork run: LoRA factors for `count` contexts ([count, d_model] row-major). */
-  hypernet(contexts: Float32Array, count: number): Promise<AdapterPart>;
+  /**
+   * One hypernetwork run: LoRA factors for `count` contexts ([count, d_model] row-major), the generated update of
+   * context i weighted by weights[i] (a network on static keeps its static part whole).
+   */
+  hypernet(contexts: Float32Array, count: number, weights: Float32Array): Promise<AdapterPart>;
   /**
    * Puts the parts into the decoder's adapter stack ([zero, static, ...] along the clusters axis, at the largest rank
    * in use) in consecutive slots, and returns the first; they stay there until `releaseAdapters(first)`.
@@ -206,7 +209,7 @@ export class DecodeLoop {
     const window: Window = { job, hooks, parts: [], base: 0, live: job.rows.length, stats, resolve: entry.resolve, reject: entry.reject };
     try {
       const t = this.now();
-      if (job.contextCount > 0) window.parts.push(await this.runtime.hypernet(job.contexts, job.contextCount));
+      if (job.contextCount > 0) window.parts.push(await this.runtime.hypernet(job.contexts, job.contextCount, job.contextWeights));
       for (const f of job.factors) window.parts.push({ count: 1, ...f });
       stats.hypernetMs = this.now() - t;
       hooks.onAdapted(stats.hypernetMs);

@@ -58,6 +58,8 @@ export interface Job {
   /** Hypernetwork inputs, [contextCount, d_model] row-major; adapter slot 2 + i is context i. */
   contexts: Float32Array;
   contextCount: number;
+  /** Weight of each context's generated update, [contextCount] (see adaptation/gate.ts). */
+  contextWeights: Float32Array;
   /** Adapters made before the engine (named adapters, library and mask selections): slot 2 + contextCount + i is factors[i]. */
   factors: LoraFactors[];
 }
@@ -83,6 +85,8 @@ export interface AdaptMessage {
   /** [count, d_model] row-major */
   contexts: Float32Array;
   count: number;
+  /** Weight of each context's generated update, [count]. */
+  weights: Float32Array;
 }
 
 export type ToWorker = InitMessage | GenerateMessage | CancelMessage | CloseMessage | AdaptMessage;

@@ -41,6 +41,8 @@ export class OrtRuntime implements Runtime {
   readonly vocabSize: number;
   private readonly dims: ModelPackage['dims'];
   private readonly hypernetRank: number;
+  /** Leading ranks of the hypernetwork's factors that are the static LoRA (a network on static), which weights leave whole. */
+  private readonly staticRank: number;
   private readonly adapters: AdapterArena;
   /** The arena's buffers as decoder inputs, rebuilt when the arena replaces them. */
   private adapterTensors: { version: number; a: ort.Tensor; b: ort.Tensor } | null = null;
@@ -58,6 +60,7 @@ export class OrtRuntime implements Runtime {
     this.dims = pkg.dims;
     this.vocabSize = pkg.dims.vocab_size;
     this.hypernetRank = pkg.manifest.hypernet.rank;
+    this.staticRank = pkg.manifest.hypernet.on_static === true ? pkg.manifest.lora.rank : 0;
     const staticPart = { count: 1, rank: pkg.manifest.lora.rank, a: pkg.readTensor('static_lora_a'), b: pkg.readTensor('static_lora_b') };
     this.adapters = new AdapterArena(pkg.dims.d_model, pkg.dims.vocab_size, staticPart);
     const { n_layer: layers, n_head: heads, head_dim: headDim, context: capacity } = pkg.dims;
@@ -113,7 +116,7 @@ export class OrtRuntime implements Runtime {
     return new OrtRuntime(provider, decoder, hypernet, softmax, pkg, options.slots);
   }
 
-  async hypernet(contexts: Float32Array, count: number): Promise<AdapterPart> {
+  async hypernet(contexts: Float32Array, count: number, weights: Float32Array): Promise<AdapterPart> {
     const D = this.dims.d_model;
     const V = this.vocabSize;
     const R = this.hypernetRank;
@@ -122,6 +125,15 @@ export class OrtRuntime implements Runtime {
     const b = out.lora_b.data as Float32Array;
     if (a.length !== count * R * D || b.length !== count * V * R) {
       throw new Error(`hypernet.onnx returned lora_a [${out.lora_a.dims.join(', ')}] and lora_b [${out.lora_b.dims.join(', ')}] for ${count} contexts`);
+    }
+    // The update is sum over ranks of b[:, r] a[r, :], so scaling b's generated columns scales the generated part alone.
+    for (let k = 0; k < count; k++) {
+      const w = weights[k];
+      if (w === 1) continue;
+      for (let v = 0; v < V; v++) {
+        const row = (k * V + v) * R;
+        for (let r = this.staticRank; r < R; r++) b[row + r] *= w;
+      }
     }
     return { count, rank: R, a, b };
   }

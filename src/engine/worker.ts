@@ -95,8 +95,8 @@ async function warmUp(warm: DecodeLoop, pkg: ModelPackage): Promise<void> {
   let events = 0;
   const hooks: JobHooks = { onAdapted() {}, onPrompt() {}, onEvents: (list) => { events += list.length; }, isCancelled: () => false };
   const contexts = new Float32Array(pkg.dims.d_model);
-  const first = warm.submit({ batchId: -1, rows: [spec(0, ids), spec(1, ids), spec(2, ids)], contexts, contextCount: 1, factors: [] }, hooks);
-  const second = warm.submit({ batchId: -2, rows: [spec(2, [...ids, ...ids])], contexts, contextCount: 1, factors: [] }, hooks);
+  const first = warm.submit({ batchId: -1, rows: [spec(0, ids), spec(1, ids), spec(2, ids)], contexts, contextCount: 1, contextWeights: Float32Array.of(1), factors: [] }, hooks);
+  const second = warm.submit({ batchId: -2, rows: [spec(2, [...ids, ...ids])], contexts, contextCount: 1, contextWeights: Float32Array.of(1), factors: [] }, hooks);
   await Promise.all([first, second]);
   if (events !== 4 * 3) throw new Error(`warm-up produced ${events} token events, expected 12`);
 }
@@ -113,7 +113,7 @@ function generate(message: GenerateMessage): void {
     onEvents: (events) => postEvents(batchId, events),
     isCancelled: (row) => cancelled.get(batchId)?.has(row) ?? false,
   };
-  loop.submit({ batchId, rows: message.rows, contexts: message.contexts, contextCount: message.contextCount, factors: message.factors }, hooks).then(
+  loop.submit({ batchId, rows: message.rows, contexts: message.contexts, contextCount: message.contextCount, contextWeights: message.contextWeights, factors: message.factors }, hooks).then(
     (stats) => post({ type: 'batch-done', batchId, stats }),
     (error: Error) => post({ type: 'batch-error', batchId, message: error.message }),
   ).finally(() => cancelled.delete(batchId));
@@ -121,10 +121,10 @@ function generate(message: GenerateMessage): void {
 
 /** The hypernetwork's factors for each context, split per context (an adapter made from examples). */
 async function adapt(message: AdaptMessage): Promise<void> {
-  const { id, contexts, count } = message;
+  const { id, contexts, count, weights } = message;
   try {
     if (runtime === null) throw new Error('engine is not initialised');
-    const part = await runtime.hypernet(contexts, count);
+    const part = await runtime.hypernet(contexts, count, weights);
     const D = part.a.length / (count * part.rank);
     const V = part.b.length / (count * part.rank);
     const factors = Array.from({ length: count }, (_, k) => ({

@@ -36,6 +36,8 @@ const DomainSelector = Type.Object({
 const ContextGate = Type.Object({
   names: Type.Array(Type.String({ minLength: 1 }), { minItems: 1 }),
   min_similarity: Type.Number({ minimum: -1, maximum: 1 }),
+  /** An admitted context made from n prompt tokens gets its generated update weighted n / (n + prior_tokens); absent or 0: 1. */
+  prior_tokens: Type.Optional(Type.Number({ minimum: 0 })),
 });
 
 export const ManifestSchema = Type.Object({

@@ -16,16 +16,16 @@ test('slots: [zero, static, hypernetwork inputs (used batch clusters, request ro
   const contexts = new Map<ClusteredMode, Float32Array[]>([['batch', [f(10), f(20), f(30)]], ['library', [f(40), f(50)]]]);
   const named = { id: 'mine', factors: factorsOf(7) };
   const plan = planSlots([
-    { mode: 'none', feature: f(1), cluster: -1 },
-    { mode: 'batch', feature: f(2), cluster: 2 },
-    { mode: 'static', feature: f(3), cluster: -1 },
-    { mode: 'library', feature: f(4), cluster: 1 },
-    { mode: 'request', feature: f(5), cluster: -1 },
-    { mode: 'adapter', feature: f(6), cluster: -1, adapter: named },
-    { mode: 'batch', feature: f(7), cluster: 2 },
-    { mode: 'library', feature: f(8), cluster: 1 },
-    { mode: 'adapter', feature: f(9), cluster: -1, adapter: named },
-    { mode: 'batch', feature: f(10), cluster: 0 },
+    { mode: 'none', feature: f(1), cluster: -1, contextTokens: 8 },
+    { mode: 'batch', feature: f(2), cluster: 2, contextTokens: 8 },
+    { mode: 'static', feature: f(3), cluster: -1, contextTokens: 8 },
+    { mode: 'library', feature: f(4), cluster: 1, contextTokens: 8 },
+    { mode: 'request', feature: f(5), cluster: -1, contextTokens: 8 },
+    { mode: 'adapter', feature: f(6), cluster: -1, contextTokens: 8, adapter: named },
+    { mode: 'batch', feature: f(7), cluster: 2, contextTokens: 8 },
+    { mode: 'library', feature: f(8), cluster: 1, contextTokens: 8 },
+    { mode: 'adapter', feature: f(9), cluster: -1, contextTokens: 8, adapter: named },
+    { mode: 'batch', feature: f(10), cluster: 0, contextTokens: 8 },
   ], contexts, 2, make);
   // hypernetwork: batch cluster 2 -> 2, request -> 3, batch cluster 0 -> 4; then factors: library cluster 1 -> 5, adapter -> 6
   assert.deepEqual(plan.slots, [ZERO_SLOT, 2, STATIC_SLOT, 5, 3, 6, 2, 5, 6, 4]);
@@ -37,26 +37,36 @@ test('slots: [zero, static, hypernetwork inputs (used batch clusters, request ro
 });
 
 test('a batch without hypernetwork rows asks for no hypernetwork run', () => {
-  const plan = planSlots([{ mode: 'none', feature: f(1), cluster: -1 }, { mode: 'static', feature: f(1), cluster: -1 }], new Map(), 2, make);
+  const plan = planSlots([{ mode: 'none', feature: f(1), cluster: -1, contextTokens: 8 }, { mode: 'static', feature: f(1), cluster: -1, contextTokens: 8 }], new Map(), 2, make);
   assert.deepEqual(plan.slots, [0, 1]);
   assert.equal(plan.count, 0);
   assert.equal(plan.factors.length, 0);
 });
 
-test('a gate sends the contexts it does not admit to the static slot, and reports every similarity', () => {
-  const gate = { similarity: (context: Float32Array) => context[0] / 100, admits: (similarity: number) => similarity >= 0.25 };
+test('a gate sends the contexts it does not admit to the static slot, weights the others, and reports both', () => {
+  // admitted from similarity 0.25; the generated update then weighs tokens / (tokens + 8)
+  const gate = { similarity: (context: Float32Array) => context[0] / 100, weight: (similarity: number, tokens: number) => (similarity >= 0.25 ? tokens / (tokens + 8) : 0) };
   const contexts = new Map<ClusteredMode, Float32Array[]>([['batch', [f(10), f(30)]], ['library', [f(5)]]]);
   const plan = planSlots([
-    { mode: 'batch', feature: f(1), cluster: 0 },
-    { mode: 'batch', feature: f(2), cluster: 1 },
-    { mode: 'request', feature: f(20), cluster: -1 },
-    { mode: 'request', feature: f(40), cluster: -1 },
-    { mode: 'library', feature: f(3), cluster: 0 },
-    { mode: 'static', feature: f(4), cluster: -1 },
+    { mode: 'batch', feature: f(1), cluster: 0, contextTokens: 24 },
+    { mode: 'batch', feature: f(2), cluster: 1, contextTokens: 24 },
+    { mode: 'request', feature: f(20), cluster: -1, contextTokens: 8 },
+    { mode: 'request', feature: f(40), cluster: -1, contextTokens: 8 },
+    { mode: 'library', feature: f(3), cluster: 0, contextTokens: 8 },
+    { mode: 'static', feature: f(4), cluster: -1, contextTokens: 8 },
+    { mode: 'batch', feature: f(5), cluster: 1, contextTokens: 24 },
   ], contexts, 2, make, gate);
-  assert.deepEqual(plan.slots, [STATIC_SLOT, 2, STATIC_SLOT, 3, 4, STATIC_SLOT]);
+  assert.deepEqual(plan.slots, [STATIC_SLOT, 2, STATIC_SLOT, 3, 4, STATIC_SLOT, 2]);
   assert.equal(plan.count, 2, 'no hypernetwork input for a gated context');
   assert.deepEqual(Array.from(plan.contexts), [30, 30, 40, 40]);
-  assert.deepEqual(plan.similarities, [0.1, 0.3, 0.2, 0.4, null, null], 'only hypernetwork contexts are gated (the library selects by its own centroids)');
-  assert.deepEqual(plan.gated, [true, false, true, false, false, false]);
+  assert.deepEqual(Array.from(plan.contextWeights), [0.75, 0.5], 'one weight per hypernetwork input: its tokens / (tokens + 8)');
+  assert.deepEqual(plan.similarities, [0.1, 0.3, 0.2, 0.4, null, null, 0.3], 'only hypernetwork contexts are gated (the library selects by its own centroids)');
+  assert.deepEqual(plan.gated, [true, false, true, false, false, false, false]);
+  assert.deepEqual(plan.dynamicWeights, [0, 0.75, 0, 0.5, null, null, 0.75]);
+});
+
+test('without a gate every generated update is whole', () => {
+  const plan = planSlots([{ mode: 'request', feature: f(20), cluster: -1, contextTokens: 3 }], new Map(), 2, make);
+  assert.deepEqual(Array.from(plan.contextWeights), [1]);
+  assert.deepEqual(plan.dynamicWeights, [1]);
 });

@@ -110,9 +110,9 @@ function collector(cancel: (row: number, events: number) => boolean = () => fals
   return { hooks, texts, finishes, prompts };
 }
 
-const jobA = { batchId: 1, rows: [spec([3, 4, 5], 2, 6), spec([9], 1, 3)], contexts: Float32Array.from([11]), contextCount: 1, factors: [] };
-const jobB = { batchId: 2, rows: [spec([1, 2, 3, 4, 5, 6, 7], 2, 4), spec([8, 8], 0, 9)], contexts: Float32Array.from([23]), contextCount: 1, factors: [] };
-const jobC = { batchId: 5, rows: [spec([7], 2, 3), spec([6], 1, 2)], contexts: Float32Array.from([5]), contextCount: 1, factors: [] };
+const jobA = { batchId: 1, rows: [spec([3, 4, 5], 2, 6), spec([9], 1, 3)], contexts: Float32Array.from([11]), contextCount: 1, contextWeights: Float32Array.of(1), factors: [] };
+const jobB = { batchId: 2, rows: [spec([1, 2, 3, 4, 5, 6, 7], 2, 4), spec([8, 8], 0, 9)], contexts: Float32Array.from([23]), contextCount: 1, contextWeights: Float32Array.of(1), factors: [] };
+const jobC = { batchId: 5, rows: [spec([7], 2, 3), spec([6], 1, 2)], contexts: Float32Array.from([5]), contextCount: 1, contextWeights: Float32Array.of(1), factors: [] };
 
 const immediate: LoopOptions = { yieldToEvents: async () => {} };
 
@@ -156,7 +156,7 @@ test('jobs joining a running decode (longer or shorter caches) give every row wh
 
 test('a job\'s ready-made factors take the slots after its hypernetwork outputs', async () => {
   const factors = [{ rank: 1, a: Float32Array.of(31), b: Float32Array.of(0) }, { rank: 2, a: Float32Array.of(13, 0), b: Float32Array.of(0, 0) }];
-  const job: Job = { batchId: 7, rows: [spec([3, 4], 4, 3), spec([3, 4], 3, 3), spec([3, 4], 2, 3)], contexts: Float32Array.from([11]), contextCount: 1, factors };
+  const job: Job = { batchId: 7, rows: [spec([3, 4], 4, 3), spec([3, 4], 3, 3), spec([3, 4], 2, 3)], contexts: Float32Array.from([11]), contextCount: 1, contextWeights: Float32Array.of(1), factors };
   const together = await alone(job);
   const separately = await Promise.all([13, 31, 11].map((offset) => alone({ ...job, rows: [spec([3, 4], 2, 3)], contexts: Float32Array.from([offset]), factors: [] })));
   assert.deepEqual(together.texts, separately.map((c) => c.texts[0]));
@@ -165,7 +165,7 @@ test('a job\'s ready-made factors take the slots after its hypernetwork outputs'
 test('a cancelled row stops at the next step; the others go on', async () => {
   const c = collector((row, events) => row === 1 && events >= 2);
   const stats = await new DecodeLoop(new FakeRuntime(), codec, immediate).submit(
-    { batchId: 3, rows: [spec([1], 0, 5), spec([2], 0, 50)], contexts: new Float32Array(1), contextCount: 0, factors: [] }, c.hooks);
+    { batchId: 3, rows: [spec([1], 0, 5), spec([2], 0, 50)], contexts: new Float32Array(1), contextCount: 0, contextWeights: new Float32Array(0), factors: [] }, c.hooks);
   assert.deepEqual(c.finishes, ['length', 'cancelled']);
   assert.equal(stats.tokens, 5 + 2);
 });
@@ -174,7 +174,7 @@ test('end of text stops a row unless ignore_eos; max_tokens 0 only prefills', as
   // With adapter offset 0, prompt [V - 1] predicts (V - 1 + 1) % V = 0 = EOS.
   const c = collector();
   await new DecodeLoop(new FakeRuntime(), codec, immediate).submit(
-    { batchId: 4, rows: [spec([V - 1], 0, 5, { ignoreEos: false }), spec([V - 1], 0, 2), spec([5], 0, 0)], contexts: new Float32Array(1), contextCount: 0, factors: [] }, c.hooks);
+    { batchId: 4, rows: [spec([V - 1], 0, 5, { ignoreEos: false }), spec([V - 1], 0, 2), spec([5], 0, 0)], contexts: new Float32Array(1), contextCount: 0, contextWeights: new Float32Array(0), factors: [] }, c.hooks);
   assert.deepEqual(c.finishes, ['stop', 'length', 'length']);
   assert.equal(c.texts[0], '');
   assert.equal(c.texts[1], '<0><1>');
@@ -193,7 +193,7 @@ test('slots are reused: more rows than slots all get what they get alone, each r
 });
 
 test('chunked prefill: a long prompt is prefilled within the token budget between decode steps, with the same result', async () => {
-  const long = { batchId: 7, rows: [spec(Array.from({ length: 23 }, (_, i) => (i * 7) % V), 2, 3, { promptLogprobs: true, logprobs: 1 })], contexts: Float32Array.from([3]), contextCount: 1, factors: [] };
+  const long = { batchId: 7, rows: [spec(Array.from({ length: 23 }, (_, i) => (i * 7) % V), 2, 3, { promptLogprobs: true, logprobs: 1 })], contexts: Float32Array.from([3]), contextCount: 1, contextWeights: Float32Array.of(1), factors: [] };
   const whole = await alone(long, { prefillChunkTokens: 256 });
   const runtime = new FakeRuntime();
   const loop = new DecodeLoop(runtime, codec, { ...immediate, prefillChunkTokens: 5 });
@@ -205,7 +205,7 @@ test('chunked prefill: a long prompt is prefilled within the token budget betwee
     onEvents(list);
     joined ??= loop.submit(long, joining.hooks);
   };
-  await loop.submit({ batchId: 8, rows: [spec([4, 5], 2, 12)], contexts: Float32Array.from([9]), contextCount: 1, factors: [] }, running.hooks);
+  await loop.submit({ batchId: 8, rows: [spec([4, 5], 2, 12)], contexts: Float32Array.from([9]), contextCount: 1, contextWeights: Float32Array.of(1), factors: [] }, running.hooks);
   await joined;
   assert.deepEqual(joining.texts, whole.texts);
   assert.deepEqual(joining.prompts, whole.prompts, 'prompt logprobs do not depend on the chunking');
@@ -219,7 +219,7 @@ test('chunked prefill: a long prompt is prefilled within the token budget betwee
 
 test('prefill asks for the last position only, unless prompt logprobs are wanted', async () => {
   const runtime = new FakeRuntime();
-  const job = { batchId: 9, rows: [spec([1, 2, 3, 4, 5], 0, 1), spec([6, 7, 8], 0, 1), spec([9, 1, 2, 3], 0, 1, { promptLogprobs: true, logprobs: 0 })], contexts: new Float32Array(1), contextCount: 0, factors: [] };
+  const job = { batchId: 9, rows: [spec([1, 2, 3, 4, 5], 0, 1), spec([6, 7, 8], 0, 1), spec([9, 1, 2, 3], 0, 1, { promptLogprobs: true, logprobs: 0 })], contexts: new Float32Array(1), contextCount: 0, contextWeights: new Float32Array(0), factors: [] };
   await new DecodeLoop(runtime, codec, immediate).submit(job, collector().hooks);
   const prefill = runtime.runs.filter((r) => r.phase === 'prefill');
   assert.equal(prefill.length, 1);

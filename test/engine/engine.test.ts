@@ -35,13 +35,13 @@ function row(text: string, slot: number, extra: Partial<RowSpec> = {}): RowSpec 
 
 interface RowResult { prompt: number[]; generated: number[]; text: string; finish?: string; tokens: string[] }
 
-async function run(rows: RowSpec[], contexts: Float32Array[] = [], cancelAfterFirstStep: number[] = [], onFirstEvents?: () => void): Promise<RowResult[]> {
+async function run(rows: RowSpec[], contexts: Float32Array[] = [], cancelAfterFirstStep: number[] = [], onFirstEvents?: () => void, weights: number[] = contexts.map(() => 1)): Promise<RowResult[]> {
   const out: RowResult[] = rows.map(() => ({ prompt: [], generated: [], text: '', tokens: [] }));
   const batchId = nextBatch++;
   const flat = new Float32Array(Math.max(1, contexts.length) * D);
   contexts.forEach((c, i) => flat.set(c, i * D));
   let steps = 0;
-  await engine.run({ batchId, rows, contexts: flat, contextCount: contexts.length, factors: [] }, {
+  await engine.run({ batchId, rows, contexts: flat, contextCount: contexts.length, contextWeights: Float32Array.from(weights), factors: [] }, {
     onPrompt: (r, lps: TokenLogprob[]) => { out[r].prompt = lps.map((l) => l.logprob ?? NaN); },
     onEvents: (events: RowEvent[]) => {
       if (steps++ === 0) {
@@ -84,6 +84,19 @@ describe('engine worker', () => {
     assert.ok(!close(zero.prompt, hyper.prompt, 1e-3), 'hypernetwork adapter differs from zero');
     const [hyperAlone] = await run([row('The whale', 2)], [context]);
     assert.ok(close(hyper.prompt, hyperAlone.prompt));
+  });
+
+  test('a context\'s weight scales its generated update alone: 0 is the static LoRA, 1 the whole update, 0.5 between', async () => {
+    assert.equal(pkg.manifest.hypernet.on_static, true, 'the default package adds its generated update to the static LoRA');
+    const context = new Float32Array(D).map((_, j) => Math.cos(j + 2));
+    const [stat] = await run([row('The whale', 1)]);
+    const [none, half, whole] = await run([row('The whale', 2), row('The whale', 3), row('The whale', 4)], [context, context, context], [], undefined, [0, 0.5, 1]);
+    assert.ok(close(none.prompt, stat.prompt), 'weight 0: exactly the static LoRA');
+    assert.ok(!close(whole.prompt, stat.prompt, 1e-3), 'weight 1: the generated update changes the output');
+    const between = half.prompt.map((x, i) => (x - stat.prompt[i]) * (x - whole.prompt[i]));
+    assert.ok(between.filter((p) => p <= 1e-9).length >= 0.8 * between.length, 'weight 0.5: most logprobs lie between static and the whole update');
+    const [wholeAlone] = await run([row('The whale', 2)], [context]);
+    assert.ok(close(whole.prompt, wholeAlone.prompt), 'weight 1 is what a context without a weight got before');
   });
 
   test('rows finish independently; a cancel message reaches a running row', async () => {
@@ -183,7 +196,7 @@ describe('engine failure', () => {
     const dying = await EngineClient.start({ modelDir: MODEL_DIR, device: 'cpu', threads: 1, slots: 8, prefillChunkTokens: 16, logger });
     const failures: Error[] = [];
     dying.onFailure((error) => failures.push(error));
-    const running = dying.run({ batchId: 1, rows: [row('The whale', 0, { maxTokens: 40 })], contexts: new Float32Array(D), contextCount: 0, factors: [] }, { onPrompt() {}, onEvents() {} });
+    const running = dying.run({ batchId: 1, rows: [row('The whale', 0, { maxTokens: 40 })], contexts: new Float32Array(D), contextCount: 0, contextWeights: new Float32Array(0), factors: [] }, { onPrompt() {}, onEvents() {} });
     await (dying as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
     await assert.rejects(running, /inference worker exited/);
     assert.equal(failures.length, 1);

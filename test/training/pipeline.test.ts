@@ -44,8 +44,10 @@ test('the tiny configuration of the training pipeline builds a servable package 
   assert.equal(manifest.library.temperature, report.selector_temperatures.chosen.library_weighted);
   assert.equal(manifest.masks.temperature, report.selector_temperatures.chosen.masks);
   assert.equal(manifest.hypernet.rank, 2 * manifest.lora.rank, 'the tiny configuration trains Chameleon on top of the static LoRA');
-  // the gate ships its threshold and one centroid per training domain, which the service's manifest check accepts
+  // the gate ships its threshold, its shrinkage prior and one centroid per training domain, which the service's manifest check accepts
   assert.equal(manifest.hypernet.gate.min_similarity, 0.6);
+  assert.equal(manifest.hypernet.gate.prior_tokens, 64);
+  assert.deepEqual(report.gate, { min_similarity: 0.6, prior_tokens: 64 }, 'the evaluation scored the gate the package ships');
   assert.deepEqual(manifest.tensors.gate_centroids.shape, [manifest.hypernet.gate.names.length, manifest.dims.d_model]);
   assert.equal(loadManifest(out).manifest.hypernet.gate?.names.length, manifest.hypernet.gate.names.length);
 });

@@ -19,6 +19,8 @@ export function chameleonInfo(batch: BatchInfo): ChameleonInfo {
     context_similarities: batch.contextSimilarities,
     gated: batch.gated[0] ?? false,
     gated_choices: batch.gated,
+    dynamic_weight: batch.dynamicWeights[0] ?? null,
+    dynamic_weights: batch.dynamicWeights,
     num_clusters: batch.clusters,
     mode: batch.mode,
     adapter: batch.adapter,

@@ -29,7 +29,7 @@ export async function adapterRoutes(app: FastifyInstance, options: AdapterRouteO
   const describe = (a: NamedAdapter) => ({
     id: a.id, object: 'adapter' as const, created: a.created, parent: service.modelName, rank: a.factors.rank, source: a.source,
     ...(a.examples === undefined ? {} : { examples: a.examples }),
-    ...(a.contextSimilarity === undefined ? {} : { context_similarity: a.contextSimilarity, gated: a.gated ?? false }),
+    ...(a.contextSimilarity === undefined ? {} : { context_similarity: a.contextSimilarity, gated: a.gated ?? false, dynamic_weight: a.dynamicWeight ?? 1 }),
   });
   const admin = async (request: FastifyRequest, reply: FastifyReply) => {
     if (adminToken === '') throw new ServiceError('admin_disabled', 'Adapter administration is disabled on this server: set ADMIN_TOKEN to enable it.');

@@ -102,6 +102,10 @@ export const ChameleonInfo = Type.Object(
       description: 'True when that context was below the package\'s gate (`hypernet.gate.min_similarity`, chosen on validation): unlike every training domain, so the static LoRA alone served the prompt instead of a generated update',
     }),
     gated_choices: Type.Array(Type.Boolean(), { description: 'gated of each prompt (choice), in choice order' }),
+    dynamic_weight: Type.Union([Type.Number(), Type.Null()], {
+      description: 'Weight of the (first) prompt\'s generated update on top of the static LoRA: 0 when gated, else n / (n + `hypernet.gate.prior_tokens`), n being the prompt tokens its context was made from (its cluster\'s members together, or its own prompt in `request` mode), so that a context from few tokens moves the model less; null for modes without a generated update',
+    }),
+    dynamic_weights: Type.Array(Type.Union([Type.Number(), Type.Null()]), { description: 'dynamic_weight of each prompt (choice), in choice order' }),
     num_clusters: Type.Integer({ description: 'Clusters among the clustered prompts (0 for modes that cluster nothing)' }),
     mode: ServedMode,
     adapter: Type.Union([Type.String(), Type.Null()], { description: 'The named adapter that served the request (null: the base model\'s modes)' }),

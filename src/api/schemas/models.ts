@@ -30,6 +30,7 @@ export const AdapterObject = Type.Object(
     examples: Type.Optional(Type.Integer({ description: 'Example texts it was made from (source examples)' })),
     context_similarity: Type.Optional(Type.Number({ description: 'Source examples, with a package that has a gate: cosine similarity of the examples\' mean feature to the nearest training domain' })),
     gated: Type.Optional(Type.Boolean({ description: 'Source examples: true when that similarity was below the package\'s gate, so the adapter is the static LoRA' })),
+    dynamic_weight: Type.Optional(Type.Number({ description: 'Source examples, with a package that has a gate: the weight of the generated update on top of the static LoRA (0 when gated, else n / (n + hypernet.gate.prior_tokens), n the examples\' tokens together)' })),
   },
   { $id: 'Adapter' },
 );
