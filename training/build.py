@@ -239,20 +239,23 @@ def main():
                 "library": count([library["lora_a"], library["lora_b"], library["centroids"]]),
                 "masks": count([masks[k] for k in ("lora_a", "lora_b", "mask_a", "mask_b", "centroids")])}
 
-    def unseen_domain(quality_path):
-        """The full-budget run of this config with one M domain kept out of training (`quality.py`), if there is one:
-        static vs Chameleon on the unseen domain, on validation and (once scored with --final) on test2; the gate's
-        validation sweep, and the fresh test3 (scored once with --final-unseen, gated and not)."""
+    def unseen_domains(quality_path):
+        """The full-budget runs of this config with one M domain kept out of training (`quality.py`), if there are
+        any: each with its validation (ungated), the gate's and the shrinkage's validation sweeps, and its final
+        unseen-domain scoring (gated and not): test3, or the held-out domain's test2 for a run whose test2 was never
+        scored; the gate-only scoring stays beside a later one with shrinkage."""
         if not quality_path.exists():
-            return None
+            return []
+        found = []
         for name, run in json.loads(quality_path.read_text()).items():
             overrides = {k: v for k, v in run["overrides"].items() if k != "holdout"}
             same = all(cfg.get(k) == v if not isinstance(v, dict) else all(cfg.get(k, {}).get(kk) == vv for kk, vv in v.items()) for k, v in overrides.items())
             if "holdout" in run["overrides"] and same and run["steps"] == cfg["hypernet"]["steps"]:
-                return {"run": name, "held_out": run["overrides"]["holdout"], "validation": run["splits"], "test2": run.get("final"),
-                        "gate_sweep": run.get("gate_sweep"), "prior_sweep": run.get("prior_sweep"),
-                        "test3": run.get("final_unseen_prior") or run.get("final_unseen"), "test3_gate_only": run.get("final_unseen")}
-        return None
+                final = run.get("final_unseen_prior") or run.get("final_unseen_test2") or run.get("final_unseen")
+                found.append({"run": name, "held_out": run["overrides"]["holdout"], "validation": run["splits"], "test2": run.get("final"),
+                              "gate_sweep": run.get("gate_sweep"), "prior_sweep": run.get("prior_sweep"),
+                              "final": final, "final_gate_only": run.get("final_unseen") if final is not run.get("final_unseen") else None})
+        return found
 
     def exported():
         manifest_path = out / "manifest.json"
@@ -271,10 +274,10 @@ def main():
         sets = text_sets()
         report = json.loads((work / "eval.json").read_text())
         out.mkdir(parents=True, exist_ok=True)
-        report["unseen_domain"] = unseen_domain(work / "quality.json")
+        report["unseen_domains"] = unseen_domains(work / "quality.json")
         write_json(report, out / "eval.json")
         final = "test2" if "test2" in report else "validation"
-        plot(report[final], report["continuation"][final], report["unseen_domain"], cfg["adapt_domains"], final, out / "eval.png")
+        plot(report[final], report["continuation"][final], report["unseen_domains"], cfg["adapt_domains"], final, out / "eval.png")
         test_ids = sets["M_test"].token_ids
         prompts = [test_ids[0][:7], test_ids[len(test_ids) // 2][:4], test_ids[-1][:9]]
         eos = bpe.Tokenizer(work / "tokenizer.json").eos_id

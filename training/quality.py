@@ -32,6 +32,13 @@ from data import TEST2  # noqa: E402
 from model import HyperNetwork  # noqa: E402
 
 
+def save_entry(path, name, entry):
+    """Writes one run's entry into the results file as it is now, so that concurrent runs keep each other's entries."""
+    current = json.loads(path.read_text()) if path.exists() else {}
+    current[name] = entry
+    write_json(current, path)
+
+
 def merge(cfg, overrides):
     out = copy.deepcopy(cfg)
     for key, value in overrides.items():
@@ -82,6 +89,7 @@ def main():
     parser.add_argument("--final-unseen", action="append", default=[], help="score this finished holdout run on its domain's test3 (once)")
     parser.add_argument("--prior-sweep", action="append", default=[], help="validate the gate's prior_tokens (shrinkage) on this finished holdout run")
     parser.add_argument("--prior-choice", action="store_true", help="apply the prior_tokens rule to the holdout runs' sweeps and exit")
+    parser.add_argument("--final-unseen-test2", action="append", default=[], help="score this finished holdout run, whose test2 was never scored, on its domain's test2 (once)")
     args = parser.parse_args()
     cfg = json.loads(Path(args.config).read_text())
     work = ROOT / "training/.cache" / cfg["name"]
@@ -123,7 +131,7 @@ def main():
                  "splits": score(name, wte, vals, static, net, c, "validation")}
         entry["seconds"] = round(time.time() - started, 1)
         results[name] = entry
-        write_json(results, results_path)
+        save_entry(results_path, name, results[name])
     for name in args.final:
         # once, for the final table: the run's saved static LoRA and hypernetwork on test2, nothing retrained
         entry = results[name]
@@ -132,35 +140,56 @@ def main():
         test2 = sets[f"M_{TEST2}"]
         splits = {f"seen_{TEST2}": subset(test2, lambda d: d != holdout), f"unseen_{TEST2}": subset(test2, lambda d: d == holdout)} if holdout else {f"M_{TEST2}": test2}
         entry["final"] = score(name, wte, splits, static, net, c, TEST2)
-        write_json(results, results_path)
+        save_entry(results_path, name, results[name])
     for name in args.gate_sweep:
         entry = results[name]
         c, static, net = load_run(work, cfg, entry, name)
         entry["gate_sweep"] = gate_sweep(name, wte, sets, static, net, c)
-        write_json(results, results_path)
+        save_entry(results_path, name, results[name])
     for name in args.prior_sweep:
         entry = results[name]
         c, static, net = load_run(work, cfg, entry, name)
         entry["prior_sweep"] = prior_sweep(name, wte, sets, static, net, c, cfg["hypernet"]["gate"]["min_similarity"])
-        write_json(results, results_path)
+        save_entry(results_path, name, results[name])
     for name in args.final_unseen:
         # once, after the gate was chosen on validation: a held-out domain's fresh documents (test3, beyond test2,
         # which was consulted before the gate existed), with and without the gate
         entry = results[name]
         c, static, net = load_run(work, cfg, entry, name)
-        holdout = c["holdout"]
-        texts = fresh_texts(work, base, c, holdout)
-        train = subset(sets["M_train"], lambda d: d != holdout)
-        gate = c["hypernet"].get("gate") or {"min_similarity": entry.get("gate_sweep", {}).get("chosen")}
-        if gate["min_similarity"] is None:
-            raise SystemExit(f"{name}: no gate in the config and no threshold chosen by --gate-sweep {name}")
-        gated_net = gated(net, train, gate)
+        gate = run_gate(name, c, entry)
         # the first scoring (gate alone) stays on record; a gate with shrinkage is scored under its own key
-        entry["final_unseen_prior" if gate.get("prior_tokens") else "final_unseen"] = {"split": "test3", "documents": "the held-out domain's documents that no split and not test2 used (data.fresh_documents)",
-                                 "min_similarity": gate["min_similarity"], "prior_tokens": gate.get("prior_tokens", 0),
-                                 "ungated": score(name, wte, {"unseen_test3": texts}, static, net, c, "test3"),
-                                 "gated": score(f"{name} + gate", wte, {"unseen_test3": texts}, static, gated_net, c, "test3")}
-        write_json(results, results_path)
+        entry["final_unseen_prior" if gate.get("prior_tokens") else "final_unseen"] = {
+            "split": "test3", "documents": "the held-out domain's documents that no split and not test2 used (data.fresh_documents)",
+            **score_unseen(name, wte, sets, fresh_texts(work, base, c, c["holdout"]), "test3", static, net, c, gate)}
+        save_entry(results_path, name, results[name])
+    for name in args.final_unseen_test2:
+        # once, for a holdout run whose test2 was never scored: its held-out domain's test2 documents are a fresh
+        # unseen-domain test of gate settings chosen on other runs' validation
+        entry = results[name]
+        if "final" in entry or "final_unseen_test2" in entry:
+            raise SystemExit(f"{name}: test2 was already scored for this run")
+        c, static, net = load_run(work, cfg, entry, name)
+        texts = subset(sets[f"M_{TEST2}"], lambda d: d == c["holdout"])
+        entry["final_unseen_test2"] = {"split": TEST2, "documents": f"the held-out domain's {TEST2} documents",
+                                       **score_unseen(name, wte, sets, texts, TEST2, static, net, c, run_gate(name, c, entry))}
+        save_entry(results_path, name, results[name])
+
+
+def run_gate(name, c, entry):
+    """The gate a holdout run is scored with: the config's, else the threshold its own --gate-sweep chose."""
+    gate = c["hypernet"].get("gate") or {"min_similarity": entry.get("gate_sweep", {}).get("chosen")}
+    if gate["min_similarity"] is None:
+        raise SystemExit(f"{name}: no gate in the config and no threshold chosen by --gate-sweep {name}")
+    return gate
+
+
+def score_unseen(name, wte, sets, texts, label, static, net, c, gate):
+    """A holdout run on its unseen domain's texts, without and with the gate."""
+    train = subset(sets["M_train"], lambda d: d != c["holdout"])
+    split = f"unseen_{label}"
+    return {"min_similarity": gate["min_similarity"], "prior_tokens": gate.get("prior_tokens", 0),
+            "ungated": score(name, wte, {split: texts}, static, net, c, label),
+            "gated": score(f"{name} + gate", wte, {split: texts}, static, gated(net, train, gate), c, label)}
 
 
 GATE_GRID = (0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8)
