@@ -95,6 +95,23 @@ describe('context gate', () => {
     assert.deepEqual(fates, [true, false]);
   });
 
+  test('an admitted context\'s generated update weighs n / (n + prior_tokens), n its prompt tokens (a cluster\'s together)', async () => {
+    const prior = pkg.manifest.hypernet.gate!.prior_tokens ?? 0;
+    assert.ok(prior > 0, 'the default package shrinks the updates of contexts made from few tokens');
+    const tokens = (text: string) => pkg.tokenizer.encode(text).length;
+    const alone = await complete(app, { prompt: SEA[7], max_tokens: 1, adaptation: 'request' });
+    const n = tokens(SEA[7]);
+    assert.ok(Math.abs(alone.body.chameleon.dynamic_weight - n / (n + prior)) < 1e-9, `request mode: ${n} tokens`);
+    const pair = await complete(app, { prompt: [SEA[3], SEA[7]], max_tokens: 1, adaptation: 'batch' });
+    const both = tokens(SEA[3]) + tokens(SEA[7]);
+    assert.equal(pair.body.chameleon.cluster_size, 2);
+    for (const w of pair.body.chameleon.dynamic_weights) assert.ok(Math.abs(w - both / (both + prior)) < 1e-9, `one cluster of ${both} tokens`);
+    const gated = await complete(app, { prompt: UNFAMILIAR, max_tokens: 1, adaptation: 'request' });
+    assert.equal(gated.body.chameleon.dynamic_weight, 0, 'a gated context gets none of its update');
+    const fixed = await complete(app, { prompt: SEA[7], max_tokens: 1, adaptation: 'static' });
+    assert.equal(fixed.body.chameleon.dynamic_weight, null, 'static mode generates no update');
+  });
+
   test('an adapter made from unfamiliar examples is the static LoRA, and says so', async () => {
     const auth = { authorization: `Bearer ${TOKEN}` };
     const made = await app.inject({ method: 'POST', url: '/v1/adapters', headers: auth, payload: { name: 'markup', examples: [UNFAMILIAR] } });
@@ -107,6 +124,9 @@ describe('context gate', () => {
     assert.deepEqual(served.body.choices[0].logprobs.token_logprobs.slice(1), fixed.logprobs);
     const familiar = await app.inject({ method: 'POST', url: '/v1/adapters', headers: auth, payload: { name: 'whaling', examples: [SEA[3], SEA[7]] } });
     assert.equal(familiar.json().gated, false);
+    const exampleTokens = pkg.tokenizer.encode(SEA[3]).length + pkg.tokenizer.encode(SEA[7]).length;
+    const prior = pkg.manifest.hypernet.gate!.prior_tokens ?? 0;
+    assert.ok(Math.abs(familiar.json().dynamic_weight - exampleTokens / (exampleTokens + prior)) < 1e-6, 'weighed by the examples\' tokens together');
     assert.equal(familiar.json().rank, pkg.manifest.hypernet.rank);
   });
 });
