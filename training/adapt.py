@@ -128,7 +128,7 @@ class Gated(torch.nn.Module):
         if self.constant_weight is not None:
             weight = weight * self.constant_weight
         elif self.prior_tokens > 0 and tokens is not None:
-            tokens = torch.as_tensor(tokens, dtype=b.dtype)
+            tokens = torch.as_tensor(tokens, dtype=b.dtype, device=b.device)
             weight = weight * tokens / (tokens + self.prior_tokens)
         r = self.stacked.static_b.shape[-1]
         return a, torch.cat([b[:, :, :r], b[:, :, r:] * weight[:, None, None]], 2)

@@ -126,7 +126,8 @@ def markdown_table(results, domains_m, domains_p):
 
 def plot(echo, continuation, unseen, domains_m, split, path):
     """Three panels: echo perplexity per M domain and on P; prompt -> continuation ratio to static per prompt length;
-    the same ratio on each domain kept out of a run's training (when such runs exist), without and with the gate."""
+    the same ratio on each domain kept out of a run's training (when such runs exist), with the gate (alone, and with
+    its shrinkage when the run was scored both ways)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -190,8 +191,9 @@ def held_out_context(wte, texts, static, hypernet, cfg, seed):
     requests = [[i] for i in range(len(texts))]
     plans = {
         "static": [(list(range(len(texts))), *static)],
-        "chameleon_windows": hypernet_assignments(hypernet, window_groups, torch.stack([prefix_features[g].mean(0) for g in window_groups])),
-        "chameleon_request": hypernet_assignments(hypernet, requests, prefix_features),
+        "chameleon_windows": hypernet_assignments(hypernet, window_groups, torch.stack([prefix_features[g].mean(0) for g in window_groups]),
+                                                  [sum(halves[i] for i in g) for g in window_groups]),
+        "chameleon_request": hypernet_assignments(hypernet, requests, prefix_features, halves),
     }
 
     def second_half(i):

@@ -13,6 +13,7 @@ import argparse
 import copy
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,10 +34,13 @@ from model import HyperNetwork  # noqa: E402
 
 
 def save_entry(path, name, entry):
-    """Writes one run's entry into the results file as it is now, so that concurrent runs keep each other's entries."""
+    """Writes one run's entry into the results file as it is now (its keys over the stored ones), so that concurrent
+    runs keep each other's entries and keys; the file is replaced at once, never seen half-written."""
     current = json.loads(path.read_text()) if path.exists() else {}
-    current[name] = entry
-    write_json(current, path)
+    current[name] = {**current.get(name, {}), **entry}
+    partial = path.with_suffix(".partial")
+    write_json(current, partial)
+    os.replace(partial, path)
 
 
 def merge(cfg, overrides):
@@ -149,7 +153,7 @@ def main():
     for name in args.prior_sweep:
         entry = results[name]
         c, static, net = load_run(work, cfg, entry, name)
-        entry["prior_sweep"] = prior_sweep(name, wte, sets, static, net, c, cfg["hypernet"]["gate"]["min_similarity"])
+        entry["prior_sweep"] = prior_sweep(name, wte, sets, static, net, c, run_gate(name, c, entry)["min_similarity"])
         save_entry(results_path, name, results[name])
     for name in args.final_unseen:
         # once, after the gate was chosen on validation: a held-out domain's fresh documents (test3, beyond test2,
@@ -169,14 +173,17 @@ def main():
         if "final" in entry or "final_unseen_test2" in entry:
             raise SystemExit(f"{name}: test2 was already scored for this run")
         c, static, net = load_run(work, cfg, entry, name)
+        gate = run_gate(name, c, entry)
         texts = subset(sets[f"M_{TEST2}"], lambda d: d == c["holdout"])
         entry["final_unseen_test2"] = {"split": TEST2, "documents": f"the held-out domain's {TEST2} documents",
-                                       **score_unseen(name, wte, sets, texts, TEST2, static, net, c, run_gate(name, c, entry))}
+                                       **score_unseen(name, wte, sets, texts, TEST2, static, net, c, gate)}
         save_entry(results_path, name, results[name])
 
 
 def run_gate(name, c, entry):
     """The gate a holdout run is scored with: the config's, else the threshold its own --gate-sweep chose."""
+    if not c.get("holdout"):
+        raise SystemExit(f"{name} is not a holdout run: it has no unseen domain to score")
     gate = c["hypernet"].get("gate") or {"min_similarity": entry.get("gate_sweep", {}).get("chosen")}
     if gate["min_similarity"] is None:
         raise SystemExit(f"{name}: no gate in the config and no threshold chosen by --gate-sweep {name}")
@@ -256,15 +263,19 @@ def prior_choice(results):
     (windows) at every prompt length in every holdout run swept, the one with the lowest seen_val windows / static at
     64-token prompts, averaged over the runs. The constant weights are a control, never chosen."""
     runs = {name: r["prior_sweep"]["settings"] for name, r in results.items() if "prior_sweep" in r}
+    if not runs:
+        raise SystemExit("no holdout run has a prior sweep: run quality.py --prior-sweep first")
+    lengths = next(iter(runs.values()))[f"prior {PRIOR_GRID[0]}"]["seen_val"]
+    target = "64" if "64" in lengths else max(lengths, key=int)  # the goal's prompt length, or the longest a small model has
     table = {}
     for p in PRIOR_GRID:
         label = f"prior {p}"
         worst = max(v["windows_over_static"] for sweep in runs.values() for split, r in sweep[label].items() if split.startswith("unseen") for v in r.values())
-        seen64 = sum(sweep[label]["seen_val"]["64"]["windows_over_static"] for sweep in runs.values()) / len(runs)
-        table[p] = {"worst_unseen": round(worst, 4), "seen_val_64": round(seen64, 4), "passes": worst <= GATE_LIMIT}
+        seen = sum(sweep[label]["seen_val"][target]["windows_over_static"] for sweep in runs.values()) / len(runs)
+        table[p] = {"worst_unseen": round(worst, 4), f"seen_val_{target}": round(seen, 4), "passes": worst <= GATE_LIMIT}
     passing = [p for p in PRIOR_GRID if table[p]["passes"]]
     return {"runs": sorted(runs), "rule": prior_choice.__doc__.split("\n\n")[0].replace("\n    ", " "), "table": table,
-            "chosen": min(passing, key=lambda p: table[p]["seen_val_64"]) if passing else None}
+            "chosen": min(passing, key=lambda p: table[p][f"seen_val_{target}"]) if passing else None}
 
 
 def fresh_texts(work, base, c, domain):

@@ -65,7 +65,7 @@ export function planSlots(
   clusterContexts: ReadonlyMap<ClusteredMode, readonly Float32Array[]>,
   dim: number,
   makeFactors: (mode: DomainMode, context: Float32Array) => LoraFactors,
-  gate: Pick<ContextGate, 'similarity' | 'weight'> | null = null,
+  gate: Pick<ContextGate, 'similarity' | 'admits' | 'weight'> | null = null,
 ): SlotPlan {
   const inputs: Float32Array[] = [];
   const weights: number[] = [];
@@ -79,13 +79,12 @@ export function planSlots(
     if (gate !== null) {
       const similarity = gate.similarity(context);
       similarities[row] = similarity;
+      gated[row] = !gate.admits(similarity);
       weight = gate.weight(similarity, rows[row].contextTokens);
     }
     dynamicWeights[row] = weight;
-    if (weight === 0) {
-      gated[row] = true;
-      return STATIC_SLOT;
-    }
+    // a generated update weighted 0 (gated, or made from no tokens) is the static LoRA
+    if (weight === 0) return STATIC_SLOT;
     const known = key === null ? undefined : shared.get(key);
     if (known !== undefined) return known;
     weights.push(weight);

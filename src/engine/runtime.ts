@@ -126,6 +126,7 @@ export class OrtRuntime implements Runtime {
     if (a.length !== count * R * D || b.length !== count * V * R) {
       throw new Error(`hypernet.onnx returned lora_a [${out.lora_a.dims.join(', ')}] and lora_b [${out.lora_b.dims.join(', ')}] for ${count} contexts`);
     }
+    if (weights.length !== count) throw new Error(`hypernetwork run for ${count} contexts got ${weights.length} weights`);
     // The update is sum over ranks of b[:, r] a[r, :], so scaling b's generated columns scales the generated part alone.
     for (let k = 0; k < count; k++) {
       const w = weights[k];

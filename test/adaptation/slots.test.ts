@@ -45,7 +45,8 @@ test('a batch without hypernetwork rows asks for no hypernetwork run', () => {
 
 test('a gate sends the contexts it does not admit to the static slot, weights the others, and reports both', () => {
   // admitted from similarity 0.25; the generated update then weighs tokens / (tokens + 8)
-  const gate = { similarity: (context: Float32Array) => context[0] / 100, weight: (similarity: number, tokens: number) => (similarity >= 0.25 ? tokens / (tokens + 8) : 0) };
+  const admits = (similarity: number) => similarity >= 0.25;
+  const gate = { similarity: (context: Float32Array) => context[0] / 100, admits, weight: (similarity: number, tokens: number) => (admits(similarity) ? tokens / (tokens + 8) : 0) };
   const contexts = new Map<ClusteredMode, Float32Array[]>([['batch', [f(10), f(30)]], ['library', [f(5)]]]);
   const plan = planSlots([
     { mode: 'batch', feature: f(1), cluster: 0, contextTokens: 24 },

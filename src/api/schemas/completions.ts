@@ -62,7 +62,9 @@ const Logprobs = Type.Object(
   {
     tokens: Type.Array(Type.String()),
     token_logprobs: Type.Array(Type.Union([Type.Number(), Type.Null()])),
-    top_logprobs: Type.Array(Type.Union([Type.Record(Type.String(), Type.Number()), Type.Null()])),
+    // Not Type.Record: its key pattern "^.*$" does not match a token with a line break ("\n"), and the response
+    // serializer silently drops properties that match no pattern.
+    top_logprobs: Type.Array(Type.Union([Type.Object({}, { additionalProperties: Type.Number() }), Type.Null()])),
     text_offset: Type.Array(Type.Integer()),
   },
   { $id: 'Logprobs' },
