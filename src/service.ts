@@ -179,14 +179,14 @@ export class InferenceService implements CompletionService {
     let tokens = 0;
     for (const text of examples) {
       const ids = await this.tokenizer.tokenizePrompt(text);
-      tokens += this.tokenizer.addBos ? ids.length - 1 : ids.length;
+      tokens += this.tokenizer.textTokenCount(ids);
       const feature = this.features.feature(ids);
       for (let j = 0; j < D; j++) context[j] += feature[j] / examples.length;
     }
     const similarity = this.gate?.similarity(context);
     const weight = similarity === undefined ? 1 : this.gate!.weight(similarity, tokens);
-    const gated = weight === 0;
-    const factors = gated ? this.staticFactors() : (await this.engine!.adapt(context, 1, Float32Array.of(weight)))[0];
+    const gated = similarity !== undefined && !this.gate!.admits(similarity);
+    const factors = weight === 0 ? this.staticFactors() : (await this.engine!.adapt(context, 1, Float32Array.of(weight)))[0];
     return this.adapters.add(name, factors, 'examples', {
       examples: examples.length,
       ...(similarity === undefined ? {} : { contextSimilarity: similarity, gated, dynamicWeight: weight }),

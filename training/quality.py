@@ -190,6 +190,15 @@ def run_gate(name, c, entry):
     return gate
 
 
+def holdout_splits(sets, c):
+    """A holdout run's training texts (the seen domains), and the validation splits of its sweeps: the seen domains'
+    validation, and the held-out domain's validation and training documents (both unseen by the run)."""
+    holdout = c["holdout"]
+    train = subset(sets["M_train"], lambda d: d != holdout)
+    return train, {"seen_val": subset(sets["M_val"], lambda d: d != holdout), "unseen_val": subset(sets["M_val"], lambda d: d == holdout),
+                   "unseen_train": subset(sets["M_train"], lambda d: d == holdout)}
+
+
 def score_unseen(name, wte, sets, texts, label, static, net, c, gate):
     """A holdout run on its unseen domain's texts, without and with the gate."""
     train = subset(sets["M_train"], lambda d: d != c["holdout"])
@@ -208,10 +217,7 @@ def gate_sweep(name, wte, sets, static, net, c):
     the seen domains' validation and on the held-out domain's texts (its validation and training documents, both
     unseen by this run), per threshold. Rule, fixed before the sweep: the smallest threshold of the grid that keeps
     every unseen split at <= 1.02x static at every prompt length (the goal), so the seen domains lose the least."""
-    holdout = c["holdout"]
-    train = subset(sets["M_train"], lambda d: d != holdout)
-    splits = {"seen_val": subset(sets["M_val"], lambda d: d != holdout), "unseen_val": subset(sets["M_val"], lambda d: d == holdout),
-              "unseen_train": subset(sets["M_train"], lambda d: d == holdout)}
+    train, splits = holdout_splits(sets, c)
     prompts = [p for p in PROMPTS if p <= c["model"]["context"] // 2]
     sweep = {}
     for threshold in (None, *GATE_GRID):
@@ -237,10 +243,7 @@ def prior_sweep(name, wte, sets, static, net, c, min_similarity):
     windows / per request at each prompt length on the seen domains' validation and on the held-out domain's texts,
     for each prior_tokens of the grid, and, as a control, for constant weights of the generated update (the same
     shrinkage whatever the context's size). The choice across the holdout runs is made by `prior_choice`."""
-    holdout = c["holdout"]
-    train = subset(sets["M_train"], lambda d: d != holdout)
-    splits = {"seen_val": subset(sets["M_val"], lambda d: d != holdout), "unseen_val": subset(sets["M_val"], lambda d: d == holdout),
-              "unseen_train": subset(sets["M_train"], lambda d: d == holdout)}
+    train, splits = holdout_splits(sets, c)
     prompts = [p for p in PROMPTS if p <= c["model"]["context"] // 2]
     sweep = {}
     settings = [(f"prior {p}", {"prior_tokens": p}) for p in PRIOR_GRID] + [(f"constant {w}", {"constant_weight": w}) for w in CONSTANT_WEIGHTS]

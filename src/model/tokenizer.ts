@@ -147,6 +147,11 @@ export class TextTokenizer {
     return count;
   }
 
+  /** Tokens of the text in ids from encodePrompt / tokenizePrompt (BOS not counted). */
+  textTokenCount(ids: readonly number[]): number {
+    return this.addBos ? ids.length - 1 : ids.length;
+  }
+
   private withBos(ids: number[]): number[] {
     return this.addBos ? [this.bosId, ...ids] : ids;
   }

@@ -97,7 +97,7 @@ export async function admit(body: CompletionRequest, service: CompletionService,
         { param: 'max_tokens' });
     }
     const ids = await tokenizer.tokenizePrompt(text);
-    const textTokens = tokenizer.addBos ? ids.length - 1 : ids.length;
+    const textTokens = tokenizer.textTokenCount(ids);
     if (ids.length === 0) {
       throw new ServiceError('invalid_request', `${where(i)} is empty; this model needs at least one token.`, { param: 'prompt' });
     }
