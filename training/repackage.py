@@ -67,7 +67,8 @@ def main():
         hypernet = Stacked(hypernet, (weights["static_a"], weights["static_b"]))
     gate = manifest["hypernet"].get("gate")
     if gate is not None:
-        hypernet = Gated(hypernet, read_tensor(package, manifest, "gate_centroids"), gate["min_similarity"], gate["names"])
+        hypernet = Gated(hypernet, read_tensor(package, manifest, "gate_centroids"), gate["min_similarity"], gate["names"],
+                         gate.get("prior_tokens", 0))
     hypernet.eval()
     library = None if "library" not in manifest else {
         "names": manifest["library"]["names"], **{k: read_tensor(package, manifest, f"library_{k}") for k in ("lora_a", "lora_b", "centroids")}}
