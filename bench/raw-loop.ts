@@ -61,7 +61,7 @@ export class RawLoop {
 
   /** One decoder run: `batch` rows of `seq` new tokens after `past` cached ones, logits for each row's last position. */
   private run(batch: number, seq: number, past: number): Promise<ort.InferenceSession.ReturnType> {
-    const { n_head: H, head_dim: HD, context: C } = this.dims;
+    const { n_head: H, head_dim: HD } = this.dims;
     const int64 = (values: number[], dims: number[]) => new ort.Tensor('int64', BigInt64Array.from(values, BigInt), dims);
     const feeds: Record<string, ort.Tensor> = {
       input_ids: int64(Array.from({ length: batch * seq }, (_, i) => 1 + (i % 1000)), [batch, seq]),
@@ -73,10 +73,18 @@ export class RawLoop {
       lora_scale: new ort.Tensor('float32', new Float32Array(batch).fill(1), [batch]),
       logits_index: int64(Array.from({ length: batch }, (_, b) => b * seq + seq - 1), [batch]),
     };
+    // the stride the service's cache would have for these rows: half the context until a row needs more
+    this.cache.trim(past + seq);
+    this.cache.reserve(past + seq);
     this.cache.view(0, batch).forEach((view, i) => {
-      feeds[this.names[i]] = new ort.Tensor('float32', view, [batch, H, C, HD]);
+      feeds[this.names[i]] = new ort.Tensor('float32', view, [batch, H, this.cache.stride, HD]);
     });
     return this.decoder.run(feeds);
+  }
+
+  /** Positions per slot that the last run's cache inputs held. */
+  get cacheStride(): number {
+    return this.cache.stride;
   }
 
   /** Mean ms of one decode step over `batch` rows with `past` cached positions each. */

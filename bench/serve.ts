@@ -406,18 +406,19 @@ async function main(): Promise<void> {
   const step200 = await raw.decodeStepMs(32, 200);
   const step1 = await raw.decodeStepMs(1, 24);
   const step32 = await raw.decodeStepMs(32, 24);
+  const attended = raw.cacheStride;
   const prefill = await raw.prefillMs(1, 240);
   const { d_model: d, vocab_size: V } = raw.dims;
   const mm1 = await matmulGflops(settings, 1, d, V);
   const mm32 = await matmulGflops(settings, 32, d, V);
-  const flops = raw.flopsPerToken(raw.dims.context);
+  const flops = raw.flopsPerToken(attended);
   await raw.close();
   console.log('\nRaw ONNX Runtime decode loop on the decode batch the service ran (uniform traffic; past 24 positions):');
   console.log(table(['clients', 'rows/step', 'raw step ms', 'raw tok/s', 'HTTP tok/s', 'HTTP / raw'], rawRows));
   const mfu = (tokPerS: number, gflops: number) => (tokPerS * flops) / (gflops * 1e9);
   const rawMfu1 = mfu(1000 / step1, mm1);
   const rawMfu32 = mfu((32 * 1000) / step32, mm32);
-  console.log(`\nPhysical limit: ${(flops / 1e6).toFixed(2)} MFLOP per token (dense layers, attention over the ${raw.dims.context}-position slot cache, LM head); ` +
+  console.log(`\nPhysical limit: ${(flops / 1e6).toFixed(2)} MFLOP per token (dense layers, attention over the ${attended} positions of each cache slot the decoder reads at past 24, LM head); ` +
     `ONNX Runtime MatMul [1,${d}]x[${d},${V}] ${mm1.toFixed(1)} GFLOP/s, [32,${d}]x[${d},${V}] ${mm32.toFixed(1)} GFLOP/s.`);
   console.log(`Model FLOPs utilisation: raw loop batch 1 ${(rawMfu1 * 100).toFixed(0)}%, batch 32 ${(rawMfu32 * 100).toFixed(0)}%; ` +
     `service 1 client ${(mfu(rate('uniform', 1), mm1) * 100).toFixed(0)}%, 32 clients ${(mfu(rate('uniform', 32), mm32) * 100).toFixed(0)}%.`);

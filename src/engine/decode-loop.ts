@@ -77,6 +77,8 @@ export interface Runtime {
   softmax(logits: Float32Array, rows: readonly number[], temperatures: readonly number[]): Promise<Float32Array>;
   /** A row changes slots: its first `length` cached positions move with it. */
   moveSlot(from: number, to: number, length: number): void;
+  /** The longest row now holding a slot has `longestRow` cached positions (the cache may shrink its layout). */
+  trimCache(longestRow: number): void;
 }
 
 export interface TextCodec {
@@ -193,6 +195,7 @@ export class DecodeLoop {
         continue;
       }
       try {
+        this.runtime.trimCache(Math.max(0, ...this.running.map((r) => r.length), ...this.prefilling.map((r) => r.length)));
         if (this.running.length > 0) await this.decodeStep();
         if (this.prefilling.length > 0) await this.prefillChunk();
       } catch (error) {

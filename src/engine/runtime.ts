@@ -161,9 +161,10 @@ export class OrtRuntime implements Runtime {
   }
 
   async step(feeds: StepFeeds): Promise<Float32Array> {
-    const { n_layer: L, n_head: H, head_dim: HD, context: C } = this.dims;
+    const { n_layer: L, n_head: H, head_dim: HD } = this.dims;
     const { batch: B, seq: T } = feeds;
     const wanted = feeds.logitsIndex.length;
+    this.cache.reserve(Math.max(...feeds.pastLength.map((past, b) => past + feeds.newTokens[b])));
     const stack = this.adapterInputs();
     const inputs: Record<string, ort.Tensor> = {
       input_ids: new ort.Tensor('int64', feeds.inputIds, [B, T]),
@@ -177,8 +178,9 @@ export class OrtRuntime implements Runtime {
       // dies), so a run that needs no logits (a middle prefill chunk) asks for one position and drops it.
       logits_index: new ort.Tensor('int64', BigInt64Array.from(wanted === 0 ? [0] : feeds.logitsIndex, BigInt), [Math.max(wanted, 1)]),
     };
+    const stride = this.cache.stride;
     this.cache.view(feeds.firstSlot, B).forEach((view, i) => {
-      inputs[this.cacheNames[i]] = new ort.Tensor('float32', view, [B, H, C, HD]);
+      inputs[this.cacheNames[i]] = new ort.Tensor('float32', view, [B, H, stride, HD]);
     });
     const out = await this.decoder.run(inputs);
     const expect = (name: string, want: number[]) => {
@@ -209,6 +211,10 @@ export class OrtRuntime implements Runtime {
 
   moveSlot(from: number, to: number, length: number): void {
     this.cache.move(from, to, length);
+  }
+
+  trimCache(longestRow: number): void {
+    this.cache.trim(longestRow);
   }
 
   async release(): Promise<void> {

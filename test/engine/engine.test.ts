@@ -33,10 +33,10 @@ function row(text: string, slot: number, extra: Partial<RowSpec> = {}): RowSpec 
   };
 }
 
-interface RowResult { prompt: number[]; generated: number[]; text: string; finish?: string; tokens: string[] }
+interface RowResult { prompt: number[]; generated: number[]; ids: number[]; text: string; finish?: string; tokens: string[] }
 
 async function run(rows: RowSpec[], contexts: Float32Array[] = [], cancelAfterFirstStep: number[] = [], onFirstEvents?: () => void, weights: number[] = contexts.map(() => 1)): Promise<RowResult[]> {
-  const out: RowResult[] = rows.map(() => ({ prompt: [], generated: [], text: '', tokens: [] }));
+  const out: RowResult[] = rows.map(() => ({ prompt: [], generated: [], ids: [], text: '', tokens: [] }));
   const batchId = nextBatch++;
   const flat = new Float32Array(Math.max(1, contexts.length) * D);
   contexts.forEach((c, i) => flat.set(c, i * D));
@@ -50,6 +50,7 @@ async function run(rows: RowSpec[], contexts: Float32Array[] = [], cancelAfterFi
       }
       for (const e of events) {
         out[e.row].text += e.text;
+        if (e.token !== undefined) out[e.row].ids.push(e.token);
         if (e.logprob) {
           out[e.row].generated.push(e.logprob.logprob!);
           out[e.row].tokens.push(e.logprob.token);
@@ -137,6 +138,23 @@ describe('engine worker', () => {
     const [scored] = await run([row(text, 0)]);
     assert.equal(chunked.finish, 'length');
     assert.equal(chunked.text, scored.text, 'the same greedy text as when every position gets logits');
+  });
+
+  test('a row that outgrows half the context moves the cache to the full stride mid-decode; every row keeps what it gets alone', async () => {
+    const half = pkg.dims.context / 2;
+    const text = 'The whale rose from the sea, and the men pulled hard at the oars while the captain watched from the deck of the ship. ';
+    const longIds = pkg.tokenizer.encodePrompt(text.repeat(6)).slice(0, half - 10);
+    const long: RowSpec = { ...row('', 0, { maxTokens: 25, promptLogprobs: false }), promptIds: longIds };
+    const short = row('The whale', 1, { maxTokens: 30, promptLogprobs: false });
+    const [longAlone] = await run([long]);
+    const [shortAlone] = await run([short]);
+    const [longTogether, shortTogether] = await run([long, short]);
+    assert.ok(longIds.length + longAlone.ids.length > half, `the long row crosses ${half} positions while it decodes`);
+    assert.ok(close(shortTogether.generated, shortAlone.generated), 'the short row, whose positions the layout change moved');
+    assert.ok(close(longTogether.generated, longAlone.generated), 'the long row');
+    const echo: RowSpec = { ...row('', 0, { maxTokens: 0 }), promptIds: [...longIds, ...longAlone.ids] };
+    const [scored] = await run([echo]);
+    assert.ok(close(scored.prompt.slice(-longAlone.ids.length), longAlone.generated), 'generated logprobs equal the prompt logprobs of the same tokens, prefilled in chunks across the boundary');
   });
 
   test('max_tokens 0 only scores the prompt', async () => {

@@ -18,35 +18,66 @@ function present(tokens: number[][], seq: number, which: number): Float32Array {
   return out;
 }
 
+/** What the cache holds for (buffer, slot, head, position, d), read through `view` at the current stride. */
+function read(cache: KvSlots, buffer: number, slot: number, h: number, p: number, d: number): number {
+  return cache.view(slot, 1)[buffer][(h * cache.stride + p) * shape.headDim + d];
+}
+
+/** Writes `tokens` into `slot` after `past` positions, reserving room first as a run does. */
+function append(cache: KvSlots, slot: number, past: number, tokens: number[]): void {
+  cache.reserve(past + tokens.length);
+  cache.write(slot, present([tokens], tokens.length, 0), present([tokens], tokens.length, 1), tokens.length, [past], [tokens.length]);
+}
+
+/** Asserts that `slot` holds `tokens` at positions 0, 1, ... in every buffer. */
+function assertHolds(cache: KvSlots, slot: number, tokens: number[], message = ''): void {
+  for (let l = 0; l < shape.layers; l++) for (const which of [0, 1]) for (let h = 0; h < shape.heads; h++) for (let d = 0; d < shape.headDim; d++) {
+    tokens.forEach((token, p) => assert.equal(read(cache, 2 * l + which, slot, h, p, d), Math.fround(value(l, which, token, h, d)), `slot ${slot} position ${p} ${message}`));
+  }
+}
+
 test('a run writes only its rows\' real new positions, after each row\'s past, into its own slots', () => {
   const cache = new KvSlots(shape);
+  cache.reserve(3);
   cache.write(1, present([[1, 2, 3], [4]], 3, 0), present([[1, 2, 3], [4]], 3, 1), 3, [0, 0], [3, 1]);
-  cache.write(1, present([[5], [6]], 1, 0), present([[5], [6]], 1, 1), 1, [3, 1], [1, 1]);
-  const views = cache.view(1, 2);
-  assert.equal(views.length, 2 * shape.layers);
-  const at = (buffer: number, slotInView: number, h: number, p: number, d: number) => views[buffer][((slotInView * shape.heads + h) * shape.capacity + p) * shape.headDim + d];
-  for (let l = 0; l < shape.layers; l++) for (const which of [0, 1]) for (let h = 0; h < shape.heads; h++) for (let d = 0; d < shape.headDim; d++) {
-    [1, 2, 3, 5].forEach((token, p) => assert.equal(at(2 * l + which, 0, h, p, d), Math.fround(value(l, which, token, h, d))));
-    [4, 6].forEach((token, p) => assert.equal(at(2 * l + which, 1, h, p, d), Math.fround(value(l, which, token, h, d))));
-    assert.equal(at(2 * l + which, 1, h, 2, d), 0, 'padding of the shorter row is never written');
-  }
   for (const slot of [0, 3]) assert.ok(cache.view(slot, 1).every((buffer) => buffer.every((x) => x === 0)), `slot ${slot} untouched`);
+  cache.reserve(4);
+  cache.write(1, present([[5], [6]], 1, 0), present([[5], [6]], 1, 1), 1, [3, 1], [1, 1]);
+  assert.equal(cache.view(1, 2).length, 2 * shape.layers);
+  assertHolds(cache, 1, [1, 2, 3, 5]);
+  assertHolds(cache, 2, [4, 6]);
+  for (let b = 0; b < cache.buffers.length; b++) for (let h = 0; h < shape.heads; h++) {
+    assert.equal(read(cache, b, 2, h, 2, 0), 0, 'padding of the shorter row is never written');
+  }
 });
 
 test('move copies a row\'s cached positions to another slot and leaves the rest alone', () => {
   const cache = new KvSlots(shape);
-  cache.write(2, present([[7, 8]], 2, 0), present([[7, 8]], 2, 1), 2, [0], [2]);
-  cache.write(0, present([[9, 9, 9, 9]], 4, 0), present([[9, 9, 9, 9]], 4, 1), 4, [0], [4]);
+  append(cache, 2, 0, [7, 8]);
+  append(cache, 0, 0, [9, 9, 9, 9]);
   cache.move(2, 0, 2);
-  for (let b = 0; b < cache.buffers.length; b++) {
-    const l = Math.floor(b / 2);
-    const which = b % 2;
-    const slot0 = cache.view(0, 1)[b];
-    for (let h = 0; h < shape.heads; h++) {
-      const row = (p: number, d: number) => slot0[(h * shape.capacity + p) * shape.headDim + d];
-      assert.equal(row(0, 1), Math.fround(value(l, which, 7, h, 1)));
-      assert.equal(row(1, 2), Math.fround(value(l, which, 8, h, 2)));
-      assert.equal(row(2, 0), Math.fround(value(l, which, 9, h, 0)), 'positions past the moved length are not cleared (masked by past_length)');
-    }
-  }
+  assertHolds(cache, 0, [7, 8, 9], '(positions past the moved length are not cleared: masked by past_length)');
+});
+
+test('the layout is half the context until a run needs more, then grows and shrinks back in place, keeping every row\'s positions', () => {
+  const cache = new KvSlots(shape);
+  assert.equal(cache.stride, 3, 'half the capacity of 5, rounded up');
+  append(cache, 0, 0, [1, 2, 3]);
+  append(cache, 1, 0, [4, 5]);
+  append(cache, 3, 0, [6]);
+  assert.equal(cache.stride, 3);
+  append(cache, 1, 2, [7, 8]);
+  assert.equal(cache.stride, 5, 'a row needing 4 positions grows the layout to the capacity');
+  assertHolds(cache, 0, [1, 2, 3]);
+  assertHolds(cache, 1, [4, 5, 7, 8]);
+  assertHolds(cache, 3, [6]);
+  cache.trim(3);
+  assert.equal(cache.stride, 5, 'no shrink while a row holds more than three quarters of the short stride');
+  cache.move(3, 1, 1);
+  cache.move(0, 3, 2);
+  cache.trim(2);
+  assert.equal(cache.stride, 3, 'every row fits again: back to the short stride');
+  assertHolds(cache, 1, [6]);
+  assertHolds(cache, 3, [1, 2]);
+  assert.throws(() => cache.reserve(6), RangeError);
 });

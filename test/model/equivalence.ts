@@ -67,8 +67,9 @@ export async function replayEquivalence(packageDir: string): Promise<number[]> {
         lora_scale: new ort.Tensor('float32', Float32Array.from(step.lora_scale), [step.lora_scale.length]),
         logits_index: int64(step.logits_index),
       };
+      cache.reserve(Math.max(...step.past_length.map((past, b) => past + step.new_tokens[b]!)));
       cache.view(0, rows).forEach((view, j) => {
-        feeds[names[j]!] = new ort.Tensor('float32', view, [rows, heads, fixture.cache_capacity, headDim]);
+        feeds[names[j]!] = new ort.Tensor('float32', view, [rows, heads, cache.stride, headDim]);
       });
       const out = await session.run(feeds);
       const expected = decode(fixture.expected_logits[i]!);
