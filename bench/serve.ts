@@ -451,10 +451,11 @@ async function main(): Promise<void> {
   console.log(`  (31 rows decoding; the prompt took ${inEngine.chunks} prefill chunks; longest ${inEngine.maxGap.toFixed(1)} ms, median ${inEngine.medianGap.toFixed(1)} ms. ` +
     `Seen by HTTP clients: longest token gap ${arrival.maxGap.toFixed(0)} ms while it was prefilled, ${arrival.maxGapBefore.toFixed(0)} ms in as long a time just before, ` +
     `median ${arrival.medianGap.toFixed(1)} ms)`);
-  const saturated = find('uniform', 32);
-  if (saturated !== undefined) {
-    const live = quantile(saturated.liveMs, 0.99);
-    goal('/health/live p99 ms, 32 clients (uniform)', live, '< 20', live < 20);
+  // the goal holds whatever saturates the engine, so the line takes the worst traffic at 32 clients
+  const saturated = results.filter((r) => r.clients === 32);
+  if (saturated.length > 0) {
+    const worst = saturated.map((r) => ({ traffic: r.traffic, p99: quantile(r.liveMs, 0.99) })).reduce((a, b) => (b.p99 > a.p99 ? b : a));
+    goal(`/health/live p99 ms, 32 clients (worst: ${worst.traffic})`, worst.p99, '< 20', worst.p99 < 20);
   }
 }
 
