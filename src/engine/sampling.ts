@@ -112,6 +112,11 @@ export function softmaxRow(logits: Float32Array, offset: number, size: number, t
 
 /** The smallest top_p drawn by rejection (its expected number of draws is at most 1 / top_p). */
 const REJECTION_MIN_TOP_P = 0.5;
+/**
+ * Draws before the binned cut takes over: 2^-64 likely at top_p >= 0.5, so in practice only a row whose
+ * probabilities are not numbers (a broken model) gets there, and it must not stall the engine.
+ */
+const MAX_REJECTION_DRAWS = 64;
 
 /** Chooses a token from a row of probabilities probs[offset .. offset + V) (temperature > 0). */
 export function sampleFromProbs(probs: Float32Array, offset: number, params: SamplingParams, rng: Random, scratch: SamplingScratch): number {
@@ -123,7 +128,7 @@ export function sampleFromProbs(probs: Float32Array, offset: number, params: Sam
   if (!cutK && params.topP >= REJECTION_MIN_TOP_P) {
     const total = sum(row);
     const target = params.topP * total;
-    for (;;) {
+    for (let attempt = 0; attempt < MAX_REJECTION_DRAWS; attempt++) {
       const id = draw(row, total, rng);
       if (massRankedBefore(row, id) < target) return id;
     }

@@ -141,6 +141,16 @@ test('top_k / top_p (a binned cut, or rejection for top_p >= 0.5 alone) keep exa
   }
 });
 
+test('a row of probabilities that are not numbers still gets a token (the sampler never loops forever)', () => {
+  const size = 4096;
+  const probs = new Float32Array(size).fill(Number.NaN);
+  const scratch = new SamplingScratch(size);
+  for (const params of [{ temperature: 1, topP: 0.9, topK: 0 }, { temperature: 1, topP: 0.3, topK: 0 }, { temperature: 1, topP: 1, topK: 0 }]) {
+    const token = sampleFromProbs(probs, 0, params, new Random(3), scratch);
+    assert.ok(Number.isInteger(token) && token >= 0 && token < size, `${JSON.stringify(params)}: token ${token}`);
+  }
+});
+
 test('top_p sampling follows the nucleus distribution (chi-square over 40,000 draws)', () => {
   const size = 4096;
   const row = vocabRow(size, 9, 6);
