@@ -23,7 +23,7 @@
  * ONNX Runtime sits behind `Runtime` (runtime.ts), so this file is plain TypeScript.
  */
 import type { BatchStats, FinishReason, Job, RowEvent, RowSpec, TokenLogprob } from './protocol.js';
-import { argmax, Random, SamplingScratch, sampleFromProbs, tokenLogprobs } from './sampling.js';
+import { argmax, isGreedy, Random, SamplingScratch, sampleFromProbs, tokenLogprobs } from './sampling.js';
 import { TextTracker } from './stopping.js';
 
 /** `count` adapters of one rank: a [count, rank, d_model] and b [count, vocab, rank], row-major. */
@@ -77,7 +77,7 @@ export interface Runtime {
   softmax(logits: Float32Array, rows: readonly number[], temperatures: readonly number[]): Promise<Float32Array>;
   /** A row changes slots: its first `length` cached positions move with it. */
   moveSlot(from: number, to: number, length: number): void;
-  /** The longest row now holding a slot has `longestRow` cached positions (the cache may shrink its layout). */
+  /** No row holding a slot holds, or will write in its next run, more than `longestRow` positions (the cache may shrink its layout). */
   trimCache(longestRow: number): void;
 }
 
@@ -195,7 +195,9 @@ export class DecodeLoop {
         continue;
       }
       try {
-        this.runtime.trimCache(Math.max(0, ...this.running.map((r) => r.length), ...this.prefilling.map((r) => r.length)));
+        // a prefilling row counts with its next chunk, so the layout does not shrink just before that chunk grows it
+        const reach = (r: Row) => Math.min(r.spec.promptIds.length, r.length + this.prefillChunkTokens);
+        this.runtime.trimCache(Math.max(0, ...this.running.map((r) => r.length), ...this.prefilling.map(reach)));
         if (this.running.length > 0) await this.decodeStep();
         if (this.prefilling.length > 0) await this.prefillChunk();
       } catch (error) {
@@ -442,7 +444,7 @@ export class DecodeLoop {
    */
   private async advanceAll(rows: ReadonlyArray<{ row: Row; at: number }>, logits: Float32Array, events: Map<Window, RowEvent[]>): Promise<void> {
     const V = this.runtime.vocabSize;
-    const sampling = rows.filter(({ row }) => row.spec.temperature > 0);
+    const sampling = rows.filter(({ row }) => !isGreedy(row.spec.temperature));
     const probs = sampling.length === 0 ? null : await this.runtime.softmax(logits, sampling.map((s) => s.at), sampling.map((s) => s.row.spec.temperature));
     const probRow = new Map(sampling.map((s, j) => [s.row, j]));
     for (const { row, at } of rows) {

@@ -2,7 +2,8 @@
  * Per-row token choice and log-probabilities. Pure functions over one row, so that the worker's loop stays small
  * and these can be tested alone.
  *
- * - temperature 0: greedy (argmax of the logits; ties go to the lower id).
+ * - temperature below 1e-5 (0 included): greedy (argmax of the logits; ties go to the lower id), as vLLM does. A
+ *   tinier temperature would overflow 1 / temperature in float32 and turn the probabilities into NaN.
  * - otherwise the row's probabilities softmax(logits / temperature) (computed by ONNX Runtime for all sampling
  *   rows of a step at once, see Runtime.softmax; `softmaxRow` is the same in JavaScript), then top_k, then top_p
  *   (nucleus), then a draw from the row's own seeded generator: the same seed, prompt and batch shape give the
@@ -59,6 +60,13 @@ export class Random {
   next(): number {
     return this.nextUint32() / 4294967296;
   }
+}
+
+/** Temperatures below this are greedy. */
+const GREEDY_BELOW_TEMPERATURE = 1e-5;
+
+export function isGreedy(temperature: number): boolean {
+  return temperature < GREEDY_BELOW_TEMPERATURE;
 }
 
 export interface SamplingParams {
@@ -118,7 +126,7 @@ const REJECTION_MIN_TOP_P = 0.5;
  */
 const MAX_REJECTION_DRAWS = 64;
 
-/** Chooses a token from a row of probabilities probs[offset .. offset + V) (temperature > 0). */
+/** Chooses a token from a row of probabilities probs[offset .. offset + V) (a temperature that is not greedy). */
 export function sampleFromProbs(probs: Float32Array, offset: number, params: SamplingParams, rng: Random, scratch: SamplingScratch): number {
   const V = scratch.vocabSize;
   const row = probs.subarray(offset, offset + V);

@@ -157,6 +157,26 @@ describe('engine worker', () => {
     assert.ok(close(scored.prompt.slice(-longAlone.ids.length), longAlone.generated), 'generated logprobs equal the prompt logprobs of the same tokens, prefilled in chunks across the boundary');
   });
 
+  test('a prompt prefilled past half the context while a short row decodes: both rows get what they get alone', async () => {
+    const text = 'Permission is hereby granted, free of charge, to any person obtaining a copy of this software. ';
+    const longIds = pkg.tokenizer.encodePrompt(text.repeat(12)).slice(0, 200);
+    const long: RowSpec = { ...row('', 1, { maxTokens: 4 }), promptIds: longIds };
+    const short = row('The whale', 0, { maxTokens: 40, promptLogprobs: false });
+    const [shortAlone] = await run([short]);
+    const [longAlone] = await run([long]);
+    const [shortTogether, longTogether] = await run([short, long]);
+    assert.ok(shortTogether.generated.length === 40 && longTogether.prompt.length === longIds.length - 1);
+    assert.ok(close(shortTogether.generated, shortAlone.generated), 'the decoding row');
+    assert.ok(close(longTogether.prompt, longAlone.prompt), 'the prefilled row\'s prompt logprobs (chunks of 16 across the boundary)');
+    assert.ok(close(longTogether.generated, longAlone.generated), 'the prefilled row\'s generated logprobs');
+  });
+
+  test('a temperature too small for float32 (1e-39) samples as greedy instead of from NaN probabilities', async () => {
+    const [greedy] = await run([row('The whale rose', 0, { maxTokens: 8 })]);
+    const [tiny] = await run([row('The whale rose', 0, { maxTokens: 8, temperature: 1e-39, topP: 0.9 })]);
+    assert.equal(tiny.text, greedy.text);
+  });
+
   test('max_tokens 0 only scores the prompt', async () => {
     const [r] = await run([row('The whale rose', 0, { maxTokens: 0 })]);
     assert.equal(r.generated.length, 0);

@@ -73,11 +73,16 @@ test('the layout is half the context until a run needs more, then grows and shri
   assertHolds(cache, 3, [6]);
   cache.trim(3);
   assert.equal(cache.stride, 5, 'no shrink while a row holds more than three quarters of the short stride');
-  cache.move(3, 1, 1);
-  cache.move(0, 3, 2);
+  // every slot holds a row when the layout shrinks, so a copy in the wrong order would overwrite one
+  cache.move(3, 2, 1);
+  append(cache, 3, 0, [9, 10]);
+  append(cache, 0, 0, [11, 12]);
+  append(cache, 1, 0, [13]);
   cache.trim(2);
   assert.equal(cache.stride, 3, 'every row fits again: back to the short stride');
-  assertHolds(cache, 1, [6]);
-  assertHolds(cache, 3, [1, 2]);
+  assertHolds(cache, 0, [11, 12]);
+  assertHolds(cache, 1, [13]);
+  assertHolds(cache, 2, [6]);
+  assertHolds(cache, 3, [9, 10]);
   assert.throws(() => cache.reserve(6), RangeError);
 });

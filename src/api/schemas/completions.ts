@@ -31,7 +31,7 @@ export const CompletionRequest = Type.Object(
       description: 'A prompt, or an array of prompts (one choice each)',
     }),
     max_tokens: nullable(Type.Integer({ minimum: 0, description: 'Tokens to generate (default 16); 0 with echo scores the prompt' })),
-    temperature: nullable(Type.Number({ minimum: 0, maximum: 2, description: '0 = greedy (default 1)' })),
+    temperature: nullable(Type.Number({ minimum: 0, maximum: 2, description: '0 = greedy, as is any value below 1e-5 (default 1)' })),
     top_p: nullable(Type.Number({ exclusiveMinimum: 0, maximum: 1, description: 'Nucleus sampling mass (default 1)' })),
     top_k: nullable(Type.Integer({ minimum: 0, description: 'Extension: sample among the k most likely tokens (0 = all, the default)' })),
     seed: nullable(Type.Integer({ description: 'Seed of this request’s sampler; the same seed and prompt repeat the same tokens' })),
