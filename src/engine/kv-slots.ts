@@ -45,8 +45,13 @@ export class KvSlots {
     return this.current;
   }
 
+  /** Floats per (slot, head) block in the current layout. */
+  private get rowSize(): number {
+    return this.current * this.shape.headDim;
+  }
+
   private get slotSize(): number {
-    return this.shape.heads * this.current * this.shape.headDim;
+    return this.shape.heads * this.rowSize;
   }
 
   /** Each buffer's stretch for slots [first, first + count), in buffer order ([count, heads, stride, headDim]). */
@@ -96,8 +101,7 @@ export class KvSlots {
   write(first: number, keys: Float32Array, values: Float32Array, seq: number, pastLength: readonly number[], newTokens: readonly number[]): void {
     const { layers, heads, headDim } = this.shape;
     const batch = newTokens.length;
-    const rowSize = this.current * headDim;
-    const slotSize = heads * rowSize;
+    const { rowSize, slotSize } = this;
     for (let l = 0; l < layers; l++) {
       for (const [which, source] of [[0, keys], [1, values]] as const) {
         const target = this.buffers[2 * l + which];
@@ -120,8 +124,7 @@ export class KvSlots {
     if (from === to) return;
     this.filled[to] = length;
     if (length === 0) return;
-    const rowSize = this.current * this.shape.headDim;
-    const slotSize = this.shape.heads * rowSize;
+    const { rowSize, slotSize } = this;
     for (const buffer of this.buffers) {
       for (let h = 0; h < this.shape.heads; h++) {
         const src = from * slotSize + h * rowSize;
