@@ -6,6 +6,8 @@ import { ConfigError } from './errors.js';
 
 export type Device = 'cpu' | 'cuda';
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+/** Scheduling of the inference threads: Linux's SCHED_IDLE class, or a nice value above the event loop's. */
+export type EnginePriority = 'idle' | number;
 
 export interface Config {
   /** Interface to listen on. */
@@ -36,8 +38,8 @@ export interface Config {
   device: Device;
   /** ONNX Runtime intra-op threads (0 = ONNX Runtime's default). */
   threads: number;
-  /** Nice value of the inference thread and its ONNX Runtime threads, above the event loop's (Linux). */
-  engineNice: number;
+  /** Priority of the inference thread and its ONNX Runtime threads below the event loop's (Linux). */
+  engineNice: EnginePriority;
   /** Let ONNX Runtime's intra-op threads spin while waiting for work (lower latency, but they compete with the event loop for CPU). */
   ortSpinning: boolean;
   /** pino log level. */
@@ -105,7 +107,7 @@ export const SETTINGS: ReadonlyArray<Setting<keyof Config>> = [
   { key: 'prefillChunkTokens', env: 'PREFILL_CHUNK_TOKENS', default: '64', describe: 'most prompt tokens per prefill run (longer prompts are prefilled in chunks between decode steps)', parse: integer(1, 65_536), expect: 'an integer from 1 to 65536' },
   { key: 'device', env: 'DEVICE', default: 'cpu', describe: 'execution provider: cpu or cuda (cuda falls back to cpu with a warning)', parse: oneOf(['cpu', 'cuda'] as const), expect: 'cpu or cuda' },
   { key: 'threads', env: 'THREADS', default: '0', describe: 'ONNX Runtime intra-op threads (0 = its default)', parse: integer(0, 1024), expect: 'an integer from 0 to 1024' },
-  { key: 'engineNice', env: 'ENGINE_NICE', default: '5', describe: 'the inference thread and its ONNX Runtime threads run at this nice value, so the event loop (HTTP, health checks) goes first when the cores are busy (0 = same priority; Linux)', parse: integer(0, 19), expect: 'an integer from 0 to 19' },
+  { key: 'engineNice', env: 'ENGINE_NICE', default: 'idle', describe: 'priority of the inference thread and its ONNX Runtime threads under the event loop (HTTP, health checks), Linux: idle = the SCHED_IDLE class (they run on the CPU time no other thread of the machine wants), or a nice value (0 = same priority)', parse: (raw) => (raw.trim() === 'idle' ? 'idle' : integer(0, 19)(raw)), expect: 'idle or an integer from 0 to 19' },
   { key: 'ortSpinning', env: 'ORT_SPINNING', default: '0', describe: 'let ONNX Runtime threads spin while idle (1) or sleep (0)', parse: (raw) => (raw.trim() === '1' ? true : raw.trim() === '0' ? false : undefined), expect: '0 or 1' },
   { key: 'logLevel', env: 'LOG_LEVEL', default: 'info', describe: 'log level (fatal, error, warn, info, debug, trace, silent)', parse: oneOf(LOG_LEVELS), expect: LOG_LEVELS.join(', ') },
   { key: 'kmeansSeed', env: 'KMEANS_SEED', default: '0', describe: 'base seed of the per-batch k-means (seed = base + batch number)', parse: integer(0, 2 ** 31 - 1), expect: 'an integer from 0 to 2147483647' },

@@ -127,7 +127,7 @@ export class InferenceService implements CompletionService {
     try {
       this.engine = await EngineClient.start({
         modelDir: this.model.dir, device: this.config.device, threads: this.config.threads, spinning: this.config.ortSpinning,
-        slots: this.config.maxBatchSize, prefillChunkTokens: this.config.prefillChunkTokens, nice: this.config.engineNice, logger: this.logger,
+        slots: this.config.maxBatchSize, prefillChunkTokens: this.config.prefillChunkTokens, priority: this.config.engineNice, logger: this.logger,
       });
     } catch (error) {
       this.state = 'failed';

@@ -7,7 +7,7 @@ test('defaults', () => {
   assert.deepEqual(loadConfig({}), {
     host: '0.0.0.0', port: 8080, modelDir: 'models/default', modelName: 'chameleon-default', maxBatchSize: 32, maxWaitMs: 20,
     targetClusterSize: 4, maxClusters: 8, queueSize: 256, idleDispatch: true, clusterInFlight: true, prefillChunkTokens: 64, device: 'cpu', threads: 0,
-    engineNice: 5, ortSpinning: false, logLevel: 'info', kmeansSeed: 0, requestTimeoutMs: 0, retryAfterSeconds: 1, headersTimeoutMs: 10_000, receiveTimeoutMs: 30_000,
+    engineNice: 'idle', ortSpinning: false, logLevel: 'info', kmeansSeed: 0, requestTimeoutMs: 0, retryAfterSeconds: 1, headersTimeoutMs: 10_000, receiveTimeoutMs: 30_000,
     keepAliveTimeoutMs: 5000, shutdownTimeoutMs: 30_000, adminToken: '', maxAdapters: 16,
   });
 });
@@ -20,6 +20,8 @@ test('environment values are parsed', () => {
   assert.equal(config.threads, 2);
   assert.equal(config.modelName, 'x');
   assert.equal(config.logLevel, 'debug');
+  assert.equal(loadConfig({ ENGINE_NICE: '7' }).engineNice, 7);
+  assert.equal(loadConfig({ ENGINE_NICE: 'idle' }).engineNice, 'idle');
 });
 
 test('invalid values stop the start, each one named', () => {
@@ -33,6 +35,7 @@ test('invalid values stop the start, each one named', () => {
   });
   assert.throws(() => loadConfig({ MAX_CLUSTERS: '0' }), /MAX_CLUSTERS/);
   assert.throws(() => loadConfig({ LOG_LEVEL: 'loud' }), /LOG_LEVEL/);
+  assert.throws(() => loadConfig({ ENGINE_NICE: 'low' }), /ENGINE_NICE must be idle or an integer from 0 to 19/);
 });
 
 test('every setting is documented in the README configuration table', async () => {

@@ -3,7 +3,7 @@
  * routes the worker's events to each batch's sink. Nothing here blocks: the worker does the ONNX runs.
  */
 import { Worker } from 'node:worker_threads';
-import type { Device } from '../config.js';
+import type { Device, EnginePriority } from '../config.js';
 import { EngineError, ModelPackageError } from '../errors.js';
 import type { BatchStats, FromWorker, GenerateMessage, Job, LoraFactors, RowEvent, ToWorker, TokenLogprob } from './protocol.js';
 
@@ -23,8 +23,8 @@ export interface EngineOptions {
   slots: number;
   /** Most new tokens in one prefill run. */
   prefillChunkTokens: number;
-  /** Nice value of the inference thread (and its ONNX Runtime threads); 0 = the event loop's priority. */
-  nice?: number;
+  /** Priority of the inference thread (and its ONNX Runtime threads): 'idle' (SCHED_IDLE) or a nice value; 0 = the event loop's priority. */
+  priority?: EnginePriority;
   logger: EngineLogger;
 }
 
@@ -113,7 +113,7 @@ export class EngineClient {
       worker.on('exit', onExit);
       const init: ToWorker = {
         type: 'init', modelDir: options.modelDir, device: options.device, threads: options.threads, spinning: options.spinning ?? false,
-        slots: options.slots, prefillChunkTokens: options.prefillChunkTokens, nice: options.nice ?? 0,
+        slots: options.slots, prefillChunkTokens: options.prefillChunkTokens, priority: options.priority ?? 0,
       };
       worker.postMessage(init);
     });

@@ -2,7 +2,7 @@
  * Messages between the main thread (EngineClient) and the inference worker. Plain data only (structured
  * clone); Float32Array payloads are transferred, not copied.
  */
-import type { Device } from '../config.js';
+import type { Device, EnginePriority } from '../config.js';
 
 export type FinishReason = 'stop' | 'length' | 'cancelled';
 
@@ -47,8 +47,8 @@ export interface InitMessage {
   slots: number;
   /** Most new tokens in one prefill run (PREFILL_CHUNK_TOKENS). */
   prefillChunkTokens: number;
-  /** Nice value of the inference thread relative to the event loop (ENGINE_NICE). */
-  nice: number;
+  /** Priority of the inference thread under the event loop (ENGINE_NICE): SCHED_IDLE or a nice value. */
+  priority: EnginePriority;
 }
 
 /** One batch window as the engine runs it: its rows, the hypernetwork inputs of its clusters, and its ready-made adapters. */

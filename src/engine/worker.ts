@@ -3,9 +3,11 @@
  * 'generate' messages and join the running decode at its next step; results go back as messages
  * (protocol.ts), the only link with the main thread.
  */
+import { execFileSync } from 'node:child_process';
 import { readlinkSync } from 'node:fs';
 import { setPriority } from 'node:os';
 import { parentPort } from 'node:worker_threads';
+import type { EnginePriority } from '../config.js';
 import { ModelPackageError } from '../errors.js';
 import { ModelPackage } from '../model/package.js';
 import { DecodeLoop, type JobHooks } from './decode-loop.js';
@@ -37,24 +39,49 @@ function postEvents(batchId: number, events: RowEvent[]): void {
 }
 
 /**
- * Lowers this thread's scheduling priority (Linux: a thread is a task with its own nice value, and the ONNX Runtime
- * threads the sessions start inherit it), so that when the cores are busy the event loop (HTTP, health checks) runs
- * first and inference takes what is left. Returns a warning where it cannot be done.
+ * Lowers this thread's scheduling priority (Linux: a thread is a task with its own scheduling class and nice value,
+ * and the ONNX Runtime threads the sessions start inherit both), so that when the cores are busy the event loop
+ * (HTTP, health checks) runs first and inference takes what is left. `idle` puts the thread in SCHED_IDLE: a waking
+ * thread of any other class preempts it at once, where a nice value only weighs its share. Node has no binding for
+ * sched_setscheduler, so util-linux's `chrt` sets it. Returns a warning where it cannot be done.
  */
-function lowerPriority(nice: number): string | null {
-  if (nice === 0) return null;
+function lowerPriority(priority: EnginePriority): string | null {
+  if (priority === 0) return null;
+  let thread: number;
   try {
-    const thread = Number(readlinkSync('/proc/thread-self').split('/').pop());
+    thread = Number(readlinkSync('/proc/thread-self').split('/').pop());
+  } catch (error) {
+    return `ENGINE_NICE=${priority} could not be applied to the inference thread (${(error as Error).message}); it runs at the event loop's priority`;
+  }
+  if (priority === 'idle') {
+    try {
+      execFileSync('chrt', ['--idle', '--pid', '0', String(thread)], { stdio: 'pipe', timeout: 5000 });
+      return null;
+    } catch (error) {
+      const reason = (error as Error).message.split('\n')[0];
+      const failure = setNice(thread, LOWEST_NICE);
+      return `ENGINE_NICE=idle: chrt could not put the inference thread in SCHED_IDLE (${reason}); ${failure === null ? `it runs at nice ${LOWEST_NICE} instead` : `nor could its nice value be set (${failure}); it runs at the event loop's priority`}`;
+    }
+  }
+  const failure = setNice(thread, priority);
+  return failure === null ? null : `ENGINE_NICE=${priority} could not be applied to the inference thread (${failure}); it runs at the event loop's priority`;
+}
+
+const LOWEST_NICE = 19;
+
+/** Sets a thread's nice value; returns why it could not, or null. */
+function setNice(thread: number, nice: number): string | null {
+  try {
     setPriority(thread, nice);
     return null;
   } catch (error) {
-    return `ENGINE_NICE=${nice} could not be applied to the inference thread (${(error as Error).message}); it runs at the event loop's priority`;
+    return (error as Error).message;
   }
 }
 
 async function init(message: InitMessage): Promise<void> {
   const warnings: string[] = [];
-  const niceWarning = lowerPriority(message.nice);
+  const niceWarning = lowerPriority(message.priority);
   if (niceWarning !== null) {
     warnings.push(niceWarning);
     post({ type: 'log', level: 'warn', message: niceWarning });

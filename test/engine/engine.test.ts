@@ -215,16 +215,44 @@ describe('engine worker', () => {
 });
 
 describe('engine priority', () => {
+  /** Per thread of this process: [nice, scheduling policy] (/proc/<pid>/task/<tid>/stat fields 19 and 41). */
+  const schedulingOf = (path: string) => {
+    const fields = readFileSync(path, 'utf8').split(') ')[1].split(' ');
+    return { nice: Number(fields[16]), policy: Number(fields[38]) };
+  };
+  const threads = () => readdirSync('/proc/self/task').map((tid) => schedulingOf(`/proc/self/task/${tid}/stat`));
+  const SCHED_OTHER = 0;
+  const SCHED_IDLE = 5;
+
   test('ENGINE_NICE lowers the inference thread and its ONNX Runtime threads, not the event loop', { skip: !existsSync('/proc/thread-self') }, async () => {
-    const niceOf = () => readdirSync('/proc/self/task').map((tid) => Number(readFileSync(`/proc/self/task/${tid}/stat`, 'utf8').split(') ')[1].split(' ')[16]));
-    const before = niceOf().filter((n) => n === 7).length;
-    const nice = await EngineClient.start({ modelDir: MODEL_DIR, device: 'cpu', threads: 2, slots: 2, prefillChunkTokens: 16, nice: 7, logger });
+    const before = threads().filter((t) => t.nice === 7).length;
+    const nice = await EngineClient.start({ modelDir: MODEL_DIR, device: 'cpu', threads: 2, slots: 2, prefillChunkTokens: 16, priority: 7, logger });
     try {
-      const lowered = niceOf().filter((n) => n === 7).length - before;
+      const lowered = threads().filter((t) => t.nice === 7).length - before;
       assert.ok(lowered >= 2, `the worker and at least one ONNX Runtime thread run at nice 7 (${lowered} threads)`);
-      assert.equal(readFileSync('/proc/thread-self/stat', 'utf8').split(') ')[1].split(' ')[16], '0', 'the event loop keeps its priority');
+      assert.equal(schedulingOf('/proc/thread-self/stat').nice, 0, 'the event loop keeps its priority');
     } finally {
       await nice.close();
+    }
+  });
+
+  test('ENGINE_NICE=idle puts the inference thread and its ONNX Runtime threads in SCHED_IDLE, not the event loop', { skip: !existsSync('/proc/thread-self') || !existsSync('/usr/bin/chrt') }, async () => {
+    const before = threads().filter((t) => t.policy === SCHED_IDLE).length;
+    const warnings: string[] = [];
+    const idle = await EngineClient.start({ modelDir: MODEL_DIR, device: 'cpu', threads: 2, slots: 2, prefillChunkTokens: 16, priority: 'idle', logger: { ...logger, warn: (_o: object, m: string) => warnings.push(m) } });
+    try {
+      assert.deepEqual(warnings, []);
+      const lowered = threads().filter((t) => t.policy === SCHED_IDLE).length - before;
+      assert.ok(lowered >= 2, `the worker and at least one ONNX Runtime thread run in SCHED_IDLE (${lowered} threads)`);
+      assert.equal(schedulingOf('/proc/thread-self/stat').policy, SCHED_OTHER, 'the event loop keeps its class');
+      let generated = 0;
+      await idle.run({ batchId: 1, rows: [row('The whale', 0, { maxTokens: 3 })], contexts: new Float32Array(D), contextCount: 0, contextWeights: new Float32Array(0), factors: [] }, {
+        onPrompt() {},
+        onEvents: (events: RowEvent[]) => { generated += events.filter((e) => e.token !== undefined).length; },
+      });
+      assert.equal(generated, 3, 'an engine in SCHED_IDLE still generates');
+    } finally {
+      await idle.close();
     }
   });
 });
