@@ -7,7 +7,7 @@ test('defaults', () => {
   assert.deepEqual(loadConfig({}), {
     host: '0.0.0.0', port: 8080, modelDir: 'models/default', modelName: 'chameleon-default', maxBatchSize: 32, maxWaitMs: 20,
     targetClusterSize: 4, maxClusters: 8, queueSize: 256, idleDispatch: true, clusterInFlight: true, prefillChunkTokens: 64, device: 'cpu', threads: 0,
-    engineNice: 'idle', ortSpinning: false, logLevel: 'info', kmeansSeed: 0, requestTimeoutMs: 0, retryAfterSeconds: 1, headersTimeoutMs: 10_000, receiveTimeoutMs: 30_000,
+    engineNice: 5, ortSpinning: false, logLevel: 'info', kmeansSeed: 0, requestTimeoutMs: 0, retryAfterSeconds: 1, headersTimeoutMs: 10_000, receiveTimeoutMs: 30_000,
     keepAliveTimeoutMs: 5000, shutdownTimeoutMs: 30_000, adminToken: '', maxAdapters: 16,
   });
 });
