@@ -47,24 +47,27 @@ function postEvents(batchId: number, events: RowEvent[]): void {
  */
 function lowerPriority(priority: EnginePriority): string | null {
   if (priority === 0) return null;
+  const unapplied = (why: string) => `ENGINE_NICE=${priority} could not be applied to the inference thread (${why}); it runs at the event loop's priority`;
   let thread: number;
   try {
     thread = Number(readlinkSync('/proc/thread-self').split('/').pop());
   } catch (error) {
-    return `ENGINE_NICE=${priority} could not be applied to the inference thread (${(error as Error).message}); it runs at the event loop's priority`;
+    return unapplied((error as Error).message);
   }
   if (priority === 'idle') {
     try {
       execFileSync('chrt', ['--idle', '--pid', '0', String(thread)], { stdio: 'pipe', timeout: 5000 });
       return null;
     } catch (error) {
-      const reason = (error as Error).message.split('\n')[0];
-      const failure = setNice(thread, LOWEST_NICE);
-      return `ENGINE_NICE=idle: chrt could not put the inference thread in SCHED_IDLE (${reason}); ${failure === null ? `it runs at nice ${LOWEST_NICE} instead` : `nor could its nice value be set (${failure}); it runs at the event loop's priority`}`;
+      const chrtFailure = (error as Error).message.split('\n')[0];
+      const niceFailure = setNice(thread, LOWEST_NICE);
+      return niceFailure === null
+        ? `ENGINE_NICE=idle: chrt could not put the inference thread in SCHED_IDLE (${chrtFailure}); it runs at nice ${LOWEST_NICE} instead`
+        : unapplied(`chrt: ${chrtFailure}; nice ${LOWEST_NICE}: ${niceFailure}`);
     }
   }
-  const failure = setNice(thread, priority);
-  return failure === null ? null : `ENGINE_NICE=${priority} could not be applied to the inference thread (${failure}); it runs at the event loop's priority`;
+  const niceFailure = setNice(thread, priority);
+  return niceFailure === null ? null : unapplied(niceFailure);
 }
 
 const LOWEST_NICE = 19;
