@@ -38,7 +38,8 @@ def cache_input_names(n_layer):
 
 
 def decoder_signature(dims):
-    L, H, Dh, V, d = dims["n_layer"], dims["n_head"], dims["head_dim"], dims["vocab_size"], dims["d_model"]
+    # the cache holds the key/value heads, fewer than the query heads under grouped-query attention
+    L, H, Dh, V, d = dims["n_layer"], dims.get("n_kv_head", dims["n_head"]), dims["head_dim"], dims["vocab_size"], dims["d_model"]
     return {
         "inputs": [
             {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"]},
