@@ -116,7 +116,7 @@ def equivalence_fixture(model, dims, adapters, scale, prompts, decode_steps, chu
     lora_a, lora_b = adapters
     rows = len(prompts)
     capacity = dims["context"]
-    cache = [torch.zeros(rows, dims["n_head"], capacity, dims["head_dim"]) for _ in range(2 * dims["n_layer"])]
+    cache = [torch.zeros(rows, dims.get("n_kv_head", dims["n_head"]), capacity, dims["head_dim"]) for _ in range(2 * dims["n_layer"])]
     cluster_index = torch.arange(rows) % lora_a.shape[0]
     row_scale = torch.tensor([(1.0, 0.5, 2.0)[r % 3] for r in range(rows)])
     lengths = [0] * rows
