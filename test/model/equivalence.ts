@@ -48,7 +48,8 @@ export async function replayEquivalence(packageDir: string): Promise<number[]> {
   const manifest = JSON.parse(await readFile(join(packageDir, 'manifest.json'), 'utf8'));
   const fixture: EquivalenceFixture = JSON.parse(await readFile(join(packageDir, manifest.files.equivalence), 'utf8'));
   const session = await ort.InferenceSession.create(join(packageDir, manifest.files.decoder), { intraOpNumThreads: 1 });
-  const { n_layer: layers, n_head: heads, head_dim: headDim } = manifest.dims;
+  const { n_layer: layers, head_dim: headDim } = manifest.dims;
+  const heads: number = manifest.dims.n_kv_head ?? manifest.dims.n_head;
   const rows = fixture.steps[0]!.input_ids.length;
   const cache = new KvSlots({ layers, heads, headDim, capacity: fixture.cache_capacity, slots: rows });
   const names = cacheInputNames(layers);
