@@ -1,0 +1,153 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import * as ort from 'onnxruntime-node';
+import { cacheInputNames } from '../../src/model/manifest.js';
+import { replayEquivalence } from '../model/equivalence.js';
+import { PYTHON } from './python.js';
+
+const scratch = mkdtempSync(join(tmpdir(), 'chameleon-hf-import-'));
+after(() => rmSync(scratch, { recursive: true, force: true }));
+const VARIANTS = ['gpt2', 'gpt2-bare', 'llama', 'llama-bias', 'qwen2', 'mistral'];
+type Json = Record<string, any>;
+const readJson = (path: string): Json => JSON.parse(readFileSync(path, 'utf8')) as Json;
+
+function python(args: string[]): { status: number | null; stderr: string } {
+  const result = spawnSync(PYTHON, args, { encoding: 'utf8', timeout: 170_000, env: { ...process.env, OMP_NUM_THREADS: '2' } });
+  return { status: result.status, stderr: result.stderr };
+}
+
+function importCheckpoint(hf: string, out: string, ...options: string[]): { status: number | null; stderr: string } {
+  return python(['training/hf_import.py', hf, out, ...options]);
+}
+
+before(() => {
+  const made = python(['test/fixtures/hf/checkpoints.py', join(scratch, 'hf')]);
+  assert.equal(made.status, 0, made.stderr);
+  for (const variant of VARIANTS) {
+    const done = importCheckpoint(join(scratch, 'hf', variant), join(scratch, 'pkg', variant));
+    assert.equal(done.status, 0, `${variant}: ${done.stderr}`);
+  }
+});
+
+function float64Rows(entry: { shape: number[]; data_base64: string }): Float64Array {
+  const bytes = Buffer.from(entry.data_base64, 'base64');
+  return new Float64Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
+}
+
+/** The decoder's logits at every position of one sequence, prefilled as one row over an empty cache slot. */
+async function onnxLogits(session: ort.InferenceSession, manifest: Json, ids: number[]): Promise<Float32Array> {
+  const { n_layer: layers, n_kv_head: heads, head_dim: headDim, d_model: d, vocab_size: vocab } = manifest.dims;
+  const int64 = (values: number[], dims: number[]) => new ort.Tensor('int64', BigInt64Array.from(values.map(BigInt)), dims);
+  const feeds: Record<string, ort.Tensor> = {
+    input_ids: int64(ids, [1, ids.length]),
+    position_ids: int64(ids.map((_, i) => i), [1, ids.length]),
+    past_length: int64([0], [1]),
+    lora_a: new ort.Tensor('float32', new Float32Array(d), [1, 1, d]),
+    lora_b: new ort.Tensor('float32', new Float32Array(vocab), [1, vocab, 1]),
+    cluster_index: int64([0], [1]),
+    lora_scale: new ort.Tensor('float32', Float32Array.of(1), [1]),
+    logits_index: int64(ids.map((_, i) => i), [ids.length]),
+  };
+  for (const name of cacheInputNames(layers)) feeds[name] = new ort.Tensor('float32', new Float32Array(heads * headDim), [1, heads, 1, headDim]);
+  const out = await session.run(feeds);
+  return out.logits!.data as Float32Array;
+}
+
+for (const variant of VARIANTS) {
+  test(`${variant}: the imported decoder's logits equal the float64 reference from the Hugging Face weights, and its chunked slot-cache replay equals PyTorch`, async () => {
+    const dir = join(scratch, 'pkg', variant);
+    const manifest = readJson(join(dir, 'manifest.json'));
+    const reference = readJson(join(scratch, 'hf', variant, 'reference.json'));
+    const session = await ort.InferenceSession.create(join(dir, 'decoder.onnx'), { intraOpNumThreads: 1 });
+    try {
+      for (const [s, ids] of (reference.input_ids as number[][]).entries()) {
+        const expected = float64Rows(reference.logits[s]);
+        const actual = await onnxLogits(session, manifest, ids);
+        assert.equal(actual.length, expected.length);
+        let max = 0;
+        for (let i = 0; i < actual.length; i++) max = Math.max(max, Math.abs(actual[i]! - expected[i]!));
+        assert.ok(max <= 1e-4, `${variant} sequence ${s}: max |Δlogit| = ${max}`);
+      }
+    } finally {
+      await session.release();
+    }
+    for (const [step, difference] of (await replayEquivalence(dir)).entries()) {
+      assert.ok(difference < 1e-4, `${variant} replay step ${step}: max |Δlogit| = ${difference}`);
+    }
+  });
+}
+
+test('the manifest records the architecture, grouped key/value heads, BOS as the tokenizer adds it, the EOS list and the chat template', () => {
+  const m = (variant: string) => readJson(join(scratch, 'pkg', variant, 'manifest.json'));
+  const llama = m('llama');
+  assert.equal(llama.architecture.family, 'llama');
+  assert.equal(llama.architecture.hf_architecture, 'LlamaForCausalLM');
+  assert.equal(llama.architecture.rope.scaling, 'llama3');
+  assert.equal(llama.architecture.tied_head, false);
+  assert.deepEqual([llama.dims.n_head, llama.dims.n_kv_head, llama.dims.head_dim], [4, 2, 16]);
+  assert.deepEqual(llama.decoder.inputs.find((s: Json) => s.name === 'past_key_0').shape, ['batch', 2, 'cache', 16]);
+  // generation_config.json's list wins over config.json's single id
+  assert.deepEqual(llama.tokenizer.eos_token_ids, [397, 405]);
+  assert.equal(llama.tokenizer.eos_token, '<|end_of_text|>');
+  assert.equal(llama.tokenizer.add_bos, true);
+  assert.equal(llama.tokenizer.bos_token_id, 396);
+  assert.match(llama.tokenizer.chat_template, /start_header_id/);
+  assert.deepEqual(llama.features.exclude_token_ids, [396, 397, 405]);
+
+  const biased = m('llama-bias');
+  assert.equal(biased.dims.head_dim * biased.dims.n_head === biased.dims.d_model, false, 'explicit head_dim kept');
+  assert.equal(biased.architecture.rope.theta, 50000, 'rope_parameters spelling read');
+  assert.deepEqual(biased.tokenizer.eos_token_ids, [397, 404, 405]);
+
+  const qwen = m('qwen2');
+  assert.equal(qwen.tokenizer.add_bos, false);
+  assert.equal(qwen.architecture.tied_head, true);
+  assert.match(qwen.tokenizer.chat_template, /im_start/);
+
+  const mistral = m('mistral');
+  assert.equal(mistral.tokenizer.kind, 'sentencepiece');
+  assert.equal(mistral.tokenizer.bos_token, '<s>');
+  assert.equal(mistral.dims.n_kv_head, 1);
+  assert.equal(mistral.dims.context, 1024, 'a sliding window longer than the positions exported is no limit');
+
+  const gpt2 = m('gpt2');
+  assert.equal(gpt2.architecture.family, 'gpt2');
+  assert.equal(gpt2.tokenizer.add_bos, false);
+  assert.equal(gpt2.tokenizer.kind, 'byte_level');
+  for (const variant of VARIANTS) {
+    const manifest = m(variant);
+    assert.equal(manifest.hypernet, undefined, `${variant}: base-only`);
+    assert.equal(manifest.tensors.static_lora_a, undefined, `${variant}: base-only`);
+  }
+});
+
+function variantCopy(variant: string, name: string, edit: (config: Json) => void): string {
+  const dir = join(scratch, 'edited', name);
+  cpSync(join(scratch, 'hf', variant), dir, { recursive: true });
+  const config = readJson(join(dir, 'config.json'));
+  edit(config);
+  writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
+  return dir;
+}
+
+test('checkpoints that cannot be imported are refused with a message naming the problem', () => {
+  const refused = (hf: string, pattern: RegExp, ...options: string[]) => {
+    const done = importCheckpoint(hf, join(scratch, 'refused'), ...options);
+    assert.notEqual(done.status, 0);
+    assert.match(done.stderr, pattern);
+  };
+  refused(variantCopy('gpt2', 'falcon', (c) => { c.architectures = ['FalconForCausalLM']; }),
+    /architecture FalconForCausalLM is not supported; supported: GPT2LMHeadModel \(gpt2\), LlamaForCausalLM \(llama\), MistralForCausalLM \(mistral\), Qwen2ForCausalLM \(qwen2\)/);
+  refused(variantCopy('llama', 'three-layers', (c) => { c.num_hidden_layers = 3; }), /tensor model\.layers\.2\.self_attn\.q_proj\.weight is missing/);
+  refused(variantCopy('gpt2-bare', 'wider', (c) => { c.n_inner = 192; }), /tensor h\.0\.mlp\.c_fc\.weight has shape \[48, 160\], the config implies \[48, 192\]/);
+  refused(variantCopy('mistral', 'windowed', (c) => { c.sliding_window = 16; }),
+    /sliding_window 16 is shorter than the context to export \(1024\).*--context 16/, '--context', '1024');
+  refused(variantCopy('llama', 'yarn', (c) => { c.rope_scaling = { rope_type: 'yarn', factor: 4 }; }), /rope scaling type 'yarn' is not supported/);
+  const noTokenizer = variantCopy('qwen2', 'no-tokenizer', () => {});
+  rmSync(join(noTokenizer, 'tokenizer.json'));
+  refused(noTokenizer, /tokenizer\.json is missing/);
+});
