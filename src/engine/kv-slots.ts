@@ -8,18 +8,37 @@
  * The decoder attends over every position of the slots it is handed (masking those past each row's length), so a
  * step costs the same at any cached length but reads each slot's whole stride: for 32 rows of the default model,
  * handing it 128 positions per slot instead of 256 takes a fifth off the step's CPU time. The buffers are therefore
- * laid out with a stride of half the model's context while every row fits in it, and with the whole context once a
- * run needs more (`reserve`, before the run); the layout changes in place, copying only the positions the slots
- * hold. It returns to the short stride once every row fits in three quarters of it (`trim`), so that rows near the
- * boundary do not make it change at every step.
+ * laid out with the shortest stride every row fits in, from a ladder: the capacity (MAX_MODEL_LEN), half of it, and
+ * further halvings while they are at least MIN_STRIDE positions (a 4096-position cache: 128, 256, ..., 4096; the
+ * default package's 256: 128 and 256). A run that needs more grows the layout (`reserve`, before the run); the layout
+ * changes in place, copying only the positions the slots hold. It shrinks to a shorter stride once every row fits
+ * in three quarters of it (`trim`), so that rows near a boundary do not make it change at every step.
  */
 export interface SlotShape {
   layers: number;
+  /** Key/value heads (n_kv_head). */
   heads: number;
   headDim: number;
-  /** Positions per slot (the model's context). */
+  /** Positions per slot (MAX_MODEL_LEN). */
   capacity: number;
   slots: number;
+}
+
+/** Strides below half the capacity stop at this many positions (shorter ones save little and relayout more often). */
+export const MIN_STRIDE = 128;
+
+/** The strides a cache of `capacity` positions per slot is laid out with, shortest first; the last is the capacity. */
+export function strideLadder(capacity: number): number[] {
+  const strides = [capacity];
+  let next = Math.ceil(capacity / 2);
+  if (next < capacity) strides.unshift(next);
+  for (next = Math.ceil(next / 2); next >= MIN_STRIDE && next < strides[0]; next = Math.ceil(next / 2)) strides.unshift(next);
+  return strides;
+}
+
+/** Bytes of the cache's buffers: slots x layers x (keys, values) x heads x positions x head_dim float32 values. */
+export function kvCacheBytes(shape: SlotShape): number {
+  return shape.slots * shape.layers * 2 * shape.heads * shape.capacity * shape.headDim * 4;
 }
 
 export class KvSlots {
@@ -32,8 +51,7 @@ export class KvSlots {
   private readonly filled: Int32Array;
 
   constructor(readonly shape: SlotShape) {
-    const short = Math.ceil(shape.capacity / 2);
-    this.strides = short < shape.capacity ? [short, shape.capacity] : [shape.capacity];
+    this.strides = strideLadder(shape.capacity);
     this.current = this.strides[0];
     this.filled = new Int32Array(shape.slots);
     const size = shape.slots * shape.heads * shape.capacity * shape.headDim;
@@ -68,10 +86,10 @@ export class KvSlots {
     this.relayout(stride);
   }
 
-  /** Goes back to the short stride when the longest row in the cache fits in three quarters of it. */
+  /** Goes back to the shortest stride whose three quarters hold the longest row in the cache, when it is shorter than the current one. */
   trim(longestRow: number): void {
-    const short = this.strides[0];
-    if (this.current > short && longestRow <= Math.floor((short * 3) / 4)) this.relayout(short);
+    const stride = this.strides.find((s) => longestRow <= Math.floor((s * 3) / 4));
+    if (stride !== undefined && stride < this.current) this.relayout(stride);
   }
 
   /**

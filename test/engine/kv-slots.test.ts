@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { KvSlots } from '../../src/engine/kv-slots.js';
+import { KvSlots, strideLadder } from '../../src/engine/kv-slots.js';
 
 const shape = { layers: 2, heads: 2, headDim: 3, capacity: 5, slots: 4 };
 
@@ -85,4 +85,62 @@ test('the layout is half the context until a run needs more, then grows and shri
   assertHolds(cache, 2, [6]);
   assertHolds(cache, 3, [9, 10]);
   assert.throws(() => cache.reserve(6), RangeError);
+});
+
+test('the stride ladder halves the capacity down to 128 positions (always offering half of it)', () => {
+  assert.deepEqual(strideLadder(4096), [128, 256, 512, 1024, 2048, 4096]);
+  assert.deepEqual(strideLadder(256), [128, 256], 'the default package: half and whole context, as before');
+  assert.deepEqual(strideLadder(300), [150, 300]);
+  assert.deepEqual(strideLadder(5), [3, 5]);
+  assert.deepEqual(strideLadder(1), [1]);
+});
+
+test('a long cache (MAX_MODEL_LEN 1024) grows through its ladder and shrinks to the shortest stride that fits, keeping every row\'s positions', () => {
+  const long = { layers: 1, heads: 2, headDim: 1, capacity: 1024, slots: 3 };
+  const cache = new KvSlots(long);
+  const rows: number[][] = [[], [], []];
+  /** Appends n positions to slot `slot`, token values made from the slot and position. */
+  const grow = (slot: number, n: number) => {
+    const past = rows[slot].length;
+    const tokens = Array.from({ length: n }, (_, i) => slot * 10_000 + past + i);
+    const data = (which: number) => {
+      const out = new Float32Array(long.heads * n);
+      for (let h = 0; h < long.heads; h++) tokens.forEach((t, i) => { out[h * n + i] = t + which / 2 + h / 4; });
+      return out;
+    };
+    cache.reserve(past + n);
+    cache.write(slot, data(0), data(1), n, [past], [n]);
+    rows[slot].push(...tokens);
+  };
+  const check = (message: string) => rows.forEach((tokens, slot) => {
+    for (const which of [0, 1]) for (let h = 0; h < long.heads; h++) {
+      const view = cache.view(slot, 1)[which];
+      tokens.forEach((t, p) => assert.equal(view[h * cache.stride + p], t + which / 2 + h / 4, `${message}: slot ${slot} position ${p}`));
+    }
+  });
+  assert.equal(cache.stride, 128);
+  grow(0, 90);
+  grow(1, 20);
+  assert.equal(cache.stride, 128);
+  grow(1, 200);
+  assert.equal(cache.stride, 256, 'a row of 220 positions: the next stride up');
+  check('after growing to 256');
+  grow(2, 600);
+  assert.equal(cache.stride, 1024);
+  check('after growing to 1024');
+  cache.trim(600);
+  assert.equal(cache.stride, 1024, '600 > three quarters of 512');
+  rows[2] = [];
+  cache.move(2, 2, 0);
+  cache.trim(300);
+  assert.equal(cache.stride, 512, 'the longest row (220 positions, said to be 300) fits three quarters of 512 but not of 256');
+  check('after shrinking to 512');
+  cache.trim(100);
+  assert.equal(cache.stride, 256, '100 positions are more than three quarters of 128');
+  rows[1] = [];
+  grow(1, 50); // a new, shorter row in slot 1
+  cache.trim(90);
+  assert.equal(cache.stride, 128);
+  check('after shrinking to 128');
+  assert.throws(() => cache.reserve(1025), RangeError);
 });
