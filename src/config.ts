@@ -20,6 +20,10 @@ export interface Config {
   modelName: string;
   /** Most rows (prompts) in one batch. */
   maxBatchSize: number;
+  /** Positions per KV-cache slot: the longest prompt + max_tokens served (0 = min(dims.context, 4096)). */
+  maxModelLen: number;
+  /** Most bytes the KV cache may take (0 = the memory the process may use, less the model's files and a margin: see kvCacheLimit). */
+  kvCacheMaxBytes: number;
   /** Longest a batch window stays open after its first request, in ms. */
   maxWaitMs: number;
   /** Requests per cluster the k-means aims for: k = clamp(ceil(n / target), 1, maxClusters). */
@@ -98,6 +102,8 @@ export const SETTINGS: ReadonlyArray<Setting<keyof Config>> = [
   { key: 'modelDir', env: 'MODEL_DIR', default: 'models/default', describe: 'model package folder', parse: nonEmpty, expect: 'a folder path' },
   { key: 'modelName', env: 'MODEL_NAME', default: 'chameleon-default', describe: 'model id in /v1/models and in requests', parse: nonEmpty, expect: 'a non-empty name' },
   { key: 'maxBatchSize', env: 'MAX_BATCH_SIZE', default: '32', describe: 'most prompts in one batch', parse: integer(1, 4096), expect: 'an integer from 1 to 4096' },
+  { key: 'maxModelLen', env: 'MAX_MODEL_LEN', default: '0', describe: 'positions per KV-cache slot: the longest prompt + max_tokens served (0 = min(the package\'s dims.context, 4096); more than dims.context stops the start)', parse: (raw) => (raw.trim() === '0' ? 0 : integer(16, 1 << 24)(raw)), expect: '0 or an integer from 16 to 16777216' },
+  { key: 'kvCacheMaxBytes', env: 'KV_CACHE_MAX_BYTES', default: '0', describe: 'most bytes the KV cache (MAX_BATCH_SIZE slots x n_layer x 2 x n_kv_head x MAX_MODEL_LEN x head_dim x 4) may take; a larger one stops the start (0 = the memory the process may use, its cgroup limit or else the machine\'s, less twice the package\'s decoder and embeddings and 1 GiB)', parse: integer(0), expect: 'an integer >= 0' },
   { key: 'maxWaitMs', env: 'MAX_WAIT_MS', default: '20', describe: 'batch window: longest wait after the first request, ms', parse: integer(0, 60_000), expect: 'an integer from 0 to 60000' },
   { key: 'targetClusterSize', env: 'TARGET_CLUSTER_SIZE', default: '4', describe: 'requests per cluster the k-means aims for', parse: integer(1), expect: 'an integer >= 1' },
   { key: 'maxClusters', env: 'MAX_CLUSTERS', default: '8', describe: 'most clusters (adapters) per batch', parse: integer(1, 1024), expect: 'an integer from 1 to 1024' },

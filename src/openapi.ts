@@ -20,7 +20,7 @@ function schemaOnlyService(modelName: string): CompletionService {
     created: 0,
     queueFull: false,
     adapters: new AdapterRegistry(0, { vocabSize: 0, dim: 0, maxRank: 0 }, modelName),
-    serves: () => false,
+    adaptationModes: ['batch', 'request', 'static', 'none'],
     submit() {
       throw new ServiceError('not_ready', 'No model in schema-only mode.');
     },

@@ -3,15 +3,18 @@
  * scheduler, and reports its state (loading -> ready -> draining -> closed, or failed).
  */
 import { AdapterRegistry, loadAdapterFile, type NamedAdapter } from './adaptation/adapters.js';
-import { DomainAdapters, type DomainMode } from './adaptation/domains.js';
+import { DomainAdapters } from './adaptation/domains.js';
 import { FeatureExtractor } from './adaptation/features.js';
 import { ContextGate } from './adaptation/gate.js';
+import type { AdaptationMode } from './adaptation/slots.js';
 import { Scheduler } from './batching/scheduler.js';
 import type { Completion } from './batching/completion.js';
 import type { Config } from './config.js';
 import { EngineClient, type EngineLogger } from './engine/client.js';
+import { describeShape, formatBytes, planKvCache, type KvPlan } from './engine/kv-memory.js';
 import type { LoraFactors } from './engine/protocol.js';
 import { ServiceError } from './errors.js';
+import { ADAPT_COMMAND } from './model/manifest.js';
 import { ModelPackage } from './model/package.js';
 import type { TextTokenizer } from './model/tokenizer.js';
 import type { Metrics } from './observability/metrics.js';
@@ -37,13 +40,32 @@ export interface ServiceLogger extends EngineLogger {
   debug(obj: object, msg: string): void;
 }
 
+/** The `adaptation` modes a request may ask for (a named adapter is chosen by `model` instead). */
+export type RequestAdaptationMode = Exclude<AdaptationMode, 'adapter'>;
+
+/** Every mode, in the API's order; a package serves those its parts allow (see adaptationModesOf). */
+export const REQUEST_ADAPTATION_MODES: readonly RequestAdaptationMode[] = ['batch', 'request', 'static', 'none', 'library', 'library_weighted', 'masks'];
+
+/** The modes a package serves: all but the library's and the masks' without those sections, and only `none` for a base-only package. */
+export function adaptationModesOf(pkg: Pick<ModelPackage, 'adaptive'>): RequestAdaptationMode[] {
+  const m = pkg.adaptive;
+  if (m === null) return ['none'];
+  return REQUEST_ADAPTATION_MODES.filter((mode) => (mode === 'masks' ? m.masks !== undefined : mode.startsWith('library') ? m.library !== undefined : true));
+}
+
+/** The refusal of an adaptation the package cannot give: a base-only package names the command that adds it. */
+export function baseOnlyRefusal(what: string): string {
+  return `This model package is base-only (it has no hypernetwork and no static LoRA), so ${what}: it serves adaptation 'none' (the base model) and named adapters loaded from files. ` +
+    `\`${ADAPT_COMMAND}\` adds the adaptation parts to the package (with --baselines also the LoRA library and LoRA*Mask); then restart the server on it.`;
+}
+
 /** What the API needs from the service (the real one below, or a stub for tools such as the OpenAPI script). */
 export interface CompletionService {
   readonly state: ServiceState;
   readonly failure: Error | null;
   readonly provider: string | null;
   readonly modelName: string;
-  /** Context length in tokens (BOS included). */
+  /** Longest prompt + completion in tokens (BOS included): MAX_MODEL_LEN, the KV cache's positions per slot. */
   readonly contextLength: number;
   readonly tokenizer: TextTokenizer | null;
   readonly created: number;
@@ -51,8 +73,11 @@ export interface CompletionService {
   readonly queueFull: boolean;
   /** Named adapters, each served as its own model. */
   readonly adapters: AdapterRegistry;
-  /** Whether the package serves this baseline mode (its LoRA library, its LoRA*Mask set). */
-  serves(mode: DomainMode): boolean;
+  /**
+   * The `adaptation` modes the package serves: a base-only package serves only `none`, which is then also the
+   * default; library and masks modes need those sections.
+   */
+  readonly adaptationModes: readonly RequestAdaptationMode[];
   submit(completion: Completion): void;
   /** Loads a named adapter from a file or folder on the server (see adapters.ts). */
   loadAdapter(name: string, path: string): Promise<NamedAdapter>;
@@ -80,6 +105,9 @@ export class InferenceService implements CompletionService {
   /** The package's static LoRA as factors (what a gated context gets), read on first use. */
   private staticLora: LoraFactors | null = null;
   readonly adapters: AdapterRegistry;
+  readonly adaptationModes: readonly RequestAdaptationMode[];
+  /** The KV cache's shape and size (MAX_MODEL_LEN, MAX_BATCH_SIZE), checked against the memory limit. */
+  readonly kvCache: KvPlan;
 
   private constructor(
     private readonly config: Config,
@@ -88,17 +116,26 @@ export class InferenceService implements CompletionService {
     private readonly logger: ServiceLogger,
   ) {
     const m = model.manifest;
+    this.kvCache = planKvCache(config, model);
     this.features = new FeatureExtractor(model.readTensor('embeddings'), m.dims.vocab_size, m.dims.d_model, m.features.exclude_token_ids);
     this.domains = DomainAdapters.fromPackage(model);
     this.gate = ContextGate.fromPackage(model);
-    const maxRank = Math.max(64, m.hypernet.rank);
+    this.adaptationModes = adaptationModesOf(model);
+    const maxRank = Math.max(64, m.hypernet?.rank ?? 0);
     this.adapters = new AdapterRegistry(config.maxAdapters, { vocabSize: m.dims.vocab_size, dim: m.dims.d_model, maxRank }, config.modelName);
     for (const [domain, factors] of this.domains.libraryEntries()) this.adapters.add(libraryAdapterName(domain), factors, 'package');
   }
 
   /** Opens and checks the model package (synchronously: a bad package stops the start here). */
   static open(config: Config, metrics: Metrics, logger: ServiceLogger): InferenceService {
-    return new InferenceService(config, ModelPackage.open(config.modelDir), metrics, logger);
+    const service = new InferenceService(config, ModelPackage.open(config.modelDir), metrics, logger);
+    const kv = service.kvCache;
+    logger.info(
+      { kvCacheBytes: kv.bytes, kvCacheLimitBytes: kv.limit, slots: kv.shape.slots, maxModelLen: kv.shape.capacity, layers: kv.shape.layers, kvHeads: kv.shape.heads, headDim: kv.shape.headDim },
+      `KV cache: ${formatBytes(kv.bytes)} = ${describeShape(kv.shape)}; limit ${formatBytes(kv.limit)} (${kv.limitRule})`,
+    );
+    if (service.model.adaptive === null) logger.info({ adaptationModes: service.adaptationModes }, `base-only model package: serving adaptation 'none' only (${ADAPT_COMMAND} adds the rest)`);
+    return service;
   }
 
   get modelName(): string {
@@ -106,7 +143,7 @@ export class InferenceService implements CompletionService {
   }
 
   get contextLength(): number {
-    return this.model.dims.context;
+    return this.kvCache.shape.capacity;
   }
 
   get tokenizer(): TextTokenizer {
@@ -119,15 +156,11 @@ export class InferenceService implements CompletionService {
     return this.starting;
   }
 
-  serves(mode: DomainMode): boolean {
-    return this.domains.has(mode);
-  }
-
   private async boot(): Promise<void> {
     try {
       this.engine = await EngineClient.start({
         modelDir: this.model.dir, device: this.config.device, threads: this.config.threads, spinning: this.config.ortSpinning,
-        slots: this.config.maxBatchSize, prefillChunkTokens: this.config.prefillChunkTokens, priority: this.config.engineNice, logger: this.logger,
+        slots: this.config.maxBatchSize, maxModelLen: this.kvCache.shape.capacity, prefillChunkTokens: this.config.prefillChunkTokens, priority: this.config.engineNice, logger: this.logger,
       });
     } catch (error) {
       this.state = 'failed';
@@ -171,6 +204,9 @@ export class InferenceService implements CompletionService {
   }
 
   async adapterFromExamples(name: string, examples: readonly string[]): Promise<NamedAdapter> {
+    if (this.model.adaptive === null) {
+      throw new ServiceError('invalid_request', baseOnlyRefusal('it cannot make an adapter from examples (that needs the hypernetwork)'), { param: 'examples' });
+    }
     this.adapters.checkName(name);
     const unavailable = unavailableError(this.state, this.failure);
     if (unavailable !== null) throw unavailable;
@@ -194,7 +230,7 @@ export class InferenceService implements CompletionService {
   }
 
   private staticFactors(): LoraFactors {
-    this.staticLora ??= { rank: this.model.manifest.lora.rank, a: this.model.readTensor('static_lora_a'), b: this.model.readTensor('static_lora_b') };
+    this.staticLora ??= { rank: this.model.adaptive!.lora.rank, a: this.model.readTensor('static_lora_a'), b: this.model.readTensor('static_lora_b') };
     return this.staticLora;
   }
 

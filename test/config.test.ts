@@ -5,7 +5,7 @@ import { ConfigError } from '../src/errors.js';
 
 test('defaults', () => {
   assert.deepEqual(loadConfig({}), {
-    host: '0.0.0.0', port: 8080, modelDir: 'models/default', modelName: 'chameleon-default', maxBatchSize: 32, maxWaitMs: 20,
+    host: '0.0.0.0', port: 8080, modelDir: 'models/default', modelName: 'chameleon-default', maxBatchSize: 32, maxModelLen: 0, kvCacheMaxBytes: 0, maxWaitMs: 20,
     targetClusterSize: 4, maxClusters: 8, queueSize: 256, idleDispatch: true, clusterInFlight: true, prefillChunkTokens: 64, device: 'cpu', threads: 0,
     engineNice: 5, ortSpinning: false, logLevel: 'info', kmeansSeed: 0, requestTimeoutMs: 0, retryAfterSeconds: 1, headersTimeoutMs: 10_000, receiveTimeoutMs: 30_000,
     keepAliveTimeoutMs: 5000, shutdownTimeoutMs: 30_000, adminToken: '', maxAdapters: 16,
@@ -42,4 +42,12 @@ test('every setting is documented in the README configuration table', async () =
   const { readFileSync } = await import('node:fs');
   const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
   for (const s of SETTINGS) assert.match(readme, new RegExp(`\\| \`${s.env}\` \\| \`${s.default.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\` \\|`), `${s.env} in README`);
+});
+
+test('MAX_MODEL_LEN and KV_CACHE_MAX_BYTES: 0 is automatic, otherwise at least 16 positions / any byte count', () => {
+  assert.equal(loadConfig({ MAX_MODEL_LEN: '2048' }).maxModelLen, 2048);
+  assert.equal(loadConfig({ MAX_MODEL_LEN: '0' }).maxModelLen, 0);
+  assert.equal(loadConfig({ KV_CACHE_MAX_BYTES: '1073741824' }).kvCacheMaxBytes, 2 ** 30);
+  assert.throws(() => loadConfig({ MAX_MODEL_LEN: '8' }), /MAX_MODEL_LEN must be 0 or an integer from 16 to 16777216 \(got "8"\)/);
+  assert.throws(() => loadConfig({ KV_CACHE_MAX_BYTES: '-1' }), /KV_CACHE_MAX_BYTES must be an integer >= 0/);
 });

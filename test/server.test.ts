@@ -41,6 +41,15 @@ describe('server process', () => {
     assert.match(run.output(), /chameleon-serve: Invalid configuration: MAX_BATCH_SIZE must be an integer from 1 to 4096 \(got "lots"\)/);
   });
 
+  test('a MAX_MODEL_LEN above the model\'s context, or a KV cache over its memory limit, stops the start with the numbers', async () => {
+    const long = start({ MAX_MODEL_LEN: '100000' });
+    assert.equal(await long.exit, 1);
+    assert.match(long.output(), /chameleon-serve: MAX_MODEL_LEN=100000 is more than the model's context of \d+ positions \(dims\.context\)/);
+    const big = start({ KV_CACHE_MAX_BYTES: '1000' });
+    assert.equal(await big.exit, 1);
+    assert.match(big.output(), /chameleon-serve: The KV cache would take [\d.]+ MiB \(32 slots \(MAX_BATCH_SIZE\) x .*\), more than the 0\.0 MiB allowed \(KV_CACHE_MAX_BYTES=1000\); lower MAX_BATCH_SIZE or MAX_MODEL_LEN, or set KV_CACHE_MAX_BYTES/);
+  });
+
   test('a package that does not match its manifest stops the start with a message naming the problem', async () => {
     const copy = copyPackage();
     try {

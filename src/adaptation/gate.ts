@@ -25,7 +25,7 @@ export class ContextGate {
 
   /** The package's gate, or null when it has none (every context then gets all of its generated update). */
   static fromPackage(pkg: ModelPackage): ContextGate | null {
-    const gate = pkg.manifest.hypernet.gate;
+    const gate = pkg.manifest.hypernet?.gate;
     if (gate === undefined) return null;
     return new ContextGate(pkg.readTensor('gate_centroids'), gate.names.length, gate.min_similarity, gate.prior_tokens ?? 0);
   }

@@ -21,6 +21,8 @@ export interface EngineOptions {
   spinning?: boolean;
   /** KV-cache slots: the most rows in flight. */
   slots: number;
+  /** Positions per KV-cache slot (MAX_MODEL_LEN); default: the package's context. */
+  maxModelLen?: number;
   /** Most new tokens in one prefill run. */
   prefillChunkTokens: number;
   /** Priority of the inference thread (and its ONNX Runtime threads): 'idle' (SCHED_IDLE) or a nice value; 0 = the event loop's priority. */
@@ -113,7 +115,7 @@ export class EngineClient {
       worker.on('exit', onExit);
       const init: ToWorker = {
         type: 'init', modelDir: options.modelDir, device: options.device, threads: options.threads, spinning: options.spinning ?? false,
-        slots: options.slots, prefillChunkTokens: options.prefillChunkTokens, priority: options.priority ?? 0,
+        slots: options.slots, maxModelLen: options.maxModelLen ?? 0, prefillChunkTokens: options.prefillChunkTokens, priority: options.priority ?? 0,
       };
       worker.postMessage(init);
     });

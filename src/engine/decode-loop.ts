@@ -82,7 +82,8 @@ export interface Runtime {
 }
 
 export interface TextCodec {
-  readonly eosId: number;
+  /** Whether a generated token ends the text (any of the package's end-of-text ids). */
+  isEos(id: number): boolean;
   /** The bytes of a generated token in the text (none for special tokens). */
   bytes(id: number): Uint8Array;
   piece(id: number): string;
@@ -457,7 +458,7 @@ export class DecodeLoop {
   /** Turns the row's chosen token into an event (or its end). */
   private advance(r: Row, token: number, logits: Float32Array, offset: number, out: RowEvent[]): void {
     const V = this.runtime.vocabSize;
-    if (token === this.codec.eosId && !r.spec.ignoreEos) {
+    if (this.codec.isEos(token) && !r.spec.ignoreEos) {
       this.finish(r, 'stop', out);
       return;
     }

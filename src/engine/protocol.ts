@@ -45,6 +45,8 @@ export interface InitMessage {
   spinning: boolean;
   /** KV-cache slots: the most rows in flight (MAX_BATCH_SIZE). */
   slots: number;
+  /** Positions per KV-cache slot (MAX_MODEL_LEN, resolved against the package's context). */
+  maxModelLen: number;
   /** Most new tokens in one prefill run (PREFILL_CHUNK_TOKENS). */
   prefillChunkTokens: number;
   /** Priority of the inference thread under the event loop (ENGINE_NICE): SCHED_IDLE or a nice value. */

@@ -5,7 +5,7 @@
 import * as ort from 'onnxruntime-node';
 import type { Device } from '../config.js';
 import { ModelPackageError } from '../errors.js';
-import { cacheInputNames, checkSignature, type RuntimeTensorInfo } from '../model/manifest.js';
+import { cacheInputNames, checkSignature, kvHeads, type RuntimeTensorInfo } from '../model/manifest.js';
 import type { ModelPackage } from '../model/package.js';
 import { AdapterArena } from './adapter-arena.js';
 import type { AdapterPart, Runtime, StepFeeds } from './decode-loop.js';
@@ -20,6 +20,8 @@ export interface RuntimeOptions {
   spinning: boolean;
   /** KV-cache slots (the most rows in flight). */
   slots: number;
+  /** Positions per slot (MAX_MODEL_LEN, at most dims.context). */
+  maxModelLen: number;
   warn: (message: string) => void;
 }
 
@@ -40,6 +42,8 @@ function metadata(list: readonly ort.InferenceSession.ValueMetadata[]): RuntimeT
 export class OrtRuntime implements Runtime {
   readonly vocabSize: number;
   private readonly dims: ModelPackage['dims'];
+  /** Key/value heads: the cache's head axis. */
+  private readonly kvHeads: number;
   private readonly hypernetRank: number;
   /** Leading ranks of the hypernetwork's factors that are the static LoRA (a network on static), which weights leave whole. */
   private readonly staticRank: number;
@@ -52,19 +56,28 @@ export class OrtRuntime implements Runtime {
   private constructor(
     readonly provider: string,
     private readonly decoder: ort.InferenceSession,
-    private readonly hypernetSession: ort.InferenceSession,
+    /** null for a base-only package (no hypernetwork). */
+    private readonly hypernetSession: ort.InferenceSession | null,
     private readonly softmaxSession: ort.InferenceSession,
     pkg: ModelPackage,
     slots: number,
+    maxModelLen: number,
   ) {
     this.dims = pkg.dims;
     this.vocabSize = pkg.dims.vocab_size;
-    this.hypernetRank = pkg.manifest.hypernet.rank;
-    this.staticRank = pkg.manifest.hypernet.on_static === true ? pkg.manifest.lora.rank : 0;
-    const staticPart = { count: 1, rank: pkg.manifest.lora.rank, a: pkg.readTensor('static_lora_a'), b: pkg.readTensor('static_lora_b') };
-    this.adapters = new AdapterArena(pkg.dims.d_model, pkg.dims.vocab_size, staticPart);
-    const { n_layer: layers, n_head: heads, head_dim: headDim, context: capacity } = pkg.dims;
-    this.cache = new KvSlots({ layers, heads, headDim, capacity, slots });
+    this.kvHeads = kvHeads(pkg.dims);
+    const adaptive = pkg.adaptive;
+    this.hypernetRank = adaptive?.hypernet.rank ?? 0;
+    this.staticRank = adaptive?.hypernet.on_static === true ? adaptive.lora.rank : 0;
+    // A base-only package has no static LoRA: its slot holds a zero adapter of rank 1 (the decoder still takes
+    // lora_a and lora_b, and every row of such a package reads the zero adapter).
+    const { d_model: D, vocab_size: V } = pkg.dims;
+    const staticPart = adaptive === null
+      ? { count: 1, rank: 1, a: new Float32Array(D), b: new Float32Array(V) }
+      : { count: 1, rank: adaptive.lora.rank, a: pkg.readTensor('static_lora_a'), b: pkg.readTensor('static_lora_b') };
+    this.adapters = new AdapterArena(D, V, staticPart);
+    const { n_layer: layers, head_dim: headDim } = pkg.dims;
+    this.cache = new KvSlots({ layers, heads: this.kvHeads, headDim, capacity: maxModelLen, slots });
     this.cacheNames = cacheInputNames(layers);
   }
 
@@ -74,6 +87,9 @@ export class OrtRuntime implements Runtime {
 
   /** Opens the sessions (decoder, hypernetwork, the sampler's softmax; CUDA when asked, CPU when CUDA cannot start) and checks the package's against its manifest. */
   static async create(pkg: ModelPackage, options: RuntimeOptions): Promise<OrtRuntime> {
+    if (!(options.maxModelLen >= 1 && options.maxModelLen <= pkg.dims.context)) {
+      throw new RangeError(`MAX_MODEL_LEN ${options.maxModelLen} is outside 1 to the model's context (${pkg.dims.context})`);
+    }
     const base: ort.InferenceSession.SessionOptions = {
       graphOptimizationLevel: 'all',
       extra: { session: { intra_op: { allow_spinning: options.spinning ? '1' : '0' }, inter_op: { allow_spinning: options.spinning ? '1' : '0' } } },
@@ -82,14 +98,15 @@ export class OrtRuntime implements Runtime {
     const open = async (providers: ort.InferenceSession.ExecutionProviderConfig[], quiet = false) => {
       // A CUDA attempt that fails is reported once, by us (ONNX Runtime's own error lines would repeat it).
       const options = { ...base, executionProviders: providers, ...(quiet ? { logSeverityLevel: 4 as const } : {}) };
+      const hypernetPath = pkg.paths.hypernet;
       return Promise.all([
         ort.InferenceSession.create(pkg.paths.decoder, options),
-        ort.InferenceSession.create(pkg.paths.hypernet, options),
+        hypernetPath === undefined ? null : ort.InferenceSession.create(hypernetPath, options),
         ort.InferenceSession.create(softmaxModel(pkg.dims.vocab_size), options),
       ]);
     };
     let provider = 'cpu';
-    let sessions: [ort.InferenceSession, ort.InferenceSession, ort.InferenceSession];
+    let sessions: [ort.InferenceSession, ort.InferenceSession | null, ort.InferenceSession];
     if (options.device === 'cuda') {
       // A failed CUDA start surfaces as an exception, reported once as a warning below; ONNX Runtime's own
       // error lines for it (logged by its process-wide logger, set up by the first session) would repeat it.
@@ -105,21 +122,23 @@ export class OrtRuntime implements Runtime {
       sessions = await open(['cpu']);
     }
     const [decoder, hypernet, softmax] = sessions;
+    const hypernetSignature = pkg.manifest.hypernet;
     const problems = [
       ...checkSignature('decoder.onnx', pkg.manifest.decoder, { inputs: metadata(decoder.inputMetadata), outputs: metadata(decoder.outputMetadata) }),
-      ...checkSignature('hypernet.onnx', pkg.manifest.hypernet, { inputs: metadata(hypernet.inputMetadata), outputs: metadata(hypernet.outputMetadata) }),
+      ...(hypernet === null || hypernetSignature === undefined ? [] : checkSignature('hypernet.onnx', hypernetSignature, { inputs: metadata(hypernet.inputMetadata), outputs: metadata(hypernet.outputMetadata) })),
     ];
     if (problems.length > 0) {
-      await Promise.allSettled([decoder.release(), hypernet.release(), softmax.release()]);
+      await Promise.allSettled([decoder.release(), hypernet?.release(), softmax.release()]);
       throw new ModelPackageError(`Model package ${pkg.dir} does not match its manifest: ${problems.join('; ')}`);
     }
-    return new OrtRuntime(provider, decoder, hypernet, softmax, pkg, options.slots);
+    return new OrtRuntime(provider, decoder, hypernet, softmax, pkg, options.slots, options.maxModelLen);
   }
 
   async hypernet(contexts: Float32Array, count: number, weights: Float32Array): Promise<AdapterPart> {
     const D = this.dims.d_model;
     const V = this.vocabSize;
     const R = this.hypernetRank;
+    if (this.hypernetSession === null) throw new Error('this model package is base-only: it has no hypernetwork');
     const out = await this.hypernetSession.run({ context: new ort.Tensor('float32', contexts.subarray(0, count * D), [count, D]) });
     const a = out.lora_a.data as Float32Array;
     const b = out.lora_b.data as Float32Array;
@@ -161,7 +180,8 @@ export class OrtRuntime implements Runtime {
   }
 
   async step(feeds: StepFeeds): Promise<Float32Array> {
-    const { n_layer: L, n_head: H, head_dim: HD } = this.dims;
+    const { n_layer: L, head_dim: HD } = this.dims;
+    const H = this.kvHeads;
     const { batch: B, seq: T } = feeds;
     const wanted = feeds.logitsIndex.length;
     this.cache.reserve(Math.max(...feeds.pastLength.map((past, b) => past + feeds.newTokens[b])));
@@ -218,6 +238,6 @@ export class OrtRuntime implements Runtime {
   }
 
   async release(): Promise<void> {
-    await Promise.allSettled([this.decoder.release(), this.hypernetSession.release(), this.softmaxSession.release()]);
+    await Promise.allSettled([this.decoder.release(), this.hypernetSession?.release(), this.softmaxSession.release()]);
   }
 }

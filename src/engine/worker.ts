@@ -96,6 +96,8 @@ async function init(message: InitMessage): Promise<void> {
       threads: message.threads,
       spinning: message.spinning,
       slots: message.slots,
+      // 0: the package's context (tools and tests that start an engine without a service)
+      maxModelLen: message.maxModelLen > 0 ? message.maxModelLen : pkg.dims.context,
       warn: (text) => {
         warnings.push(text);
         post({ type: 'log', level: 'warn', message: text });
@@ -114,19 +116,26 @@ async function init(message: InitMessage): Promise<void> {
   }
 }
 
-/** Two small jobs through every path: hypernetwork, prefill, joining a running decode, sampling, logprobs. */
+/**
+ * Two small jobs through every path: hypernetwork, prefill, joining a running decode, sampling, logprobs (a base-only
+ * package has no hypernetwork: every row reads the zero adapter).
+ */
 async function warmUp(warm: DecodeLoop, pkg: ModelPackage): Promise<void> {
   const tok = pkg.tokenizer;
   const ids = tok.encodePrompt('Hello');
+  const adaptive = pkg.adaptive !== null;
   const spec = (slot: number, promptIds: number[]) => ({
-    promptIds, bosAdded: tok.addBos, slot, maxTokens: 3, temperature: slot === 0 ? 0 : 1, topP: 0.9, topK: 5, seed: slot,
+    promptIds, bosAdded: tok.addBos, slot: adaptive ? slot : 0, maxTokens: 3, temperature: slot === 0 ? 0 : 1, topP: 0.9, topK: 5, seed: slot,
     stop: [], logprobs: 1, promptLogprobs: true, ignoreEos: true, adaptationScale: slot === 2 ? 0.5 : 1,
   });
   let events = 0;
   const hooks: JobHooks = { onAdapted() {}, onPrompt() {}, onEvents: (list) => { events += list.length; }, isCancelled: () => false };
-  const contexts = new Float32Array(pkg.dims.d_model);
-  const first = warm.submit({ batchId: -1, rows: [spec(0, ids), spec(1, ids), spec(2, ids)], contexts, contextCount: 1, contextWeights: Float32Array.of(1), factors: [] }, hooks);
-  const second = warm.submit({ batchId: -2, rows: [spec(2, [...ids, ...ids])], contexts, contextCount: 1, contextWeights: Float32Array.of(1), factors: [] }, hooks);
+  const contextCount = adaptive ? 1 : 0;
+  const job = (batchId: number, rows: ReturnType<typeof spec>[]) => ({
+    batchId, rows, contexts: new Float32Array(pkg.dims.d_model), contextCount, contextWeights: new Float32Array(contextCount).fill(1), factors: [],
+  });
+  const first = warm.submit(job(-1, [spec(0, ids), spec(1, ids), spec(2, ids)]), hooks);
+  const second = warm.submit(job(-2, [spec(2, [...ids, ...ids])]), hooks);
   await Promise.all([first, second]);
   if (events !== 4 * 3) throw new Error(`warm-up produced ${events} token events, expected 12`);
 }

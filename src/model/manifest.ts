@@ -48,16 +48,35 @@ export const ManifestSchema = Type.Object({
     d_model: PositiveInt,
     n_layer: PositiveInt,
     n_head: PositiveInt,
+    /** Key/value heads (grouped-query attention): the cache's head axis; absent = n_head. */
+    n_kv_head: Type.Optional(PositiveInt),
     head_dim: PositiveInt,
     context: PositiveInt,
   }),
-  lora: Type.Object({ rank: PositiveInt, scale: Type.Number() }),
+  /** Where the decoder came from (an imported Hugging Face checkpoint): kept for people and tools, not read by the server. */
+  architecture: Type.Optional(Type.Object({
+    family: Type.Optional(Type.String()),
+    hf_architecture: Type.Optional(Type.String()),
+    dtype: Type.Optional(Type.String()),
+    tied_head: Type.Optional(Type.Boolean()),
+  })),
+  /** Absent, with hypernet and the static LoRA's tensors: a base-only package (see isBaseOnly). */
+  lora: Type.Optional(Type.Object({ rank: PositiveInt, scale: Type.Number() })),
   tokenizer: Type.Object({
     file: Type.String({ minLength: 1 }),
+    /** How a token's text becomes bytes: GPT-2's byte-level alphabet (default), or SentencePiece's `▁` and `<0xNN>` tokens. */
+    kind: Type.Optional(Type.Union([Type.Literal('byte_level'), Type.Literal('sentencepiece')])),
     eos_token: Type.String(),
     eos_token_id: Type.Integer({ minimum: 0 }),
-    bos_token_id: Type.Integer({ minimum: 0 }),
+    /** Generation stops at any of these (absent: [eos_token_id]). */
+    eos_token_ids: Type.Optional(Type.Array(Type.Integer({ minimum: 0 }), { minItems: 1 })),
+    /** null only when add_bos is false (a model without a beginning-of-text token). */
+    bos_token_id: Type.Union([Type.Integer({ minimum: 0 }), Type.Null()]),
+    bos_token: Type.Optional(Type.String()),
     add_bos: Type.Boolean(),
+    /** Kept for the chat API (a Jinja chat template, as in tokenizer_config.json). */
+    chat_template: Type.Optional(Type.String()),
+    special_tokens: Type.Optional(Type.Unknown()),
   }),
   features: Type.Object({
     kind: Type.Literal('l2_normalised_mean_token_embedding'),
@@ -67,8 +86,8 @@ export const ManifestSchema = Type.Object({
   sha256: Type.Optional(Type.Record(Type.String(), Type.String({ pattern: '^[0-9a-f]{64}$' }))),
   tensors: Type.Object({
     embeddings: FileTensor,
-    static_lora_a: FileTensor,
-    static_lora_b: FileTensor,
+    static_lora_a: Type.Optional(FileTensor),
+    static_lora_b: Type.Optional(FileTensor),
     library_lora_a: Type.Optional(FileTensor),
     library_lora_b: Type.Optional(FileTensor),
     library_centroids: Type.Optional(FileTensor),
@@ -81,7 +100,7 @@ export const ManifestSchema = Type.Object({
   }),
   decoder: Signature,
   /** rank: of the factors the hypernetwork outputs (twice lora.rank when it adds a dynamic update to the static one). */
-  hypernet: Type.Intersect([Signature, Type.Object({ rank: PositiveInt, on_static: Type.Optional(Type.Boolean()), gate: Type.Optional(ContextGate) })]),
+  hypernet: Type.Optional(Type.Intersect([Signature, Type.Object({ rank: PositiveInt, on_static: Type.Optional(Type.Boolean()), gate: Type.Optional(ContextGate) })])),
   /** The modular LoRA library (one LoRA per training domain): also served as named adapters. */
   library: Type.Optional(DomainSelector),
   /** LoRA*Mask: one shared LoRA, one mask over its entries per training domain. */
@@ -94,9 +113,14 @@ export type Dims = Manifest['dims'];
 export type TensorKey = keyof Manifest['tensors'];
 
 /** Files the service itself reads (equivalence.json and eval.json are for tests and people). */
-const REQUIRED_FILES = ['decoder', 'hypernet', 'tokenizer', 'embeddings', 'static_lora_a', 'static_lora_b'] as const;
+const REQUIRED_FILES = ['decoder', 'tokenizer', 'embeddings'] as const;
+/** Read too when the package has its adaptation parts (see isBaseOnly). */
+const ADAPTATION_FILES = ['hypernet', 'static_lora_a', 'static_lora_b'] as const;
 const LIBRARY_TENSORS = ['library_lora_a', 'library_lora_b', 'library_centroids'] as const;
 const MASK_TENSORS = ['masks_lora_a', 'masks_lora_b', 'masks_mask_a', 'masks_mask_b', 'masks_centroids'] as const;
+
+/** The command that adds the adaptation parts to a base-only package (named in the server's refusals). */
+export const ADAPT_COMMAND = 'npm run model:adapt -- --base <package> --corpus <texts>';
 
 /** Per-layer cache inputs, in the order the runtime hands over its slot buffers. */
 export function cacheInputNames(layers: number): string[] {
@@ -108,11 +132,41 @@ const DECODER_OUTPUTS = ['logits', 'present_keys', 'present_values'];
 const HYPERNET_INPUTS = ['context'];
 const HYPERNET_OUTPUTS = ['lora_a', 'lora_b'];
 
+/** Key/value heads: the head axis of the cache (fewer than n_head with grouped-query attention). */
+export function kvHeads(dims: Dims): number {
+  return dims.n_kv_head ?? dims.n_head;
+}
+
+/** Ids that end generation: tokenizer.eos_token_ids, or the one eos_token_id. */
+export function eosTokenIds(m: Manifest): number[] {
+  return m.tokenizer.eos_token_ids ?? [m.tokenizer.eos_token_id];
+}
+
+/**
+ * A base-only package (what `npm run model:import` writes) has a decoder and its tokenizer and embeddings, but no
+ * hypernetwork, no static LoRA and no LoRA section: it serves the base model alone (adaptation `none`, and named
+ * adapters loaded from files). loadManifest refuses a package with only some of those parts.
+ */
+export function isBaseOnly(m: Manifest): boolean {
+  return m.hypernet === undefined;
+}
+
+/** A package with its adaptation parts: hypernet, lora and the static LoRA's tensors are all there. */
+export type AdaptiveManifest = Manifest & {
+  hypernet: NonNullable<Manifest['hypernet']>;
+  lora: NonNullable<Manifest['lora']>;
+  tensors: Manifest['tensors'] & Required<Pick<Manifest['tensors'], 'static_lora_a' | 'static_lora_b'>>;
+};
+
+export function isAdaptive(m: Manifest): m is AdaptiveManifest {
+  return m.hypernet !== undefined && m.lora !== undefined && m.tensors.static_lora_a !== undefined && m.tensors.static_lora_b !== undefined;
+}
+
 export interface LoadedManifest {
   dir: string;
   manifest: Manifest;
-  /** Absolute paths of the files the service reads: the required ones, and the tensors the manifest lists. */
-  paths: Record<(typeof REQUIRED_FILES)[number], string> & Partial<Record<TensorKey, string>>;
+  /** Absolute paths of the files the service reads: the required ones, the hypernetwork's (when there is one), and the tensors the manifest lists. */
+  paths: Record<(typeof REQUIRED_FILES)[number], string> & { hypernet?: string } & Partial<Record<TensorKey, string>>;
 }
 
 function fail(dir: string, problem: string): never {
@@ -140,7 +194,8 @@ export function loadManifest(dirIn: string): LoadedManifest {
   checkConsistency(dirIn, manifest);
 
   const paths = {} as LoadedManifest['paths'];
-  for (const key of REQUIRED_FILES) {
+  const needed: ReadonlyArray<(typeof REQUIRED_FILES)[number] | (typeof ADAPTATION_FILES)[number]> = isBaseOnly(manifest) ? REQUIRED_FILES : [...REQUIRED_FILES, ...ADAPTATION_FILES];
+  for (const key of needed) {
     const name = manifest.files[key];
     if (name === undefined) fail(dirIn, `manifest.files.${key} is missing`);
     const path = join(dir, name);
@@ -175,11 +230,18 @@ function sameShape(actual: readonly (number | string)[], expected: readonly (num
 
 function checkConsistency(dir: string, m: Manifest): void {
   const { vocab_size: V, d_model: D, n_layer: L, n_head: H, head_dim: HD } = m.dims;
-  const R = m.lora.rank;
-  const HR = m.hypernet.rank;
-  if (H * HD !== D) fail(dir, `dims.n_head (${H}) x dims.head_dim (${HD}) != dims.d_model (${D})`);
-  if (m.tokenizer.eos_token_id >= V) fail(dir, `tokenizer.eos_token_id ${m.tokenizer.eos_token_id} is outside the vocabulary (${V})`);
-  if (m.tokenizer.bos_token_id >= V) fail(dir, `tokenizer.bos_token_id ${m.tokenizer.bos_token_id} is outside the vocabulary (${V})`);
+  const KV = kvHeads(m.dims);
+  // n_head x head_dim may differ from d_model (an explicit head_dim, as Gemma's and some Llama variants'); the
+  // cache's shapes below are checked against n_kv_head and head_dim instead.
+  if (H % KV !== 0) fail(dir, `dims.n_head (${H}) is not a multiple of dims.n_kv_head (${KV})`);
+  const tok = m.tokenizer;
+  if (tok.eos_token_id >= V) fail(dir, `tokenizer.eos_token_id ${tok.eos_token_id} is outside the vocabulary (${V})`);
+  for (const id of tok.eos_token_ids ?? []) if (id >= V) fail(dir, `tokenizer.eos_token_ids has ${id}, outside the vocabulary (${V})`);
+  if (tok.eos_token_ids !== undefined && !tok.eos_token_ids.includes(tok.eos_token_id)) {
+    fail(dir, `tokenizer.eos_token_ids [${tok.eos_token_ids.join(', ')}] does not include tokenizer.eos_token_id ${tok.eos_token_id}`);
+  }
+  if (tok.bos_token_id === null && tok.add_bos) fail(dir, 'tokenizer.bos_token_id is null but tokenizer.add_bos is true (a package that adds BOS must name it)');
+  if (tok.bos_token_id !== null && tok.bos_token_id >= V) fail(dir, `tokenizer.bos_token_id ${tok.bos_token_id} is outside the vocabulary (${V})`);
   const expectTensor = (key: TensorKey, shape: number[]) => {
     const spec = m.tensors[key];
     if (spec === undefined) fail(dir, `tensors.${key} is missing`);
@@ -188,12 +250,34 @@ function checkConsistency(dir: string, m: Manifest): void {
     }
   };
   expectTensor('embeddings', [V, D]);
-  expectTensor('static_lora_a', [1, R, D]);
-  expectTensor('static_lora_b', [1, V, R]);
+
+  // The adaptation parts come together (npm run model:adapt writes them all) or not at all (a base-only package).
+  const parts: Array<[string, boolean]> = [
+    ['the hypernet section', m.hypernet !== undefined],
+    ['the lora section', m.lora !== undefined],
+    ['tensors.static_lora_a', m.tensors.static_lora_a !== undefined],
+    ['tensors.static_lora_b', m.tensors.static_lora_b !== undefined],
+    ['files.hypernet', m.files.hypernet !== undefined],
+  ];
+  const present = parts.filter(([, here]) => here).map(([name]) => name);
+  if (present.length > 0 && present.length < parts.length) {
+    const absent = parts.filter(([, here]) => !here).map(([name]) => name);
+    fail(dir, `it has ${present.join(', ')} but not ${absent.join(', ')}: a package has all of its adaptation parts (as ${ADAPT_COMMAND} writes them) or none (a base-only package, as npm run model:import writes it)`);
+  }
+  if (!isAdaptive(m)) {
+    for (const section of ['library', 'masks'] as const) {
+      if (m[section] !== undefined) fail(dir, `it is base-only (no hypernet, lora or static LoRA) but has a ${section} section; ${ADAPT_COMMAND} writes them together`);
+    }
+  }
+  const R = m.lora?.rank ?? 0;
+  if (isAdaptive(m)) {
+    expectTensor('static_lora_a', [1, R, D]);
+    expectTensor('static_lora_b', [1, V, R]);
+  }
   const selectorTensors = (section: 'library' | 'masks', keys: readonly TensorKey[]) => {
-    const present = keys.filter((k) => m.tensors[k] !== undefined);
+    const listed = keys.filter((k) => m.tensors[k] !== undefined);
     if (m[section] === undefined) {
-      if (present.length > 0) fail(dir, `tensors ${present.join(', ')} are listed but the manifest has no ${section} section`);
+      if (listed.length > 0) fail(dir, `tensors ${listed.join(', ')} are listed but the manifest has no ${section} section`);
       return undefined;
     }
     return { K: m[section].names.length, r: m[section].rank };
@@ -212,12 +296,13 @@ function checkConsistency(dir: string, m: Manifest): void {
     expectTensor('masks_mask_b', [masks.K, V, masks.r]);
     expectTensor('masks_centroids', [masks.K, D]);
   }
-  if (m.hypernet.gate !== undefined) {
+  const hypernet = m.hypernet;
+  if (hypernet?.gate !== undefined) {
     // a gated context gets the static LoRA alone: the same as zeroing the generated part only for a network on static
-    if (m.hypernet.on_static !== true) fail(dir, 'hypernet.gate needs hypernet.on_static (a network whose outputs start with the static LoRA)');
-    expectTensor('gate_centroids', [m.hypernet.gate.names.length, D]);
+    if (hypernet.on_static !== true) fail(dir, 'hypernet.gate needs hypernet.on_static (a network whose outputs start with the static LoRA)');
+    expectTensor('gate_centroids', [hypernet.gate.names.length, D]);
   }
-  else if (m.tensors.gate_centroids !== undefined) fail(dir, 'tensors gate_centroids is listed but hypernet has no gate');
+  else if (m.tensors.gate_centroids !== undefined) fail(dir, `tensors gate_centroids is listed but ${hypernet === undefined ? 'the package has no hypernet' : 'hypernet has no gate'}`);
 
   const expectNames = (where: string, specs: TensorSignature[], names: string[]) => {
     const got = specs.map((s) => s.name);
@@ -226,26 +311,31 @@ function checkConsistency(dir: string, m: Manifest): void {
   };
   expectNames('decoder.inputs', m.decoder.inputs, [...DECODER_INPUTS, ...cacheInputNames(L)]);
   expectNames('decoder.outputs', m.decoder.outputs, DECODER_OUTPUTS);
-  expectNames('hypernet.inputs', m.hypernet.inputs, HYPERNET_INPUTS);
-  expectNames('hypernet.outputs', m.hypernet.outputs, HYPERNET_OUTPUTS);
+  if (hypernet !== undefined) {
+    expectNames('hypernet.inputs', hypernet.inputs, HYPERNET_INPUTS);
+    expectNames('hypernet.outputs', hypernet.outputs, HYPERNET_OUTPUTS);
+  }
 
   // Fixed axes the service relies on, taken from dims (symbolic axes may carry any name).
-  const fixed: Array<[string, TensorSignature[], string, Array<number | null>]> = [
+  type Fixed = [string, TensorSignature[], string, Array<number | null>];
+  const fixed: Fixed[] = [
     ['decoder.inputs', m.decoder.inputs, 'input_ids', [null, null]],
     ['decoder.inputs', m.decoder.inputs, 'position_ids', [null, null]],
     ['decoder.inputs', m.decoder.inputs, 'past_length', [null]],
-    ...cacheInputNames(L).map((name): [string, TensorSignature[], string, Array<number | null>] => ['decoder.inputs', m.decoder.inputs, name, [null, H, null, HD]]),
+    ...cacheInputNames(L).map((name): Fixed => ['decoder.inputs', m.decoder.inputs, name, [null, KV, null, HD]]),
     ['decoder.inputs', m.decoder.inputs, 'lora_a', [null, null, D]],
     ['decoder.inputs', m.decoder.inputs, 'lora_b', [null, V, null]],
     ['decoder.inputs', m.decoder.inputs, 'cluster_index', [null]],
     ['decoder.inputs', m.decoder.inputs, 'lora_scale', [null]],
     ['decoder.inputs', m.decoder.inputs, 'logits_index', [null]],
     ['decoder.outputs', m.decoder.outputs, 'logits', [null, V]],
-    ['decoder.outputs', m.decoder.outputs, 'present_keys', [L, null, H, null, HD]],
-    ['decoder.outputs', m.decoder.outputs, 'present_values', [L, null, H, null, HD]],
-    ['hypernet.inputs', m.hypernet.inputs, 'context', [null, D]],
-    ['hypernet.outputs', m.hypernet.outputs, 'lora_a', [null, HR, D]],
-    ['hypernet.outputs', m.hypernet.outputs, 'lora_b', [null, V, HR]],
+    ['decoder.outputs', m.decoder.outputs, 'present_keys', [L, null, KV, null, HD]],
+    ['decoder.outputs', m.decoder.outputs, 'present_values', [L, null, KV, null, HD]],
+    ...(hypernet === undefined ? [] : [
+      ['hypernet.inputs', hypernet.inputs, 'context', [null, D]],
+      ['hypernet.outputs', hypernet.outputs, 'lora_a', [null, hypernet.rank, D]],
+      ['hypernet.outputs', hypernet.outputs, 'lora_b', [null, V, hypernet.rank]],
+    ] satisfies Fixed[]),
   ];
   for (const [where, specs, name, shape] of fixed) {
     const spec = specs.find((s) => s.name === name)!;
@@ -259,7 +349,7 @@ function checkConsistency(dir: string, m: Manifest): void {
   const dtypes: Record<string, string> = {
     input_ids: 'int64', position_ids: 'int64', past_length: 'int64', cluster_index: 'int64', logits_index: 'int64',
   };
-  for (const spec of [...m.decoder.inputs, ...m.decoder.outputs, ...m.hypernet.inputs, ...m.hypernet.outputs]) {
+  for (const spec of [...m.decoder.inputs, ...m.decoder.outputs, ...(hypernet?.inputs ?? []), ...(hypernet?.outputs ?? [])]) {
     const want = dtypes[spec.name] ?? 'float32';
     if (spec.dtype !== want) fail(dir, `tensor ${spec.name} has dtype ${spec.dtype}, expected ${want}`);
   }

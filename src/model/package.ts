@@ -4,7 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { ModelPackageError } from '../errors.js';
-import { loadManifest, type LoadedManifest, type Manifest, type TensorKey } from './manifest.js';
+import { isAdaptive, loadManifest, type AdaptiveManifest, type LoadedManifest, type Manifest, type TensorKey } from './manifest.js';
 import { TextTokenizer } from './tokenizer.js';
 
 export class ModelPackage {
@@ -28,6 +28,11 @@ export class ModelPackage {
 
   get dims(): Manifest['dims'] {
     return this.manifest.dims;
+  }
+
+  /** The manifest when the package has its adaptation parts (hypernetwork, static LoRA), else null: a base-only package. */
+  get adaptive(): AdaptiveManifest | null {
+    return isAdaptive(this.manifest) ? this.manifest : null;
   }
 
   /** A float32 tensor named in `manifest.tensors`, as a flat array (size already checked by loadManifest). */

@@ -42,7 +42,7 @@ function similarity(prompt: string): Promise<number> {
 describe('context gate', () => {
   test('the default package ships a gate: a threshold and one centroid per training domain', () => {
     assert.ok(gate !== null);
-    const spec = pkg.manifest.hypernet.gate!;
+    const spec = pkg.manifest.hypernet!.gate!;
     assert.deepEqual(spec.names, pkg.manifest.library?.names, 'one centroid per domain the package adapted to');
     assert.ok(spec.min_similarity > 0 && spec.min_similarity < 1);
     const centroids = pkg.readTensor('gate_centroids');
@@ -51,7 +51,7 @@ describe('context gate', () => {
   });
 
   test('an unfamiliar prompt gets the static LoRA alone, in request and in batch mode', async () => {
-    const threshold = pkg.manifest.hypernet.gate!.min_similarity;
+    const threshold = pkg.manifest.hypernet!.gate!.min_similarity;
     const fixed = await scored(UNFAMILIAR, 'static');
     for (const mode of ['request', 'batch']) {
       const adapted = await scored(UNFAMILIAR, mode);
@@ -69,14 +69,14 @@ describe('context gate', () => {
     for (const prompt of FAMILIAR) {
       const adapted = await scored(prompt, 'request');
       assert.equal(adapted.chameleon.gated, false, `similarity ${adapted.chameleon.context_similarity}`);
-      assert.ok(adapted.chameleon.context_similarity >= pkg.manifest.hypernet.gate!.min_similarity);
+      assert.ok(adapted.chameleon.context_similarity >= pkg.manifest.hypernet!.gate!.min_similarity);
       const fixed = await scored(prompt, 'static');
       assert.notDeepEqual(adapted.logprobs, fixed.logprobs, 'the hypernetwork changed the output');
     }
   });
 
   test('the prompts of one batch cluster share its context, its similarity and its fate', async () => {
-    const threshold = pkg.manifest.hypernet.gate!.min_similarity;
+    const threshold = pkg.manifest.hypernet!.gate!.min_similarity;
     const familiar = await complete(app, { prompt: [SEA[3], SEA[7]], max_tokens: 1, adaptation: 'batch' });
     const unfamiliar = await complete(app, { prompt: [UNFAMILIAR, UNFAMILIAR_TOO], max_tokens: 1, adaptation: 'batch' });
     for (const [res, gated] of [[familiar, false], [unfamiliar, true]] as const) {
@@ -96,7 +96,7 @@ describe('context gate', () => {
   });
 
   test('an admitted context\'s generated update weighs n / (n + prior_tokens), n its prompt tokens (a cluster\'s together)', async () => {
-    const prior = pkg.manifest.hypernet.gate!.prior_tokens ?? 0;
+    const prior = pkg.manifest.hypernet!.gate!.prior_tokens ?? 0;
     assert.ok(prior > 0, 'the default package shrinks the updates of contexts made from few tokens');
     const tokens = (text: string) => pkg.tokenizer.encode(text).length;
     const alone = await complete(app, { prompt: SEA[7], max_tokens: 1, adaptation: 'request' });
@@ -117,7 +117,7 @@ describe('context gate', () => {
     const made = await app.inject({ method: 'POST', url: '/v1/adapters', headers: auth, payload: { name: 'markup', examples: [UNFAMILIAR] } });
     assert.equal(made.statusCode, 201, made.body);
     assert.equal(made.json().gated, true);
-    assert.equal(made.json().rank, pkg.manifest.lora.rank, 'the static LoRA\'s own rank');
+    assert.equal(made.json().rank, pkg.manifest.lora!.rank, 'the static LoRA\'s own rank');
     assert.equal(made.json().context_similarity, await similarity(UNFAMILIAR));
     const served = await complete(app, { model: 'markup', prompt: SEA[2], max_tokens: 0, echo: true, logprobs: 0 });
     const fixed = await scored(SEA[2], 'static');
@@ -125,8 +125,8 @@ describe('context gate', () => {
     const familiar = await app.inject({ method: 'POST', url: '/v1/adapters', headers: auth, payload: { name: 'whaling', examples: [SEA[3], SEA[7]] } });
     assert.equal(familiar.json().gated, false);
     const exampleTokens = pkg.tokenizer.encode(SEA[3]).length + pkg.tokenizer.encode(SEA[7]).length;
-    const prior = pkg.manifest.hypernet.gate!.prior_tokens ?? 0;
+    const prior = pkg.manifest.hypernet!.gate!.prior_tokens ?? 0;
     assert.ok(Math.abs(familiar.json().dynamic_weight - exampleTokens / (exampleTokens + prior)) < 1e-6, 'weighed by the examples\' tokens together');
-    assert.equal(familiar.json().rank, pkg.manifest.hypernet.rank);
+    assert.equal(familiar.json().rank, pkg.manifest.hypernet!.rank);
   });
 });

@@ -107,7 +107,7 @@ describe('named adapters', () => {
     assert.equal(made.status, 201, JSON.stringify(made.body));
     assert.equal(made.body.source, 'examples');
     assert.equal(made.body.examples, 1);
-    assert.equal(made.body.rank, pkg.manifest.hypernet.rank);
+    assert.equal(made.body.rank, pkg.manifest.hypernet!.rank);
     const viaName = await scored(prompt, { model: 'from-one-example' });
     const viaRequest = await scored(prompt, { adaptation: 'request' });
     assert.ok(maxAbsDiff(viaName.logprobs, viaRequest.logprobs) < 1e-4);
@@ -117,7 +117,7 @@ describe('named adapters', () => {
   });
 
   test('a PEFT folder is scaled by lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora', async () => {
-    const rank = pkg.manifest.lora.rank;
+    const rank = pkg.manifest.lora!.rank;
     const folder = join(scratch, 'peft');
     mkdirSync(folder, { recursive: true });
     safetensors(join(folder, 'adapter_model.safetensors'), {
@@ -138,7 +138,7 @@ describe('named adapters', () => {
   });
 
   test('a .safetensors LoRA loads and serves exactly its update (here the static LoRA, so: as adaptation static)', async () => {
-    const rank = pkg.manifest.lora.rank;
+    const rank = pkg.manifest.lora!.rank;
     const file = join(scratch, 'static.safetensors');
     safetensors(file, {
       'base_model.model.lm_head.lora_A.weight': { shape: [rank, pkg.dims.d_model], data: pkg.readTensor('static_lora_a') },
@@ -185,7 +185,7 @@ describe('named adapters', () => {
       assert.equal(refused.status, 400, `${path}: ${JSON.stringify(refused.body)}`);
       assert.equal(refused.body.error.code, 'invalid_adapter');
     }
-    const rank = pkg.manifest.lora.rank;
+    const rank = pkg.manifest.lora!.rank;
     const huge = join(scratch, 'huge.safetensors');
     safetensors(huge, {
       lora_a: { shape: [rank, pkg.dims.d_model], data: new Float32Array(rank * pkg.dims.d_model).fill(3e38) },

@@ -85,7 +85,7 @@ class FakeRuntime implements Runtime {
   trimCache(): void {}
 }
 
-const codec = { eosId: 0, bytes: (i: number) => new TextEncoder().encode(`<${i}>`), piece: (i: number) => `<${i}>` };
+const codec = { isEos: (i: number) => i === 0, bytes: (i: number) => new TextEncoder().encode(`<${i}>`), piece: (i: number) => `<${i}>` };
 
 function spec(prompt: number[], slot: number, maxTokens: number, over: Partial<RowSpec> = {}): RowSpec {
   return { promptIds: prompt, bosAdded: false, slot, maxTokens, temperature: 0, topP: 1, topK: 0, seed: 0, stop: [], logprobs: null, promptLogprobs: false, ignoreEos: true, adaptationScale: 1, ...over };

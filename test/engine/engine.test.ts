@@ -88,7 +88,7 @@ describe('engine worker', () => {
   });
 
   test('a context\'s weight scales its generated update alone: 0 is the static LoRA, 1 the whole update, 0.5 between', async () => {
-    assert.equal(pkg.manifest.hypernet.on_static, true, 'the default package adds its generated update to the static LoRA');
+    assert.equal(pkg.manifest.hypernet!.on_static, true, 'the default package adds its generated update to the static LoRA');
     const context = new Float32Array(D).map((_, j) => Math.cos(j + 2));
     const [stat] = await run([row('The whale', 1)]);
     const [none, half, whole] = await run([row('The whale', 2), row('The whale', 3), row('The whale', 4)], [context, context, context], [], undefined, [0, 0.5, 1]);

@@ -2,12 +2,12 @@ import { AdapterRegistry } from '../../src/adaptation/adapters.js';
 import { ServiceError } from '../../src/errors.js';
 import type { CompletionService } from '../../src/service.js';
 
-/** The adapter side of a stub CompletionService: no adapters, no library, admin actions refused. */
-export function noAdapters(modelName: string): Pick<CompletionService, 'adapters' | 'serves' | 'loadAdapter' | 'adapterFromExamples'> {
+/** The adapter side of a stub CompletionService: no adapters, no library (the hypernetwork and static modes only), admin actions refused. */
+export function noAdapters(modelName: string): Pick<CompletionService, 'adapters' | 'adaptationModes' | 'loadAdapter' | 'adapterFromExamples'> {
   const refuse = () => Promise.reject(new ServiceError('not_ready', 'stub service'));
   return {
     adapters: new AdapterRegistry(0, { vocabSize: 0, dim: 0, maxRank: 0 }, modelName),
-    serves: () => false,
+    adaptationModes: ['batch', 'request', 'static', 'none'],
     loadAdapter: refuse,
     adapterFromExamples: refuse,
   };

@@ -6,7 +6,7 @@ import { ModelPackageError } from '../../src/errors.js';
 import { checkSignature, loadManifest } from '../../src/model/manifest.js';
 import { ModelPackage } from '../../src/model/package.js';
 import { MODEL_DIR } from '../helpers/app.js';
-import { copyPackage } from '../helpers/package-copy.js';
+import { baseOnlyManifest, copyBaseOnlyPackage, copyPackage } from '../helpers/package-copy.js';
 
 function rejects(dir: string, pattern: RegExp): void {
   assert.throws(() => loadManifest(dir), (error: unknown) => {
@@ -42,8 +42,14 @@ describe('model package validation', () => {
     try {
       copy.writeManifest({ ...copy.manifest, format: 'other/2' });
       rejects(copy.dir, /does not follow chameleon-package\/3/);
+      // n_head x head_dim may differ from d_model (an explicit head_dim), but the cache's shapes must follow head_dim
       copy.writeManifest({ ...copy.manifest, dims: { ...copy.manifest.dims, head_dim: copy.manifest.dims.head_dim + 1 } });
-      rejects(copy.dir, /dims.n_head \(\d+\) x dims.head_dim \(\d+\) != dims.d_model/);
+      rejects(copy.dir, /decoder\.inputs past_key_0 has shape \[batch, 4, cache, 64\], expected \[<axis name>, 4, <axis name>, 65\]/);
+      // ... and n_kv_head (grouped-query attention)
+      copy.writeManifest({ ...copy.manifest, dims: { ...copy.manifest.dims, n_kv_head: 2 } });
+      rejects(copy.dir, /decoder\.inputs past_key_0 has shape \[batch, 4, cache, 64\], expected \[<axis name>, 2, <axis name>, 64\]/);
+      copy.writeManifest({ ...copy.manifest, dims: { ...copy.manifest.dims, n_kv_head: 3 } });
+      rejects(copy.dir, /dims\.n_head \(4\) is not a multiple of dims\.n_kv_head \(3\)/);
       copy.writeManifest({ ...copy.manifest, lora: { ...copy.manifest.lora, rank: copy.manifest.lora.rank + 1 } });
       rejects(copy.dir, /tensors\.static_lora_a\.shape/);
       const inputs = copy.manifest.decoder.inputs.filter((i: { name: string }) => i.name !== 'cluster_index');
@@ -63,6 +69,64 @@ describe('model package validation', () => {
       const { gate: _dropped, ...ungated } = copy.manifest.hypernet;
       copy.writeManifest({ ...copy.manifest, hypernet: ungated });
       rejects(copy.dir, /gate_centroids is listed but hypernet has no gate/);
+    } finally {
+      copy.remove();
+    }
+  });
+
+  test('a base-only package (no hypernet, lora or static LoRA) is valid; a partial set of those parts is refused, naming what is missing', () => {
+    const copy = copyBaseOnlyPackage();
+    try {
+      const pkg = ModelPackage.open(copy.dir);
+      assert.equal(pkg.adaptive, null);
+      assert.equal(pkg.paths.hypernet, undefined);
+      const full = loadManifest(MODEL_DIR).manifest;
+      copy.writeManifest({ ...copy.manifest, lora: full.lora });
+      rejects(copy.dir, /it has the lora section but not the hypernet section, tensors\.static_lora_a, tensors\.static_lora_b, files\.hypernet: a package has all of its adaptation parts \(as npm run model:adapt .*\) or none \(a base-only package/);
+      copy.writeManifest({ ...copy.manifest, library: full.library });
+      rejects(copy.dir, /base-only .* but has a library section/);
+    } finally {
+      copy.remove();
+    }
+    const adaptive = copyPackage();
+    try {
+      const { static_lora_b: _dropped, ...tensors } = adaptive.manifest.tensors;
+      adaptive.writeManifest({ ...adaptive.manifest, tensors });
+      rejects(adaptive.dir, /it has the hypernet section, the lora section, tensors\.static_lora_a, files\.hypernet but not tensors\.static_lora_b/);
+      const stripped = baseOnlyManifest(adaptive.manifest);
+      adaptive.writeManifest({ ...stripped, files: { ...stripped.files, hypernet: 'hypernet.onnx' } });
+      rejects(adaptive.dir, /it has files\.hypernet but not the hypernet section/);
+    } finally {
+      adaptive.remove();
+    }
+  });
+
+  test('tokenizer extensions: an EOS list, a null BOS without add_bos, the tokenizer kind, a chat template and the architecture are accepted and checked', () => {
+    const copy = copyPackage();
+    try {
+      const tok = copy.manifest.tokenizer;
+      const extended = {
+        ...copy.manifest,
+        architecture: { family: 'llama', hf_architecture: 'LlamaForCausalLM', source: { path: '/somewhere', config: { hidden_size: 256 } }, dtype: 'float32', rope: { theta: 10000 }, tied_head: true },
+        tokenizer: { ...tok, kind: 'byte_level', eos_token_ids: [tok.eos_token_id, 5], chat_template: '{{ messages }}', bos_token: '<|endoftext|>', special_tokens: { eos: '<|endoftext|>' } },
+      };
+      copy.writeManifest(extended);
+      const pkg = ModelPackage.open(copy.dir);
+      assert.deepEqual(pkg.tokenizer.eosIds, [tok.eos_token_id, 5]);
+      assert.ok(pkg.tokenizer.isEos(5) && pkg.tokenizer.isEos(tok.eos_token_id) && !pkg.tokenizer.isEos(6));
+      assert.equal(pkg.manifest.tokenizer.chat_template, '{{ messages }}');
+      copy.writeManifest({ ...extended, tokenizer: { ...extended.tokenizer, eos_token_ids: [5] } });
+      rejects(copy.dir, /tokenizer\.eos_token_ids \[5\] does not include tokenizer\.eos_token_id 0/);
+      copy.writeManifest({ ...extended, tokenizer: { ...extended.tokenizer, eos_token_ids: [0, 1 << 20] } });
+      rejects(copy.dir, /tokenizer\.eos_token_ids has 1048576, outside the vocabulary/);
+      copy.writeManifest({ ...extended, tokenizer: { ...extended.tokenizer, kind: 'wordpiece' } });
+      rejects(copy.dir, /\/tokenizer\/kind/);
+      copy.writeManifest({ ...extended, tokenizer: { ...tok, bos_token_id: null } });
+      rejects(copy.dir, /bos_token_id is null but tokenizer\.add_bos is true/);
+      copy.writeManifest({ ...extended, tokenizer: { ...tok, bos_token_id: null, add_bos: false }, features: { ...copy.manifest.features, exclude_token_ids: [0] } });
+      const noBos = ModelPackage.open(copy.dir).tokenizer;
+      assert.equal(noBos.bosId, null);
+      assert.deepEqual(noBos.encodePrompt('Hello'), noBos.encode('Hello'));
     } finally {
       copy.remove();
     }

@@ -49,7 +49,7 @@ test('the tiny configuration of the training pipeline builds a servable package 
   assert.equal(manifest.hypernet.gate.prior_tokens, 64);
   assert.deepEqual(report.gate, { min_similarity: 0.6, prior_tokens: 64 }, 'the evaluation scored the gate the package ships');
   assert.deepEqual(manifest.tensors.gate_centroids.shape, [manifest.hypernet.gate.names.length, manifest.dims.d_model]);
-  assert.equal(loadManifest(out).manifest.hypernet.gate?.names.length, manifest.hypernet.gate.names.length);
+  assert.equal(loadManifest(out).manifest.hypernet!.gate?.names.length, manifest.hypernet.gate.names.length);
 });
 
 test('the tiny package passes the ONNX Runtime vs PyTorch equivalence check', async () => {

@@ -4,7 +4,7 @@
  */
 import { Completion, type GenerationParams, type PromptInput } from '../../batching/completion.js';
 import { ServiceError } from '../../errors.js';
-import { unavailableError, type CompletionService } from '../../service.js';
+import { baseOnlyRefusal, unavailableError, type CompletionService } from '../../service.js';
 import type { CompletionRequest } from '../schemas/completions.js';
 
 export const DEFAULT_MAX_TOKENS = 16;
@@ -38,15 +38,22 @@ export interface AdmissionLimits {
  * convention), which brings its own low-rank update and so takes no other mode.
  */
 function chooseAdaptation(body: CompletionRequest, service: CompletionService): Pick<GenerationParams, 'mode' | 'adapter'> {
+  const served = service.adaptationModes;
+  const baseOnly = !served.includes('batch');
   if (body.model === service.modelName) {
-    const mode = body.adaptation ?? 'batch';
-    if ((mode === 'library' || mode === 'library_weighted' || mode === 'masks') && !service.serves(mode)) {
+    // a base-only package serves the base model alone, so that is what a request that names no mode gets
+    const mode = body.adaptation ?? (baseOnly ? 'none' : 'batch');
+    if (!served.includes(mode)) {
+      if (baseOnly) refuse('adaptation', baseOnlyRefusal(`adaptation '${mode}' is not available`));
       refuse('adaptation', `This model package has no ${mode === 'masks' ? 'LoRA*Mask set' : 'LoRA library'}, so adaptation '${mode}' is not available.`);
     }
     return { mode };
   }
   const named = service.adapters.get(body.model);
   if (named === undefined) {
+    if (baseOnly && body.model.startsWith('library:')) {
+      refuse('model', baseOnlyRefusal(`it has no LoRA library and no adapter '${body.model}'`));
+    }
     const adapters = service.adapters.list().map((a) => a.id);
     throw new ServiceError('model_not_found',
       `The model '${body.model}' does not exist; this server serves '${service.modelName}'${adapters.length > 0 ? ` and the adapters ${adapters.map((a) => `'${a}'`).join(', ')}` : ''} (GET /v1/models).`,
@@ -66,6 +73,7 @@ export async function admit(body: CompletionRequest, service: CompletionService,
   const tokenizer = service.tokenizer;
   if (tokenizer === null) throw unavailableError('loading', null)!;
   const maxTokens = body.max_tokens ?? DEFAULT_MAX_TOKENS;
+  // MAX_MODEL_LEN: the KV cache's positions per slot, which may be fewer than the model's context
   const context = service.contextLength;
   const texts = typeof body.prompt === 'string' ? [body.prompt] : body.prompt;
   if (texts.length > limits.maxPrompts) {

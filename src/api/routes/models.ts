@@ -9,7 +9,10 @@ export async function modelRoutes(app: FastifyInstance, options: { service: Comp
   const { service } = options;
   const base = service.modelName;
   const models = () => [
-    { id: base, object: 'model' as const, created: service.created, owned_by: 'chameleon-serve', root: base, parent: null },
+    {
+      id: base, object: 'model' as const, created: service.created, owned_by: 'chameleon-serve', root: base, parent: null,
+      max_model_len: service.contextLength, adaptation_modes: [...service.adaptationModes],
+    },
     ...service.adapters.list().map((a) => ({ id: a.id, object: 'model' as const, created: a.created, owned_by: 'chameleon-serve', root: base, parent: base })),
   ];
   app.get('/v1/models', {

@@ -11,7 +11,7 @@ const requestModes = () => [
   Type.Literal('library'), Type.Literal('library_weighted'), Type.Literal('masks'),
 ] as const;
 const MODE_HELP =
-  'batch (default): one hypernetwork adapter per k-means cluster of the batch window; ' +
+  'batch (default; none for a base-only package, which serves none alone: GET /v1/models lists each model\'s adaptation_modes): one hypernetwork adapter per k-means cluster of the batch window; ' +
   'request: an adapter from this prompt alone; static: the static-LoRA baseline; none: the base model; ' +
   'library: each cluster takes the library LoRA of the nearest training domain; library_weighted: a softmax-weighted sum of ' +
   'the library LoRAs; masks: LoRA*Mask, the shared LoRA under softmax-blended domain masks';

@@ -8,6 +8,10 @@ export const ModelObject = Type.Object(
     owned_by: Type.String(),
     root: Type.String({ description: 'The base model this id runs on (vLLM\'s convention)' }),
     parent: Type.Union([Type.String(), Type.Null()], { description: 'For a named adapter, the base model it adapts; null for the base model' }),
+    max_model_len: Type.Optional(Type.Integer({ description: 'The base model: the longest prompt + completion served, in tokens (MAX_MODEL_LEN, vLLM\'s field)' })),
+    adaptation_modes: Type.Optional(Type.Array(Type.String(), {
+      description: 'The base model: the `adaptation` modes it serves (a base-only package, as npm run model:import writes it, serves only none; npm run model:adapt adds the rest)',
+    })),
   },
   { $id: 'Model' },
 );
