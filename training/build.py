@@ -170,7 +170,7 @@ def main():
     @stage("evaluate", work / "eval.json", timings, evaluated)
     def run_evaluate():
         """Validation only, unless --final: builds never print test numbers, so nothing is chosen on them."""
-        from evaluate import LABELS, PROMPT_LENGTHS, baseline_adapters, continuation_markdown, continuation_tables, evaluate_all, examples_markdown, examples_table, markdown_table
+        from evaluate import LABELS, PROMPT_LENGTHS, baseline_adapters, continuation_markdown, continuation_tables, evaluate_all, examples_markdown, examples_table, markdown_table, select_temperatures
         base, _ = load_base()
         sets = text_sets()
         wte = base.wte.weight.detach()
@@ -180,7 +180,7 @@ def main():
         # prompts must leave room for a continuation within the model's context (the tiny config's is 64)
         prompts = [p for p in PROMPT_LENGTHS if p <= cfg["model"]["context"] // 2]
         target_p = 64 if 64 in prompts else prompts[-1]
-        temperatures, selection = select_temperatures(wte, sets["M_val"], static, cfg, target_p)
+        temperatures, selection = select_temperatures(wte, sets["M_val"], torch.load(work / "library.pt"), torch.load(work / "masks.pt"), cfg, target_p)
         baselines = baseline_adapters(torch.load(work / "library.pt"), torch.load(work / "masks.pt"), temperatures)
         names = {"val": "validation", "test": "test", data.TEST2: data.TEST2}
         echo, continuation, examples = {}, {}, {}
@@ -215,20 +215,6 @@ def main():
         print(f"{final}, echo:\n{report['table_markdown']}\n{final}, prompt -> continuation:\n{report['continuation_markdown']}")
         print(f"{final}, adapters made from N training examples of each domain, scored after {target_p}-token prompts:\n{report['examples_markdown']}")
         log(f"chameleon_windows / static on M {final}, {target_p}-token prompts: {ratio:.4f} (target 0.90)")
-
-    def select_temperatures(wte, val, static, cfg, prompt_tokens):
-        """The selectors' softmax temperature of library_weighted and masks, chosen on validation (continuation
-        perplexity at the target prompt length)."""
-        from evaluate import baseline_adapters, continuation_tables
-        library, masks = torch.load(work / "library.pt"), torch.load(work / "masks.pt")
-        scores = {}
-        for t in cfg.get("selector_temperatures", [0.02, 0.05, 0.1, 0.3]):
-            made = baseline_adapters(library, masks, {"library_weighted": t, "masks": t})
-            table = continuation_tables(wte, val, [prompt_tokens], None, None, cfg, cfg["seed"], "embedding", made)[prompt_tokens]
-            scores[str(t)] = {m: table[m]["overall"] for m in made}
-            log(f"selector temperature {t}: " + ", ".join(f"{m} {v:.2f}" for m, v in scores[str(t)].items()))
-        chosen = {m: float(min(scores, key=lambda t: scores[t][m])) for m in ("library_weighted", "masks")}
-        return chosen, scores
 
     def storage_bytes(work, cfg):
         """Bytes each adaptation method stores (float32), for the tables: what the paper weighs against quality."""

@@ -40,13 +40,18 @@ def stream(docs, eos_id):
 
 
 def chunk_texts(docs, eos_id, context, min_tokens):
-    """Cuts documents into model-sized texts: [eos] + up to context-1 tokens; tiny tails are dropped."""
+    """Cuts documents into model-sized texts: [eos] + up to context-1 tokens; tiny tails are dropped.
+
+    With eos_id None (a package without BOS), a text is up to `context` tokens of its document, the first of which
+    leads: it is conditioned on, never scored nor part of a feature, as BOS otherwise is."""
+    lead = [] if eos_id is None else [eos_id]
+    step = context - len(lead)
     texts = []
     for ids in docs:
-        for start in range(0, len(ids), context - 1):
-            piece = ids[start:start + context - 1]
-            if len(piece) >= min_tokens:
-                texts.append([eos_id] + piece)
+        for start in range(0, len(ids), step):
+            piece = ids[start:start + step]
+            if len(piece) - (1 - len(lead)) >= min_tokens:
+                texts.append(lead + piece)
     return texts
 
 

@@ -1,9 +1,13 @@
-"""Token-weighted perplexity of base, static LoRA and ChameleonLLM under several batching regimes."""
+"""Token-weighted perplexity of base, static LoRA and ChameleonLLM under several batching regimes.
+
+`weights` is the base's `adapt.Weights` (embeddings for features, head for logits) or a bare tensor for a tied head;
+the factors, networks and baselines passed in live on the weights' device, the text sets on the CPU.
+"""
 import math
 
 import torch
 
-from adapt import adapters, head_loss, kmeans
+from adapt import adapters, as_weights, head_loss, kmeans
 
 METHODS = ("base", "static", "chameleon_windows", "chameleon_oracle", "chameleon_request")
 # The seed's baselines, served as modes: each cluster of a window (as for chameleon_windows) gets its adapter
@@ -68,7 +72,7 @@ def groups_for(method, texts, eval_cfg, seed):
     raise ValueError(method)
 
 
-def perplexity_table(wte, texts, assignments, scale, scored_rows=None):
+def perplexity_table(weights, texts, assignments, scale, scored_rows=None):
     """assignments: (text ids, a, b) triples sharing one adapter; scored_rows(i): the token rows of text i to score."""
     scored_rows = scored_rows or (lambda i: texts.token_rows([i]))
     nll, count = {}, {}
@@ -76,7 +80,7 @@ def perplexity_table(wte, texts, assignments, scale, scored_rows=None):
         for group, a, b in assignments:
             for i in group:
                 rows = scored_rows(i)
-                loss = head_loss(wte, texts.hidden[rows][None], texts.targets[rows][None], a, b, scale, reduction="sum").item()
+                loss = head_loss(weights, texts.hidden[rows][None], texts.targets[rows][None], a, b, scale, reduction="sum").item()
                 domain = texts.domains[i]
                 nll[domain] = nll.get(domain, 0.0) + loss
                 count[domain] = count.get(domain, 0) + len(rows)
@@ -91,30 +95,31 @@ def hypernet_assignments(hypernet, groups, contexts, tokens=None):
     return [(group, a_all[k:k + 1], b_all[k:k + 1]) for k, group in enumerate(groups)]
 
 
-def perplexities(wte, texts, method, static, hypernet, cfg, seed, baselines=None):
+def perplexities(weights, texts, method, static, hypernet, cfg, seed, baselines=None):
     everything = list(range(len(texts)))
+    device = as_weights(weights).device
     if method == "base":
         assignments = [(everything, None, None)]
     elif method == "static":
         assignments = [(everything, *static)]
     elif method in BASELINES:
         groups = window_clusters(texts.features, cfg["eval"], seed)
-        assignments = hypernet_assignments(baselines[method], groups, torch.stack([texts.features[g].mean(0) for g in groups]))
+        assignments = hypernet_assignments(baselines[method], groups, torch.stack([texts.features[g].mean(0) for g in groups]).to(device))
     else:
         groups = groups_for(method, texts, cfg["eval"], seed)
         tokens = [sum(len(texts.token_ids[i]) - 1 for i in g) for g in groups]
-        assignments = hypernet_assignments(hypernet, groups, torch.stack([texts.features[g].mean(0) for g in groups]), tokens)
-    return perplexity_table(wte, texts, assignments, cfg["lora"]["scale"])
+        assignments = hypernet_assignments(hypernet, groups, torch.stack([texts.features[g].mean(0) for g in groups]).to(device), tokens)
+    return perplexity_table(weights, texts, assignments, cfg["lora"]["scale"])
 
 
-def evaluate_all(wte, sets, static, hypernet, cfg, seed, baselines=None):
+def evaluate_all(weights, sets, static, hypernet, cfg, seed, baselines=None):
     """sets: {"M": TextSet, "P": TextSet} → {method: {"M": table, "P": table}}."""
     methods = METHODS + tuple(m for m in BASELINES if m in (baselines or {}))
-    return {m: {name: perplexities(wte, ts, m, static, hypernet, cfg, seed, baselines) for name, ts in sets.items()} for m in methods}
+    return {m: {name: perplexities(weights, ts, m, static, hypernet, cfg, seed, baselines) for name, ts in sets.items()} for m in methods}
 
 
-def markdown_table(results, domains_m, domains_p):
-    head = "| method | " + " | ".join(domains_m) + " | M overall | " + " | ".join(f"P {d}" for d in domains_p) + " |"
+def markdown_table(results, domains_m, domains_p, overall="M overall"):
+    head = "| method | " + " | ".join(domains_m) + f" | {overall} |" + "".join(f" P {d} |" for d in domains_p)
     rule = "|" + "---|" * (len(domains_m) + len(domains_p) + 2)
     lines = [head, rule]
     for m in results:
@@ -124,10 +129,10 @@ def markdown_table(results, domains_m, domains_p):
     return "\n".join(lines)
 
 
-def plot(echo, continuation, unseen, domains_m, split, path):
-    """Three panels: echo perplexity per M domain and on P; prompt -> continuation ratio to static per prompt length;
-    the same ratio on each domain kept out of a run's training (when such runs exist), with the gate (alone, and with
-    its shrinkage when the run was scored both ways)."""
+def plot(echo, continuation, unseen, domains_m, split, path, other="P (Brown)"):
+    """Three panels: echo perplexity per M domain and on P (when the tables have a P set); prompt -> continuation ratio
+    to static per prompt length; the same ratio on each domain kept out of a run's training (when such runs exist),
+    with the gate (alone, and with its shrinkage when the run was scored both ways)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -138,8 +143,10 @@ def plot(echo, continuation, unseen, domains_m, split, path):
     for n, m in enumerate(methods):
         xs = [c + (n - len(methods) / 2 + 0.5) * width for c in range(len(columns))]
         axes[0].bar(xs, [echo[m]["M"][c] for c in columns] , width, label=LABELS[m])
-        axes[0].bar([len(columns) + 0.3 + n * width], [echo[m]["P"]["overall"]], width, color=f"C{n}")
-    axes[0].set_xticks(list(range(len(columns))) + [len(columns) + 0.6], columns + ["P (Brown)"])
+        if "P" in echo[m]:
+            axes[0].bar([len(columns) + 0.3 + n * width], [echo[m]["P"]["overall"]], width, color=f"C{n}")
+    with_p = "P" in echo[methods[0]]
+    axes[0].set_xticks(list(range(len(columns))) + ([len(columns) + 0.6] if with_p else []), columns + ([other] if with_p else []))
     axes[0].set_ylabel(f"perplexity ({split}, token-weighted)")
     axes[0].set_title("Echo: every position scored")
     axes[0].legend(fontsize=7)
@@ -177,7 +184,7 @@ def plot(echo, continuation, unseen, domains_m, split, path):
     plt.close(fig)
 
 
-def held_out_context(wte, texts, static, hypernet, cfg, seed):
+def held_out_context(weights, texts, static, hypernet, cfg, seed):
     """The generation setting: the adapter sees only the first half of each text, the second half is scored.
 
     Unlike the main table (where, as in the paper, a text's own tokens are part of its cluster context), no
@@ -186,7 +193,7 @@ def held_out_context(wte, texts, static, hypernet, cfg, seed):
     from adapt import text_features
 
     halves = [max(1, (len(ids) - 1) // 2) for ids in texts.token_ids]
-    prefix_features = text_features(wte, [ids[:1 + h] for ids, h in zip(texts.token_ids, halves)])
+    prefix_features = text_features(weights, [ids[:1 + h] for ids, h in zip(texts.token_ids, halves)])
     window_groups = window_clusters(prefix_features, cfg["eval"], seed)
     requests = [[i] for i in range(len(texts))]
     plans = {
@@ -199,7 +206,7 @@ def held_out_context(wte, texts, static, hypernet, cfg, seed):
     def second_half(i):
         return texts.token_rows([i])[halves[i]:]
 
-    return {method: perplexity_table(wte, texts, plan, cfg["lora"]["scale"], second_half) for method, plan in plans.items()}
+    return {method: perplexity_table(weights, texts, plan, cfg["lora"]["scale"], second_half) for method, plan in plans.items()}
 
 
 # --- Prompt -> continuation (the primary metric) -----------------------------------------------------------
@@ -208,7 +215,7 @@ PROMPT_LENGTHS = (16, 32, 64, 128)
 CONTINUATION_METHODS = ("base", "static", "chameleon_windows", "chameleon_oracle", "chameleon_request") + BASELINES
 
 
-def continuation_plans(wte, texts, prompt_tokens, static, hypernet, cfg, seed, kind="embedding", baselines=None):
+def continuation_plans(weights, texts, prompt_tokens, static, hypernet, cfg, seed, kind="embedding", baselines=None):
     """For each method, the adapter of every eligible text when the adapter sees only its first prompt_tokens
     tokens (after BOS) and the rest is scored. Eligible: texts with at least one token after the prompt.
 
@@ -219,7 +226,7 @@ def continuation_plans(wte, texts, prompt_tokens, static, hypernet, cfg, seed, k
     from adapt import prompt_features
 
     ids = [i for i in range(len(texts)) if len(texts.token_ids[i]) - 1 > prompt_tokens]
-    feats = prompt_features(wte, texts, ids, [prompt_tokens] * len(ids), kind)
+    feats = prompt_features(weights, texts, ids, [prompt_tokens] * len(ids), kind)
     pos = {i: k for k, i in enumerate(ids)}
     plans = {}
     if static is not None:
@@ -258,25 +265,49 @@ class texts_subset_domains:
         return len(self.domains)
 
 
-def continuation_tables(wte, texts, prompt_lengths, static, hypernet, cfg, seed, kind="embedding", baselines=None):
+def continuation_tables(weights, texts, prompt_lengths, static, hypernet, cfg, seed, kind="embedding", baselines=None):
     """{prompt_tokens: {method: {domain: ppl, "overall": ppl, "tokens": n}}}: perplexity of the continuation.
 
     The base logits of a text are computed once and shared by every (prompt length, method); only the
     low-rank update differs.
     """
-    scale = cfg["lora"]["scale"]
     jobs = []  # (prompt_tokens, method, factors, group index by text id)
     for p in prompt_lengths:
-        plans, ids = continuation_plans(wte, texts, p, static, hypernet, cfg, seed, kind, baselines)
+        plans, ids = continuation_plans(weights, texts, p, static, hypernet, cfg, seed, kind, baselines)
         jobs.append((p, "base", None, {i: None for i in ids}))
         for method, (a, b, index) in plans.items():
             jobs.append((p, method, (a, b), dict(zip(ids, index))))
+    nll, count = score_jobs(weights, texts, jobs, cfg["lora"]["scale"])
+    tables = {}
+    for p in prompt_lengths:
+        tables[p] = {}
+        for method in CONTINUATION_METHODS:
+            keys = [k for k in nll if k[0] == p and k[1] == method]
+            if not keys:
+                continue
+            tables[p][method] = _table(nll, count, keys)
+    return tables
+
+
+def _table(nll, count, keys):
+    row = {k[2]: math.exp(nll[k] / count[k]) for k in sorted(keys)}
+    row["overall"] = math.exp(sum(nll[k] for k in keys) / sum(count[k] for k in keys))
+    row["tokens"] = sum(count[k] for k in keys)
+    return row
+
+
+def score_jobs(weights, texts, jobs, scale):
+    """Continuation NLL of scoring jobs (prompt_tokens, key, factors (a, b) or None, {text id: group index}), keyed by
+    (prompt_tokens, key, domain) with their token counts; each text's base logits are computed once for all jobs."""
+    head = as_weights(weights).head
     nll, count = {}, {}
     with torch.no_grad():
         for i in range(len(texts)):
+            if not any(i in job[3] for job in jobs):
+                continue
             rows = texts.token_rows([i])
-            h, y = texts.hidden[rows], texts.targets[rows]
-            base_logits = h @ wte.T
+            h, y = texts.hidden[rows].to(head.device), texts.targets[rows].to(head.device)
+            base_logits = h @ head.T
             for p, method, factors, index in jobs:
                 if i not in index:
                     continue
@@ -288,18 +319,50 @@ def continuation_tables(wte, texts, prompt_lengths, static, hypernet, cfg, seed,
                 key = (p, method, texts.domains[i])
                 nll[key] = nll.get(key, 0.0) + torch.nn.functional.cross_entropy(logits, yp, reduction="sum").item()
                 count[key] = count.get(key, 0) + len(yp)
-    tables = {}
-    for p in prompt_lengths:
-        tables[p] = {}
+    return nll, count
+
+
+def continuation_variants(weights, texts, prompt_tokens, variants, cfg, seed, kind="embedding", methods=None):
+    """{variant: {method: table}} at one prompt length, for validation sweeps: each variant is (static, hypernet,
+    baselines) planned as continuation_tables plans them (the same texts, windows and k-means for every variant),
+    and each text's base logits are computed once for all variants (a big vocabulary makes them the costly part).
+    methods: the methods to score (default: all)."""
+    jobs = []
+    for name, (static, hypernet, baselines) in variants.items():
+        plans, ids = continuation_plans(weights, texts, prompt_tokens, static, hypernet, cfg, seed, kind, baselines)
+        for method, (a, b, index) in plans.items():
+            if methods is None or method in methods:
+                jobs.append((prompt_tokens, (name, method), (a, b), dict(zip(ids, index))))
+    nll, count = score_jobs(weights, texts, jobs, cfg["lora"]["scale"])
+    out = {}
+    for name in variants:
+        out[name] = {}
         for method in CONTINUATION_METHODS:
-            keys = [k for k in nll if k[0] == p and k[1] == method]
-            if not keys:
-                continue
-            row = {k[2]: math.exp(nll[k] / count[k]) for k in sorted(keys)}
-            row["overall"] = math.exp(sum(nll[k] for k in keys) / sum(count[k] for k in keys))
-            row["tokens"] = sum(count[k] for k in keys)
-            tables[p][method] = row
-    return tables
+            keys = [k for k in nll if k[1] == (name, method)]
+            if keys:
+                out[name][method] = _table(nll, count, keys)
+    return out
+
+
+SELECTOR_TEMPERATURES = (0.02, 0.05, 0.1, 0.3)
+
+
+def select_temperatures(weights, val, library, masks, cfg, prompt_tokens, seed=None):
+    """The selectors' softmax temperature of library_weighted and masks, chosen on validation (continuation
+    perplexity at the target prompt length, lowest wins). Returns ({"library_weighted": t, "masks": t} for the
+    baselines there are, {str(t): {method: perplexity}})."""
+    from common import log
+    seed = cfg["seed"] if seed is None else seed
+    grid = cfg.get("selector_temperatures", SELECTOR_TEMPERATURES)
+    variants = {str(t): (None, None, baseline_adapters(library, masks, {"library_weighted": t, "masks": t})) for t in grid}
+    tables = continuation_variants(weights, val, prompt_tokens, variants, cfg, seed)
+    scores = {}
+    for t in grid:
+        scores[str(t)] = {m: tables[str(t)][m]["overall"] for m in variants[str(t)][2]}
+        log(f"selector temperature {t}: " + ", ".join(f"{m} {v:.2f}" for m, v in scores[str(t)].items()))
+    methods = [m for m in ("library_weighted", "masks") if m in scores[str(grid[0])]]
+    chosen = {m: float(min(scores, key=lambda t: scores[t][m])) for m in methods}
+    return chosen, scores
 
 
 def continuation_markdown(tables):
@@ -319,7 +382,7 @@ def continuation_markdown(tables):
 EXAMPLE_COUNTS = (8, 32, 128)
 
 
-def examples_table(wte, train, texts, prompt_tokens, static, hypernet, cfg, seed, counts=EXAMPLE_COUNTS):
+def examples_table(weights, train, texts, prompt_tokens, static, hypernet, cfg, seed, counts=EXAMPLE_COUNTS):
     """Per domain, an adapter made by the hypernetwork from N example texts of that domain (the mean of their
     features, as POST /v1/adapters computes it), drawn from the training split, scored on that domain's held-out
     texts after their first prompt_tokens tokens, beside static LoRA and Chameleon windows on the same texts.
@@ -327,8 +390,9 @@ def examples_table(wte, train, texts, prompt_tokens, static, hypernet, cfg, seed
     Returns {"N examples": {domain: ppl, "overall": ppl, "tokens": n}, "static": ..., "chameleon_windows": ...}.
     """
     g = torch.Generator().manual_seed(seed)
+    head = as_weights(weights).head
     domains = sorted(set(texts.domains))
-    plans, ids = continuation_plans(wte, texts, prompt_tokens, static, hypernet, cfg, seed)
+    plans, ids = continuation_plans(weights, texts, prompt_tokens, static, hypernet, cfg, seed)
     made = {}
     for n in counts:
         contexts, tokens = [], []
@@ -337,7 +401,7 @@ def examples_table(wte, train, texts, prompt_tokens, static, hypernet, cfg, seed
             pick = [pool[k] for k in torch.randperm(len(pool), generator=g)[:n].tolist()]
             contexts.append(train.features[pick].mean(0))
             tokens.append(sum(len(train.token_ids[i]) - 1 for i in pick))
-        a, b = adapters(hypernet, torch.stack(contexts), tokens)
+        a, b = adapters(hypernet, torch.stack(contexts).to(head.device), tokens)
         made[f"{n} examples"] = (a, b, [domains.index(texts.domains[i]) for i in ids])
     rows = {**made, "static": plans["static"], "chameleon_windows": plans["chameleon_windows"]}
     scale = cfg["lora"]["scale"]
@@ -347,8 +411,8 @@ def examples_table(wte, train, texts, prompt_tokens, static, hypernet, cfg, seed
             nll, count = {}, {}
             for k, i in enumerate(ids):
                 r = texts.token_rows([i])[prompt_tokens:]
-                h, y = texts.hidden[r], texts.targets[r]
-                logits = h @ wte.T + scale * (h @ a[index[k]].T) @ b[index[k]].T
+                h, y = texts.hidden[r].to(head.device), texts.targets[r].to(head.device)
+                logits = h @ head.T + scale * (h @ a[index[k]].T) @ b[index[k]].T
                 d = texts.domains[i]
                 nll[d] = nll.get(d, 0.0) + torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
                 count[d] = count.get(d, 0) + len(y)
