@@ -177,21 +177,84 @@ def baseline_tensors(library, masks):
     return out
 
 
+# --- The adaptation half of a package: what `build.py` exports with its base and `adapt_package.py` adds to one ---
+
+GATE_RULE = ("a context whose cosine similarity to every centroid (gate_centroids: the training domains' mean "
+             "features) is below min_similarity gets the static LoRA alone; another, made from n prompt tokens, "
+             "gets its generated update weighted n / (n + prior_tokens) (1 without prior_tokens)")
+# manifest sections, and files / tensors entries, that belong to an adaptation (a base-only package has none of them)
+ADAPTATION_SECTIONS = ("lora", "hypernet", "library", "masks")
+ADAPTATION_FILES = ("hypernet", "static_lora_a", "static_lora_b", "library_lora_a", "library_lora_b", "library_centroids", "masks_lora_a",
+                    "masks_lora_b", "masks_mask_a", "masks_mask_b", "masks_centroids", "gate_centroids")
+
+
+def write_adaptation(out, hypernet, static, cfg, dims, library=None, masks=None, temperatures=None):
+    """Writes hypernet.onnx (the network alone: a gate is served by the service, a gated context taking the static
+    slot), the static factors, the gate's centroids and the library and mask tensors into `out`.
+
+    Returns {"network": the exported module (eval mode), "rank": its output rank, "files": {key: file},
+    "tensors": {key: spec}, "sections": {"lora", "hypernet", "library"?, "masks"?}}: the manifest entries a package
+    needs for them. Every tensor is written from the CPU."""
+    rank, scale = cfg["lora"]["rank"], cfg["lora"]["scale"]
+    gate = hypernet if isinstance(hypernet, Gated) else None
+    if gate is not None and gate.constant_weight is not None:
+        raise ValueError("hypernet.gate.constant_weight is a validation control; the service weighs updates by prior_tokens")
+    hypernet = (gate.stacked if gate is not None else hypernet).cpu()
+    hypernet.eval()
+    d_model = dims["d_model"]
+    with torch.no_grad():
+        hyper_rank = hypernet(torch.zeros(1, d_model))[0].shape[1]
+    hyp_sig = hypernet_signature(dims, hyper_rank)
+    export_onnx(hypernet, (torch.randn(2, d_model),), hyp_sig, out / "hypernet.onnx")
+    write_tensor(static[0].cpu(), out / "static_lora_a.bin")
+    write_tensor(static[1].cpu(), out / "static_lora_b.bin")
+    baselines = baseline_tensors(library, masks)
+    if gate is not None:
+        baselines["gate_centroids"] = gate.centroids
+    for name, tensor in baselines.items():
+        write_tensor(tensor.cpu(), out / f"{name}.bin")
+    files = {"hypernet": "hypernet.onnx", "static_lora_a": "static_lora_a.bin", "static_lora_b": "static_lora_b.bin",
+             **{name: f"{name}.bin" for name in baselines}}
+    tensors = {
+        "static_lora_a": {"file": "static_lora_a.bin", "dtype": "float32", "shape": list(static[0].shape)},
+        "static_lora_b": {"file": "static_lora_b.bin", "dtype": "float32", "shape": list(static[1].shape)},
+        **{name: {"file": f"{name}.bin", "dtype": "float32", "shape": list(t.shape)} for name, t in baselines.items()},
+    }
+    temperatures = temperatures or {}
+    sections = {
+        "lora": {"rank": rank, "scale": scale, "adapted": "lm_head"},
+        "hypernet": {**hyp_sig, "hidden": cfg["hypernet"]["hidden"], "rank": hyper_rank, "on_static": bool(cfg["hypernet"].get("on_static")),
+                     **({"gate": {"names": gate.names, "min_similarity": gate.min_similarity,
+                                  **({"prior_tokens": gate.prior_tokens} if gate.prior_tokens > 0 else {}),
+                                  "rule": GATE_RULE}} if gate is not None else {})},
+    }
+    if library is not None:
+        sections["library"] = {"names": library["names"], "rank": rank, "temperature": temperatures.get("library_weighted", 0.1),
+                               "selector": "softmax over cosine(context, domain centroid) / temperature; 'library' takes the largest"}
+    if masks is not None:
+        sections["masks"] = {"names": masks["names"], "rank": rank, "temperature": temperatures.get("masks", 0.1),
+                             "selector": "softmax over cosine(context, domain centroid) / temperature blends the masks"}
+    return {"network": hypernet, "rank": hyper_rank, "files": files, "tensors": tensors, "sections": sections}
+
+
+def strip_adaptation(manifest):
+    """A copy of a manifest without any adaptation (the base-only package `model:import` writes), and the files the
+    adaptation had."""
+    files = {k: v for k, v in manifest.get("files", {}).items() if k in ADAPTATION_FILES}
+    out = {k: v for k, v in manifest.items() if k not in ADAPTATION_SECTIONS}
+    for key in ("files", "tensors", "sha256"):
+        if key in out:
+            out[key] = {k: v for k, v in out[key].items() if k not in ADAPTATION_FILES}
+    return out, files
+
+
 def export_package(out, model, hypernet, static, tokenizer_path, cfg, eos_id, fixture_prompts, extra, library=None, masks=None, temperatures=None):
     out.mkdir(parents=True, exist_ok=True)
     m = model.config
     dims = {**m, "head_dim": m["d_model"] // m["n_head"]}
     rank, scale = cfg["lora"]["rank"], cfg["lora"]["scale"]
-    # a gate is served by the service (a gated context takes the static slot), so the graph is the network alone
-    gate = hypernet if isinstance(hypernet, Gated) else None
-    if gate is not None and gate.constant_weight is not None:
-        raise ValueError("hypernet.gate.constant_weight is a validation control; the service weighs updates by prior_tokens")
-    hypernet = gate.stacked if gate is not None else hypernet
     model.eval()
-    hypernet.eval()
-    with torch.no_grad():
-        hyper_rank = hypernet(torch.zeros(1, m["d_model"]))[0].shape[1]
-    dec_sig, hyp_sig = decoder_signature(dims), hypernet_signature(dims, hyper_rank)
+    dec_sig = decoder_signature(dims)
 
     batch, seq, capacity = 2, 3, 5
     cache = [torch.zeros(batch, m["n_head"], capacity, dims["head_dim"]) for _ in range(2 * m["n_layer"])]
@@ -201,16 +264,10 @@ def export_package(out, model, hypernet, static, tokenizer_path, cfg, eos_id, fi
         torch.tensor([1.0, 0.5]), torch.tensor([2, 5]), *cache,
     )
     export_onnx(DecoderGraph(model, scale), dummy, dec_sig, out / "decoder.onnx")
-    export_onnx(hypernet, (torch.randn(2, m["d_model"]),), hyp_sig, out / "hypernet.onnx")
+    adaptation = write_adaptation(out, hypernet, static, cfg, dims, library, masks, temperatures)
+    hypernet, hyper_rank = adaptation["network"], adaptation["rank"]
 
     write_tensor(model.wte.weight, out / "embeddings.bin")
-    write_tensor(static[0], out / "static_lora_a.bin")
-    write_tensor(static[1], out / "static_lora_b.bin")
-    baselines = baseline_tensors(library, masks)
-    if gate is not None:
-        baselines["gate_centroids"] = gate.centroids
-    for name, tensor in baselines.items():
-        write_tensor(tensor, out / f"{name}.bin")
     shutil.copyfile(tokenizer_path, out / "tokenizer.json")
 
     with torch.no_grad():
@@ -222,40 +279,26 @@ def export_package(out, model, hypernet, static, tokenizer_path, cfg, eos_id, fi
     adapters = (torch.cat([zero_a, static_a, hyper_a]), torch.cat([zero_b, static_b, hyper_b]))
     (out / "equivalence.json").write_text(json.dumps(equivalence_fixture(model, dims, adapters, scale, fixture_prompts, 3)))
 
-    files = {"decoder": "decoder.onnx", "hypernet": "hypernet.onnx", "tokenizer": "tokenizer.json",
-             "embeddings": "embeddings.bin", "static_lora_a": "static_lora_a.bin", "static_lora_b": "static_lora_b.bin",
-             **{name: f"{name}.bin" for name in baselines}, "equivalence": "equivalence.json", "eval": "eval.json"}
-    temperatures = temperatures or {}
-    sections = {}
-    if library is not None:
-        sections["library"] = {"names": library["names"], "rank": rank, "temperature": temperatures.get("library_weighted", 0.1),
-                               "selector": "softmax over cosine(context, domain centroid) / temperature; 'library' takes the largest"}
-    if masks is not None:
-        sections["masks"] = {"names": masks["names"], "rank": rank, "temperature": temperatures.get("masks", 0.1),
-                             "selector": "softmax over cosine(context, domain centroid) / temperature blends the masks"}
+    adapted = adaptation["files"]
+    files = {"decoder": "decoder.onnx", "hypernet": adapted["hypernet"], "tokenizer": "tokenizer.json", "embeddings": "embeddings.bin",
+             **{k: v for k, v in adapted.items() if k != "hypernet"}, "equivalence": "equivalence.json", "eval": "eval.json"}
+    sections = adaptation["sections"]
     manifest = {
         "format": FORMAT,
         "name": cfg["name"],
         "dims": dims,
-        "lora": {"rank": rank, "scale": scale, "adapted": "lm_head"},
+        "lora": sections["lora"],
         "tokenizer": {"file": "tokenizer.json", "eos_token": "<|endoftext|>", "eos_token_id": eos_id, "bos_token_id": eos_id, "add_bos": True},
         "features": {"kind": "l2_normalised_mean_token_embedding", "exclude_token_ids": [eos_id]},
         "files": files,
         "sha256": {k: sha256(out / v) for k, v in files.items() if (out / v).exists() and k != "eval"},
         "tensors": {
             "embeddings": {"file": "embeddings.bin", "dtype": "float32", "shape": [m["vocab_size"], m["d_model"]]},
-            "static_lora_a": {"file": "static_lora_a.bin", "dtype": "float32", "shape": list(static[0].shape)},
-            "static_lora_b": {"file": "static_lora_b.bin", "dtype": "float32", "shape": list(static[1].shape)},
-            **{name: {"file": f"{name}.bin", "dtype": "float32", "shape": list(t.shape)} for name, t in baselines.items()},
+            **adaptation["tensors"],
         },
         "decoder": dec_sig,
-        "hypernet": {**hyp_sig, "hidden": cfg["hypernet"]["hidden"], "rank": hyper_rank, "on_static": bool(cfg["hypernet"].get("on_static")),
-                     **({"gate": {"names": gate.names, "min_similarity": gate.min_similarity,
-                                  **({"prior_tokens": gate.prior_tokens} if gate.prior_tokens > 0 else {}),
-                                  "rule": "a context whose cosine similarity to every centroid (gate_centroids: the training domains' mean "
-                                          "features) is below min_similarity gets the static LoRA alone; another, made from n prompt tokens, "
-                                          "gets its generated update weighted n / (n + prior_tokens) (1 without prior_tokens)"}} if gate is not None else {})},
-        **sections,
+        "hypernet": sections["hypernet"],
+        **{k: sections[k] for k in ("library", "masks") if k in sections},
         "onnx_opset": OPSET,
         **extra,
     }
