@@ -1,6 +1,6 @@
 """Turns a Hugging Face model folder into a base-only model package that the service serves at once.
 
-    npm run model:import -- HF_DIR OUT_DIR [--context N] [--name NAME]
+    npm run model:import -- HF_DIR OUT_DIR [--dtype float32|float16] [--context N] [--name NAME]
 
 The package holds `decoder.onnx` (the checkpoint's decoder under the package's graph contract: slot KV cache,
 logits where asked, per-row LM-head LoRA inputs), the token-embedding table for the feature step, the checkpoint's
@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, log, write_json  # noqa: E402
 from export import FORMAT, OPSET, DecoderGraph, decoder_signature, equivalence_fixture, export_onnx, sha256, write_tensor  # noqa: E402
 from hf_model import CheckpointError, load_checkpoint  # noqa: E402
+from onnx_float16 import convert_to_float16  # noqa: E402
 
 PROBE_TEXT = "Hello world"
 # The equivalence fixture replays whole cache slots; a short one keeps it small at any exported context.
@@ -160,7 +161,7 @@ def write_equivalence(model, tokenizer, out):
     (out / "equivalence.json").write_text(json.dumps(fixture))
 
 
-def import_checkpoint(hf_dir, out, context=None, name=None):
+def import_checkpoint(hf_dir, out, context=None, name=None, dtype="float32"):
     started = time.time()
     hf_dir, out = Path(hf_dir).resolve(), Path(out)
     if not (hf_dir / "tokenizer.json").exists():
@@ -183,10 +184,17 @@ def import_checkpoint(hf_dir, out, context=None, name=None):
     log("exporting decoder.onnx")
     signature = export_decoder(model, out)
     write_tensor(model.embeddings, out / "embeddings.bin")
-    log("writing the equivalence fixture")
-    write_equivalence(model, tokenizer, out)
+    files = {"decoder": "decoder.onnx", "tokenizer": "tokenizer.json", "embeddings": "embeddings.bin"}
+    if dtype == "float16":
+        log("storing the weights in float16")
+        convert_to_float16(out / "decoder.onnx")
+        (out / "equivalence.json").unlink(missing_ok=True)
+    else:
+        # the fixture is float32 PyTorch's logits: a float16 graph differs from it by more than the replay allows
+        log("writing the equivalence fixture")
+        write_equivalence(model, tokenizer, out)
+        files["equivalence"] = "equivalence.json"
 
-    files = {"decoder": "decoder.onnx", "tokenizer": "tokenizer.json", "embeddings": "embeddings.bin", "equivalence": "equivalence.json"}
     excluded = sorted(set(([tokenizer["bos_token_id"]] if tokenizer["bos_token_id"] is not None else []) + tokenizer["eos_token_ids"]))
     architecture = {key: value for key, value in summary.items() if key not in ("dims",)}
     manifest = {
@@ -199,7 +207,7 @@ def import_checkpoint(hf_dir, out, context=None, name=None):
         "sha256": {key: sha256(out / file) for key, file in files.items()},
         "tensors": {"embeddings": {"file": "embeddings.bin", "dtype": "float32", "shape": [dims["vocab_size"], dims["d_model"]]}},
         "decoder": signature,
-        "architecture": {**architecture, "dtype": "float32", "source": {"path": str(hf_dir), "config": config}},
+        "architecture": {**architecture, "dtype": dtype, "source": {"path": str(hf_dir), "config": config}},
         "onnx_opset": OPSET,
         "import": {"seconds": round(time.time() - started, 1), "parameters": params},
     }
@@ -216,10 +224,12 @@ def main():
     parser.add_argument("out_dir", help="package folder to write")
     parser.add_argument("--context", type=int, default=None, help="positions to export (default: the checkpoint's own)")
     parser.add_argument("--name", default=None, help="package name (default: the output folder's name)")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                        help="weights of decoder.onnx: float16 halves their memory and runs the matrix products in half precision (for CUDA)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
-        import_checkpoint(args.hf_dir, args.out_dir, args.context, args.name)
+        import_checkpoint(args.hf_dir, args.out_dir, args.context, args.name, args.dtype)
     except CheckpointError as error:
         raise SystemExit(f"model:import: {error}") from None
 

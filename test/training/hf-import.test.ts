@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -31,7 +31,27 @@ before(() => {
     const done = importCheckpoint(join(scratch, 'hf', variant), join(scratch, 'pkg', variant));
     assert.equal(done.status, 0, `${variant}: ${done.stderr}`);
   }
+  const half = importCheckpoint(join(scratch, 'hf', 'gpt2'), join(scratch, 'pkg', 'gpt2-float16'), '--dtype', 'float16');
+  assert.equal(half.status, 0, half.stderr);
 });
+
+async function maxDifferenceFromReference(packageDir: string, referenceDir: string): Promise<number> {
+  const manifest = readJson(join(packageDir, 'manifest.json'));
+  const reference = readJson(join(referenceDir, 'reference.json'));
+  const session = await ort.InferenceSession.create(join(packageDir, 'decoder.onnx'), { intraOpNumThreads: 1 });
+  let max = 0;
+  try {
+    for (const [s, ids] of (reference.input_ids as number[][]).entries()) {
+      const expected = float64Rows(reference.logits[s]);
+      const actual = await onnxLogits(session, manifest, ids);
+      assert.equal(actual.length, expected.length);
+      for (let i = 0; i < actual.length; i++) max = Math.max(max, Math.abs(actual[i]! - expected[i]!));
+    }
+  } finally {
+    await session.release();
+  }
+  return max;
+}
 
 function float64Rows(entry: { shape: number[]; data_base64: string }): Float64Array {
   const bytes = Buffer.from(entry.data_base64, 'base64');
@@ -60,21 +80,8 @@ async function onnxLogits(session: ort.InferenceSession, manifest: Json, ids: nu
 for (const variant of VARIANTS) {
   test(`${variant}: the imported decoder's logits equal the float64 reference from the Hugging Face weights, and its chunked slot-cache replay equals PyTorch`, async () => {
     const dir = join(scratch, 'pkg', variant);
-    const manifest = readJson(join(dir, 'manifest.json'));
-    const reference = readJson(join(scratch, 'hf', variant, 'reference.json'));
-    const session = await ort.InferenceSession.create(join(dir, 'decoder.onnx'), { intraOpNumThreads: 1 });
-    try {
-      for (const [s, ids] of (reference.input_ids as number[][]).entries()) {
-        const expected = float64Rows(reference.logits[s]);
-        const actual = await onnxLogits(session, manifest, ids);
-        assert.equal(actual.length, expected.length);
-        let max = 0;
-        for (let i = 0; i < actual.length; i++) max = Math.max(max, Math.abs(actual[i]! - expected[i]!));
-        assert.ok(max <= 1e-4, `${variant} sequence ${s}: max |Δlogit| = ${max}`);
-      }
-    } finally {
-      await session.release();
-    }
+    const max = await maxDifferenceFromReference(dir, join(scratch, 'hf', variant));
+    assert.ok(max <= 1e-4, `${variant}: max |Δlogit| = ${max}`);
     for (const [step, difference] of (await replayEquivalence(dir)).entries()) {
       assert.ok(difference < 1e-4, `${variant} replay step ${step}: max |Δlogit| = ${difference}`);
     }
@@ -150,4 +157,13 @@ test('checkpoints that cannot be imported are refused with a message naming the 
   const noTokenizer = variantCopy('qwen2', 'no-tokenizer', () => {});
   rmSync(join(noTokenizer, 'tokenizer.json'));
   refused(noTokenizer, /tokenizer\.json is missing/);
+});
+
+test('--dtype float16: the weights take half the bytes and the logits stay within 1e-2 of the float64 reference', async () => {
+  const dir = join(scratch, 'pkg', 'gpt2-float16');
+  const size = (d: string) => statSync(join(d, 'decoder.onnx')).size;
+  assert.ok(size(dir) < 0.6 * size(join(scratch, 'pkg', 'gpt2')), `${size(dir)} bytes against ${size(join(scratch, 'pkg', 'gpt2'))}`);
+  assert.equal(readJson(join(dir, 'manifest.json')).architecture.dtype, 'float16');
+  const max = await maxDifferenceFromReference(dir, join(scratch, 'hf', 'gpt2'));
+  assert.ok(max > 0 && max <= 1e-2, `max |Δlogit| = ${max}`);
 });
