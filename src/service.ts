@@ -117,7 +117,9 @@ export class InferenceService implements CompletionService {
   ) {
     const m = model.manifest;
     this.kvCache = planKvCache(config, model);
-    this.features = new FeatureExtractor(model.readTensor('embeddings'), m.dims.vocab_size, m.dims.d_model, m.features.exclude_token_ids);
+    // a base-only package serves no mode that needs features: its embedding table is read only if ever one is wanted
+    const embeddings = model.adaptive === null ? () => model.readTensor('embeddings') : model.readTensor('embeddings');
+    this.features = new FeatureExtractor(embeddings, m.dims.vocab_size, m.dims.d_model, m.features.exclude_token_ids);
     this.domains = DomainAdapters.fromPackage(model);
     this.gate = ContextGate.fromPackage(model);
     this.adaptationModes = adaptationModesOf(model);
