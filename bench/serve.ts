@@ -12,15 +12,13 @@
  *
  * BENCH_THREADS lists THREADS settings to compare on the 32-client uniform traffic (the server's default first).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { Agent, request as httpRequest } from 'node:http';
 import { availableParallelism } from 'node:os';
-import { createServer } from 'node:net';
 import { Worker } from 'node:worker_threads';
 import { loadConfig } from '../src/config.js';
 import { EngineClient } from '../src/engine/client.js';
 import type { RowSpec } from '../src/engine/protocol.js';
 import { ModelPackage } from '../src/model/package.js';
+import { clientAgent, mean, quantile, type Sample, startServer, stopServer, streamed } from './http.js';
 import { matmulGflops, RawLoop } from './raw-loop.js';
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 8);
@@ -55,8 +53,6 @@ function requestBody(traffic: Traffic, i: number, model: string): Record<string,
   }
 }
 
-interface Sample { ttft: number; gaps: number[]; e2e: number; tokens: number; promptTokens: number; window: number; cluster: number }
-
 interface ScenarioResult {
   traffic: Traffic;
   clients: number;
@@ -66,75 +62,6 @@ interface ScenarioResult {
   liveMs: number[];
   decodeRows: number;
   decodeStepMs: number;
-}
-
-const quantile = (xs: number[], q: number) => {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor(q * s.length))];
-};
-const mean = (xs: number[]) => (xs.length === 0 ? NaN : xs.reduce((a, b) => a + b, 0) / xs.length);
-
-/**
- * The benchmark's clients share the machine with the server, so they are kept cheap: node:http on a keep-alive
- * agent and a hand-rolled SSE split (fetch's web streams cost the clients about twice the CPU at 32 streams).
- */
-const clientAgent = new Agent({ keepAlive: true, maxSockets: 256 });
-
-/** One streamed request: time to the first token, the gaps between tokens, the whole request. */
-function streamed(base: string, body: Record<string, unknown>): Promise<Sample> {
-  const started = performance.now();
-  const payload = JSON.stringify(body);
-  return new Promise((resolve, reject) => {
-    const request = httpRequest(`${base}/v1/completions`, { method: 'POST', agent: clientAgent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } }, (res) => {
-      res.setEncoding('utf8');
-      if (res.statusCode !== 200) {
-        let text = '';
-        res.on('data', (chunk: string) => { text += chunk; });
-        res.on('end', () => reject(new Error(`HTTP ${res.statusCode}: ${text}`)));
-        return;
-      }
-      const sample: Sample = { ttft: NaN, gaps: [], e2e: 0, tokens: 0, promptTokens: 0, window: NaN, cluster: NaN };
-      let last = NaN;
-      let buffered = '';
-      res.on('data', (text: string) => {
-        buffered += text;
-        let end: number;
-        while ((end = buffered.indexOf('\n\n')) >= 0) {
-          const event = buffered.slice(0, end);
-          buffered = buffered.slice(end + 2);
-          if (!event.startsWith('data: ') || event === 'data: [DONE]') continue;
-          const chunk = JSON.parse(event.slice(6));
-          if (chunk.error) {
-            res.destroy();
-            reject(new Error(chunk.error.message));
-            return;
-          }
-          if (chunk.usage) {
-            sample.tokens = chunk.usage.completion_tokens;
-            sample.promptTokens = chunk.usage.prompt_tokens;
-          }
-          if (chunk.chameleon && Number.isNaN(sample.window)) {
-            sample.window = chunk.chameleon.batch_size;
-            sample.cluster = chunk.chameleon.cluster_size;
-          }
-          if (chunk.choices?.[0]?.text) {
-            const now = performance.now();
-            if (Number.isNaN(sample.ttft)) sample.ttft = now - started;
-            else sample.gaps.push(now - last);
-            last = now;
-          }
-        }
-      });
-      res.on('end', () => {
-        sample.e2e = performance.now() - started;
-        resolve(sample);
-      });
-      res.on('error', reject);
-    });
-    request.on('error', reject);
-    request.end(payload);
-  });
 }
 
 async function metric(base: string, name: string): Promise<number> {
@@ -290,37 +217,6 @@ function livePoller(base: string, ms: number): Promise<number[]> {
 
 const outputRate = (r: ScenarioResult) => r.samples.reduce((s, x) => s + x.tokens, 0) / r.elapsed;
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const probe = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = probe.address() as { port: number };
-      probe.close(() => resolve(port));
-    });
-  });
-}
-
-async function startServer(env: Record<string, string>): Promise<{ base: string; child: ChildProcess }> {
-  const port = await freePort();
-  const child = spawn(process.execPath, ['dist/server.js'], {
-    env: { ...process.env, HOST: '127.0.0.1', PORT: String(port), LOG_LEVEL: 'warn', MODEL_DIR: modelDir, ...env },
-    stdio: ['ignore', 'inherit', 'inherit'],
-  });
-  const base = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 120; i++) {
-    if (child.exitCode !== null) throw new Error(`the server exited with code ${child.exitCode}`);
-    const ready = await fetch(`${base}/health/ready`).then((r) => r.ok, () => false);
-    if (ready) return { base, child };
-    await new Promise((resolve) => setTimeout(resolve, 500));
-  }
-  throw new Error('the server did not become ready within 60 s');
-}
-
-async function stopServer(child: ChildProcess): Promise<void> {
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGTERM');
-  await exited;
-}
-
 const f = (x: number, digits = 0) => (Number.isFinite(x) ? x.toFixed(digits) : '-');
 
 function row(r: ScenarioResult): string[] {
@@ -352,7 +248,7 @@ async function main(): Promise<void> {
     `${availableParallelism()} CPUs, THREADS=${threadsLabel}, MAX_BATCH_SIZE=${config.maxBatchSize}, MAX_WAIT_MS=${config.maxWaitMs}, ` +
     `CLUSTER_IN_FLIGHT=${config.clusterInFlight ? 1 : 0}, PREFILL_CHUNK_TOKENS=${config.prefillChunkTokens}, model ${modelDir}`);
   const longPrompt = promptOfTokens(240);
-  const server = await startServer({});
+  const server = await startServer(modelDir, {});
   const model = ((await (await fetch(`${server.base}/v1/models`)).json()) as { data: Array<{ id: string }> }).data[0].id;
   const results: ScenarioResult[] = [];
   const interleaved = new Map<Traffic, number[]>();
@@ -376,7 +272,7 @@ async function main(): Promise<void> {
 
   const threadRuns: Array<{ threads: number; result: ScenarioResult }> = [];
   for (const threads of threadSettings) {
-    const s = await startServer({ THREADS: String(threads) });
+    const s = await startServer(modelDir, { THREADS: String(threads) });
     try {
       await scenario(s.base, model, 'uniform', 8);
       threadRuns.push({ threads, result: await scenario(s.base, model, 'uniform', 32) });
