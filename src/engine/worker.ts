@@ -122,7 +122,8 @@ async function init(message: InitMessage): Promise<void> {
  */
 async function warmUp(warm: DecodeLoop, pkg: ModelPackage): Promise<void> {
   const tok = pkg.tokenizer;
-  const ids = tok.encodePrompt('Hello');
+  // at most 4 ids, so that the longer job (8 prompt ids, 3 generated) fits the shortest MAX_MODEL_LEN (16)
+  const ids = tok.encodePrompt('Hello').slice(0, 4);
   const adaptive = pkg.adaptive !== null;
   const spec = (slot: number, promptIds: number[]) => ({
     promptIds, bosAdded: tok.addBos, slot: adaptive ? slot : 0, maxTokens: 3, temperature: slot === 0 ? 0 : 1, topP: 0.9, topK: 5, seed: slot,

@@ -52,17 +52,17 @@ test('the process memory is the cgroup limit when there is one below the machine
 
 test('the service logs the KV cache at start, and a MAX_MODEL_LEN or cache that cannot be served stops it before the engine starts', async () => {
   const lines: string[] = [];
-  const app = await buildApp(testConfig({ logLevel: 'info', maxBatchSize: 2, maxModelLen: 128 }), { logger: { level: 'info', stream: { write: (line: string) => { lines.push(line); } } } });
+  const app = await buildApp(testConfig({ logLevel: 'info', maxBatchSize: 2, maxModelLen: 16 }), { logger: { level: 'info', stream: { write: (line: string) => { lines.push(line); } } } });
   try {
     await app.chameleon.started;
     const logged = lines.map((l) => JSON.parse(l)).find((l) => typeof l.msg === 'string' && l.msg.startsWith('KV cache:'));
     assert.ok(logged, lines.join(''));
     const heads = pkg.dims.n_kv_head ?? pkg.dims.n_head;
-    assert.equal(logged.kvCacheBytes, 2 * pkg.dims.n_layer * 2 * heads * 128 * pkg.dims.head_dim * 4);
+    assert.equal(logged.kvCacheBytes, 2 * pkg.dims.n_layer * 2 * heads * 16 * pkg.dims.head_dim * 4);
     assert.equal(logged.slots, 2);
-    assert.equal(logged.maxModelLen, 128);
-    assert.match(logged.msg, /2 slots \(MAX_BATCH_SIZE\) x \d+ layers .* x 128 positions \(MAX_MODEL_LEN\)/);
-    assert.equal(app.chameleon.service.contextLength, 128);
+    assert.equal(logged.maxModelLen, 16, 'the shortest setting: the warm-up fits it');
+    assert.match(logged.msg, /2 slots \(MAX_BATCH_SIZE\) x \d+ layers .* x 16 positions \(MAX_MODEL_LEN\)/);
+    assert.equal(app.chameleon.service.contextLength, 16);
   } finally {
     await app.close();
   }
