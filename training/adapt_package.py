@@ -413,25 +413,24 @@ def keep_freed_memory():
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Train ChameleonLLM's LM-head adaptation for an imported base package.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description="Train ChameleonLLM's LM-head adaptation for an imported base package.")
     parser.add_argument("--base", help="package folder written by npm run model:import (adapted in place)")
     parser.add_argument("--corpus", help="folder with one sub-folder of .txt files per domain, a folder of .txt files, or a JSONL of {text, domain}")
     parser.add_argument("--checkpoint", default=None, help="Hugging Face folder of the base (default: the manifest's architecture.source.path)")
     parser.add_argument("--work", default=None, help="work folder of the cached stages (default: training/.cache/adapt-<package name>)")
-    parser.add_argument("--budget", choices=sorted(BUDGETS), default="small", help="preset of cached tokens and training steps")
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="small", help="preset of cached tokens and training steps (default small: minutes for a 135M model on 2 CPU cores)")
     parser.add_argument("--budget-tokens", type=int, default=None, help="training tokens cached (all domains); validation and test get a fifth each")
     parser.add_argument("--eval-tokens", type=int, default=None, help="tokens cached for validation and for test, each")
     parser.add_argument("--steps", type=int, default=None, help="optimisation steps of each trained stage")
     parser.add_argument("--tokens-per-step", type=int, default=None, help="tokens per optimisation step")
-    parser.add_argument("--text-tokens", type=int, default=256, help="longest text piece (capped at the package's context)")
-    parser.add_argument("--rank", type=int, default=4, help="LoRA rank (the hypernetwork's generated update has the same)")
+    parser.add_argument("--text-tokens", type=int, default=256, help="longest text piece (default 256, capped at the package's context)")
+    parser.add_argument("--rank", type=int, default=4, help="LoRA rank (default 4; the hypernetwork's generated update has the same)")
     parser.add_argument("--hidden", type=int, default=None, help="hypernetwork hidden width (default: 128, less for a big vocabulary)")
     parser.add_argument("--embedding-basis", action="store_true", help="hypernetwork B with an LM-head basis term (stores the head in hypernet.onnx)")
     parser.add_argument("--baselines", action="store_true", help="also train the LoRA library and LoRA*Mask (needs two domains or more)")
     parser.add_argument("--final", action="store_true", help="also score the test split (once, after every choice was made on validation)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda where torch sees a GPU)")
-    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (the default: cuda where torch sees a GPU)")
+    parser.add_argument("--seed", type=int, default=1234, help="seed of the splits, initialisations and sampling (default 1234)")
     parser.add_argument("--until", default=None, help="stop after this stage")
     parser.add_argument("--write-npm-corpus", metavar="DIR", default=None, help="write the default build's npm corpora as a CORPUS folder and exit")
     parser.add_argument("--domains", default="sotu,moby_dick,email,license", help="with --write-npm-corpus: the domains to write")
@@ -454,6 +453,8 @@ def adapt(args):
     from export import strip_adaptation
     manifest, _ = strip_adaptation(json.loads((package / "manifest.json").read_text()))
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: torch sees no GPU here (use --device cpu or auto)")
     cfg = settings(args, manifest)
     setup_torch(cfg["seed"])
     work = Path(args.work) if args.work else ROOT / "training/.cache" / f"adapt-{re.sub(r'[^A-Za-z0-9._-]+', '_', cfg['name'])}"
