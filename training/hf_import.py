@@ -22,9 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, log, write_json  # noqa: E402
 from export import FORMAT, OPSET, DecoderGraph, decoder_signature, equivalence_fixture, export_onnx, sha256, write_tensor  # noqa: E402
 from hf_model import CheckpointError, load_checkpoint  # noqa: E402
+from onnx_files import consolidate  # noqa: E402
 from onnx_float16 import convert_to_float16  # noqa: E402
 
 PROBE_TEXT = "Hello world"
+# transformers rebuilds these tokenizers' post-processor from add_bos_token / add_eos_token when it loads them
+# (add_bos_token defaults to true), so those flags, not tokenizer.json's template, say whether BOS is added
+FLAG_TOKENIZERS = {"LlamaTokenizer", "LlamaTokenizerFast", "CodeLlamaTokenizer", "CodeLlamaTokenizerFast"}
+SMALLEST_CONTEXT = 16  # the server's smallest MAX_MODEL_LEN
 # The equivalence fixture replays whole cache slots; a short one keeps it small at any exported context.
 FIXTURE_CONTEXT = 64
 
@@ -84,16 +89,29 @@ def special_tokens(hf_dir, config, out_tokenizer):
     generation = read_json(hf_dir / "generation_config.json", {})
     probe = probe_tokenizer(out_tokenizer)
     plain, special = probe["plain"], probe["special"]
-    if special[len(special) - len(plain):] != plain and special[:len(plain)] != plain:
+    # the text's own ids sit somewhere in what the tokenizer makes of it with its special tokens: what comes before
+    # them is the BOS it adds (an EOS it appends is not kept: generation continues after the prompt)
+    starts = [i for i in range(len(special) - len(plain) + 1) if special[i:i + len(plain)] == plain]
+    if not starts:
         raise CheckpointError(f"the tokenizer's special tokens change the text's own ids ({plain} -> {special}); cannot tell its BOS")
-    added_before = special[:len(special) - len(plain)] if special[len(special) - len(plain):] == plain else []
+    added_before = special[:starts[0]]
     if len(added_before) > 1:
         raise CheckpointError(f"the tokenizer adds {len(added_before)} tokens before a text ({added_before}); one BOS is supported")
-    add_bos = len(added_before) == 1
     bos_name = token_text(tokenizer_config.get("bos_token"))
-    bos_id = added_before[0] if add_bos else ids.get(bos_name, config.get("bos_token_id"))
+    if tokenizer_config.get("tokenizer_class") in FLAG_TOKENIZERS:
+        add_bos = bool(tokenizer_config.get("add_bos_token", True))
+        bos_id = ids.get(bos_name, config.get("bos_token_id"))
+        if add_bos and bos_id not in names:
+            raise CheckpointError(f"tokenizer_config.json asks for a BOS ({bos_name!r}) that tokenizer.json lacks")
+    else:
+        add_bos = len(added_before) == 1
+        bos_id = added_before[0] if add_bos else ids.get(bos_name, config.get("bos_token_id"))
+    if bos_id not in names:  # a padding id, or none at all: nothing to name
+        bos_id = None
 
-    eos = generation.get("eos_token_id", config.get("eos_token_id"))
+    eos = generation.get("eos_token_id")
+    if eos is None:
+        eos = config.get("eos_token_id")
     if eos is None:
         eos_name = token_text(tokenizer_config.get("eos_token"))
         eos = ids.get(eos_name)
@@ -104,12 +122,14 @@ def special_tokens(hf_dir, config, out_tokenizer):
         if e not in names:
             raise CheckpointError(f"EOS id {e} is not a token of tokenizer.json")
 
-    template = tokenizer_config.get("chat_template")
-    if isinstance(template, list):  # several named templates: the default one is what chat uses
-        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    # transformers writes the template into chat_template.jinja nowadays, and reads that file first
     jinja = hf_dir / "chat_template.jinja"
-    if template is None and jinja.exists():
-        template = jinja.read_text()
+    template = jinja.read_text() if jinja.exists() else tokenizer_config.get("chat_template")
+    if isinstance(template, list):  # several named templates: the default one is what chat uses
+        named = {t.get("name"): t.get("template") for t in template}
+        if "default" not in named:
+            raise CheckpointError(f"tokenizer_config.json has chat templates {sorted(named)} but none named 'default'")
+        template = named["default"]
     section = {
         "file": "tokenizer.json",
         "kind": tokenizer_kind(tokenizer_json),
@@ -152,7 +172,8 @@ def export_decoder(model, out):
 def write_equivalence(model, tokenizer, out):
     """PyTorch logits of the imported decoder over chunked prefills and decode steps in a short cache, with the zero
     adapter, a random adapter and rows of different strengths: `test/model/equivalence.ts` replays them in ONNX Runtime."""
-    dims = {**model.config_summary["dims"], "context": FIXTURE_CONTEXT}
+    dims = {**model.config_summary["dims"]}
+    dims["context"] = min(dims["context"], FIXTURE_CONTEXT)
     generator = torch.Generator().manual_seed(1)
     a = torch.randn(1, 2, dims["d_model"], generator=generator) / dims["d_model"] ** 0.5
     b = torch.randn(1, dims["vocab_size"], 2, generator=generator)
@@ -168,6 +189,8 @@ def import_checkpoint(hf_dir, out, context=None, name=None, dtype="float32"):
         raise CheckpointError(f"{hf_dir}: tokenizer.json is missing (the service needs the fast tokenizer's file)")
     config = json.loads((hf_dir / "config.json").read_text()) if (hf_dir / "config.json").exists() else None
     log(f"reading {hf_dir}")
+    if context is not None and context < SMALLEST_CONTEXT:
+        raise CheckpointError(f"--context {context} is below {SMALLEST_CONTEXT}, the shortest cache slot the server serves")
     model = load_checkpoint(hf_dir, context)
     summary = model.config_summary
     dims = summary["dims"]
@@ -186,14 +209,21 @@ def import_checkpoint(hf_dir, out, context=None, name=None, dtype="float32"):
     write_tensor(model.embeddings, out / "embeddings.bin")
     files = {"decoder": "decoder.onnx", "tokenizer": "tokenizer.json", "embeddings": "embeddings.bin"}
     if dtype == "float16":
-        log("storing the weights in float16")
-        convert_to_float16(out / "decoder.onnx")
         (out / "equivalence.json").unlink(missing_ok=True)
     else:
         # the fixture is float32 PyTorch's logits: a float16 graph differs from it by more than the replay allows
         log("writing the equivalence fixture")
         write_equivalence(model, tokenizer, out)
         files["equivalence"] = "equivalence.json"
+    del model  # the graph's rewrites below load its weights again
+    if dtype == "float16":
+        log("storing the weights in float16")
+        decoder_files = convert_to_float16(out / "decoder.onnx")
+    else:
+        decoder_files = consolidate(out / "decoder.onnx")
+    if len(decoder_files) > 1:
+        log(f"the weights are over 2 GB: decoder.onnx keeps them in {decoder_files[1]}")
+        files["decoder_data"] = decoder_files[1]
 
     excluded = sorted(set(([tokenizer["bos_token_id"]] if tokenizer["bos_token_id"] is not None else []) + tokenizer["eos_token_ids"]))
     architecture = {key: value for key, value in summary.items() if key not in ("dims",)}

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils import skip_init
 
 MASKED = -1e9
 
@@ -67,11 +68,14 @@ class Safetensors:
                 (length,) = struct.unpack("<Q", f.read(8))
                 header = json.loads(f.read(length))
             header.pop("__metadata__", None)
+            size = path.stat().st_size
             for key, spec in header.items():
-                if spec["dtype"] not in SAFETENSORS_DTYPES:
-                    raise CheckpointError(f"{name}: tensor {key} is {spec['dtype']}; F32, F16 and BF16 can be imported")
-                self.entries[key] = (path, 8 + length + spec["data_offsets"][0], spec["dtype"], tuple(spec["shape"]))
-        self.dtypes = sorted({e[2] for e in self.entries.values()})
+                start, end = spec["data_offsets"]
+                if 8 + length + end > size:
+                    raise CheckpointError(f"{name}: tensor {key} ends at byte {8 + length + end}, past the end of the file ({size} bytes): is it truncated?")
+                self.entries[key] = (path, 8 + length + start, end - start, spec["dtype"], tuple(spec["shape"]))
+        # buffers such as GPT-2's causal masks (U8, BOOL) are never read, so only the weights' types count
+        self.dtypes = sorted({e[3] for e in self.entries.values() if e[3] in SAFETENSORS_DTYPES})
 
     def __contains__(self, key):
         return key in self.entries
@@ -83,10 +87,14 @@ class Safetensors:
         """Tensor `key` as float32, checked against the shape the config implies."""
         if key not in self.entries:
             raise CheckpointError(f"{self.dir}: tensor {key} is missing")
-        path, offset, dtype, stored = self.entries[key]
+        path, offset, nbytes, dtype, stored = self.entries[key]
+        if dtype not in SAFETENSORS_DTYPES:
+            raise CheckpointError(f"{path.name}: tensor {key} is {dtype}; F32, F16 and BF16 can be imported")
         if stored != tuple(shape):
             raise CheckpointError(f"{self.dir}: tensor {key} has shape {list(stored)}, the config implies {list(shape)}")
         count = int(np.prod(stored)) if stored else 1
+        if nbytes != count * SAFETENSORS_DTYPES[dtype].itemsize:
+            raise CheckpointError(f"{path.name}: tensor {key} has {nbytes} bytes, its shape {list(stored)} in {dtype} needs {count * SAFETENSORS_DTYPES[dtype].itemsize}")
         raw = np.memmap(path, dtype=SAFETENSORS_DTYPES[dtype], mode="r", offset=offset, shape=(count,))
         if dtype == "BF16":
             values = (raw.astype(np.uint32) << 16).view(np.float32)
@@ -107,6 +115,10 @@ def family_of(config):
     for name in names:
         if name in ARCHITECTURES:
             return name, ARCHITECTURES[name]
+    if not names:
+        for name, family in ARCHITECTURES.items():
+            if config.get("model_type") == family:
+                return name, family
     supported = ", ".join(f"{a} ({f})" for a, f in ARCHITECTURES.items())
     raise CheckpointError(f"architecture {', '.join(names) or '(none in config.json)'} is not supported; supported: {supported}")
 
@@ -143,6 +155,11 @@ def inverse_frequencies(config, head_dim):
     raise CheckpointError(f"rope scaling type {kind!r} is not supported (supported: default, linear, llama3)")
 
 
+def linear(width_in, width_out, bias):
+    """A Linear without its random initialisation (the checkpoint's weights are copied in next)."""
+    return skip_init(nn.Linear, width_in, width_out, bias=bias)
+
+
 def rotate_half(x):
     half = x.shape[-1] // 2
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
@@ -169,10 +186,10 @@ class Attention(nn.Module):
     def __init__(self, d_model, n_head, n_kv_head, head_dim, qkv_bias, out_bias, rope):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, head_dim
-        self.q = nn.Linear(d_model, n_head * head_dim, bias=qkv_bias)
-        self.k = nn.Linear(d_model, n_kv_head * head_dim, bias=qkv_bias)
-        self.v = nn.Linear(d_model, n_kv_head * head_dim, bias=qkv_bias)
-        self.o = nn.Linear(n_head * head_dim, d_model, bias=out_bias)
+        self.q = linear(d_model, n_head * head_dim, qkv_bias)
+        self.k = linear(d_model, n_kv_head * head_dim, qkv_bias)
+        self.v = linear(d_model, n_kv_head * head_dim, qkv_bias)
+        self.o = linear(n_head * head_dim, d_model, out_bias)
         self.rope = rope
 
     def forward(self, x, rotation, cache_k, cache_v, cache_bias, causal):
@@ -198,9 +215,9 @@ class Attention(nn.Module):
 class GatedMLP(nn.Module):
     def __init__(self, d_model, inner, bias):
         super().__init__()
-        self.gate = nn.Linear(d_model, inner, bias=bias)
-        self.up = nn.Linear(d_model, inner, bias=bias)
-        self.down = nn.Linear(inner, d_model, bias=bias)
+        self.gate = linear(d_model, inner, bias)
+        self.up = linear(d_model, inner, bias)
+        self.down = linear(inner, d_model, bias)
 
     def forward(self, x):
         return self.down(F.silu(self.gate(x)) * self.up(x))
@@ -209,8 +226,8 @@ class GatedMLP(nn.Module):
 class MLP(nn.Module):
     def __init__(self, d_model, inner, activation):
         super().__init__()
-        self.fc = nn.Linear(d_model, inner)
-        self.proj = nn.Linear(inner, d_model)
+        self.fc = linear(d_model, inner, True)
+        self.proj = linear(inner, d_model, True)
         self.activation = activation
 
     def forward(self, x):
@@ -255,9 +272,11 @@ class ImportedDecoder(nn.Module):
         """Final normed hidden states [B, T, d] of the new positions and their keys and values per layer."""
         b, t = input_ids.shape
         c = caches[0][0].shape[2]
-        cache_bias = torch.where(torch.arange(c).view(1, c) < past_length.view(-1, 1), torch.zeros(()), torch.full((), MASKED))
+        device = input_ids.device
+        cache_bias = torch.where(torch.arange(c, device=device).view(1, c) < past_length.view(-1, 1),
+                                 torch.zeros((), device=device), torch.full((), MASKED, device=device))
         cache_bias = cache_bias.view(b, 1, 1, c)
-        causal = torch.full((t, t), MASKED).triu(1).view(1, 1, t, t)
+        causal = torch.full((t, t), MASKED, device=device).triu(1).view(1, 1, t, t)
         x = self.embed(input_ids)
         if self.wpe is not None:
             x = x + self.wpe(position_ids)
@@ -275,13 +294,16 @@ class ImportedDecoder(nn.Module):
 
     def empty_caches(self, batch):
         s = self.config_summary["dims"]
-        return [(torch.zeros(batch, s["n_kv_head"], 0, s["head_dim"]), torch.zeros(batch, s["n_kv_head"], 0, s["head_dim"]))
+        device = self.embed.weight.device
+        return [(torch.zeros(batch, s["n_kv_head"], 0, s["head_dim"], device=device), torch.zeros(batch, s["n_kv_head"], 0, s["head_dim"], device=device))
                 for _ in self.blocks]
 
     def hidden(self, input_ids):
         """Final normed hidden states of whole, unpadded sequences (no cache): what LM-head adaptation trains on."""
         b, t = input_ids.shape
-        h, _, _ = self.trunk(input_ids, torch.arange(t).repeat(b, 1), torch.zeros(b, dtype=torch.long), self.empty_caches(b))
+        device = input_ids.device
+        positions = torch.arange(t, device=device).repeat(b, 1)
+        h, _, _ = self.trunk(input_ids, positions, torch.zeros(b, dtype=torch.long, device=device), self.empty_caches(b))
         return h
 
     def forward(self, input_ids):
@@ -315,8 +337,8 @@ def _gpt2(config, weights, context):
     activation_name = config.get("activation_function", "gelu_new")
     if activation_name not in GPT2_ACTIVATIONS:
         raise CheckpointError(f"activation_function {activation_name!r} is not supported (supported: {', '.join(GPT2_ACTIVATIONS)})")
-    if config.get("scale_attn_by_inverse_layer_idx") or config.get("reorder_and_upcast_attn"):
-        raise CheckpointError("scale_attn_by_inverse_layer_idx and reorder_and_upcast_attn are not supported")
+    if config.get("scale_attn_by_inverse_layer_idx"):
+        raise CheckpointError("scale_attn_by_inverse_layer_idx is not supported")
     if context > positions:
         raise CheckpointError(f"context {context} is longer than the learned positions (n_positions {positions})")
     prefix = "transformer." if "transformer.wte.weight" in weights else ""
@@ -352,9 +374,11 @@ def _gpt2(config, weights, context):
     _copy(final.bias, weights.get(f"{prefix}ln_f.bias", (d,)))
     embeddings = weights.get(f"{prefix}wte.weight", (vocab, d))
     wpe = weights.get(f"{prefix}wpe.weight", (positions, d))[:context].clone()
+    tied = config.get("tie_word_embeddings", True)
+    head = None if tied else weights.get("lm_head.weight", (vocab, d))
     dims = dict(vocab_size=vocab, d_model=d, n_layer=n_layer, n_head=n_head, n_kv_head=n_head, head_dim=head_dim, context=context)
-    extras = {"activation": activation_name, "layer_norm_epsilon": eps, "positions": "learned", "tied_head": True}
-    return dims, extras, blocks, final, embeddings.clone(), None, wpe, None
+    extras = {"activation": activation_name, "layer_norm_epsilon": eps, "positions": "learned", "tied_head": bool(tied)}
+    return dims, extras, blocks, final, embeddings, head, wpe, None
 
 
 def _llama(config, weights, context, family):
@@ -368,7 +392,7 @@ def _llama(config, weights, context, family):
     if n_head % n_kv_head:
         raise CheckpointError(f"num_attention_heads {n_head} is not a multiple of num_key_value_heads {n_kv_head}")
     window = config.get("sliding_window")
-    uses_window = family == "mistral" or config.get("use_sliding_window", False)
+    uses_window = sliding_window_applies(config, family)
     if uses_window and window is not None and window < context:
         raise CheckpointError(f"sliding_window {window} is shorter than the context to export ({context}); sliding-window "
                               f"attention is not implemented: export a context of at most {window} (--context {window})")
@@ -406,11 +430,11 @@ def _llama(config, weights, context, family):
         blocks.append(Block(norms[0], attention, norms[1], mlp))
     final = RMSNorm(d, eps)
     _copy(final.weight, weights.get("model.norm.weight", (d,)))
-    embeddings = weights.get("model.embed_tokens.weight", (vocab, d)).clone()
-    tied = config.get("tie_word_embeddings", family == "qwen2" and "lm_head.weight" not in weights)
+    embeddings = weights.get("model.embed_tokens.weight", (vocab, d))
+    tied = config.get("tie_word_embeddings", False)
     if "lm_head.weight" not in weights and not tied:
         raise CheckpointError(f"{weights.dir}: tensor lm_head.weight is missing (tie_word_embeddings is false)")
-    head = None if tied else weights.get("lm_head.weight", (vocab, d)).clone()
+    head = None if tied else weights.get("lm_head.weight", (vocab, d))
     theta, kind, scaling = rope_settings(config)
     dims = dict(vocab_size=vocab, d_model=d, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, head_dim=head_dim, context=context)
     extras = {"rms_norm_eps": eps, "positions": "rope (rotate_half)", "rope": {"theta": theta, "scaling": kind, **({"parameters": scaling} if kind != "default" else {})},
@@ -420,12 +444,21 @@ def _llama(config, weights, context, family):
     return dims, extras, blocks, final, embeddings, head, None, inv_freq
 
 
+def sliding_window_applies(config, family):
+    """Mistral windows every layer; Qwen2 only with use_sliding_window, and only layers from max_window_layers on."""
+    if family == "mistral":
+        return True
+    if not config.get("use_sliding_window", False):
+        return False
+    return family != "qwen2" or config.get("max_window_layers", 0) < config["num_hidden_layers"]
+
+
 def default_context(config, family):
     if family == "gpt2":
         return config["n_positions"]
     context = config["max_position_embeddings"]
     window = config.get("sliding_window")
-    if (family == "mistral" or config.get("use_sliding_window")) and window:
+    if sliding_window_applies(config, family) and window:
         context = min(context, window)
     return context
 

@@ -7,9 +7,13 @@ torch 1.13 cannot trace a float16 model on the CPU (no half matmul kernels), so 
 instead; the rewrite is small because the exported graph reaches every weight through a Transpose, a Gather or a
 MatMul.
 """
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from onnx_files import save_decoder
 
 
 def _cast(source, target, to):
@@ -17,6 +21,8 @@ def _cast(source, target, to):
 
 
 def convert_to_float16(path):
+    """Rewrites the graph at `path` in place; returns the files it is saved as (see onnx_files.save_decoder)."""
+    path = Path(path)
     model = onnx.load(str(path))
     graph = model.graph
     halves = set()
@@ -68,5 +74,4 @@ def convert_to_float16(path):
     graph.node.extend(nodes)
     # shape inference recorded float32 types for tensors that are float16 now
     del graph.value_info[:]
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    return save_decoder(model, path)

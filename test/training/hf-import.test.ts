@@ -132,14 +132,39 @@ test('the manifest records the architecture, grouped key/value heads, BOS as the
   }
 });
 
-function variantCopy(variant: string, name: string, edit: (config: Json) => void): string {
+/** A copy of a fixture checkpoint with some of its JSON files edited (file name -> edit). */
+function variantCopy(variant: string, name: string, edits: Record<string, (json: Json) => void>): string {
   const dir = join(scratch, 'edited', name);
   cpSync(join(scratch, 'hf', variant), dir, { recursive: true });
-  const config = readJson(join(dir, 'config.json'));
-  edit(config);
-  writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
+  for (const [file, edit] of Object.entries(edits)) {
+    const json = readJson(join(dir, file));
+    edit(json);
+    writeFileSync(join(dir, file), JSON.stringify(json));
+  }
   return dir;
 }
+
+test('BOS follows what transformers would add: the tokenizer\'s template, or for Llama tokenizers their add_bos_token flag', () => {
+  const bosOf = (hf: string) => {
+    const out = join(scratch, 'bos', hf.split('/').at(-1)!);
+    const done = importCheckpoint(hf, out);
+    assert.equal(done.status, 0, done.stderr);
+    const { add_bos: addBos, bos_token_id: bosId } = readJson(join(out, 'manifest.json')).tokenizer;
+    return { addBos, bosId };
+  };
+  // a LlamaTokenizer whose flag says no BOS, although its tokenizer.json template still adds one
+  assert.deepEqual(bosOf(variantCopy('mistral', 'no-bos-flag', { 'tokenizer_config.json': (c) => { c.add_bos_token = false; } })),
+    { addBos: false, bosId: 1 });
+  // a template that adds BOS and EOS (what add_eos_token saves): the BOS is kept, the EOS is not a prompt token
+  const bothEnds = variantCopy('mistral', 'bos-and-eos', {
+    'tokenizer_config.json': (c) => { delete c.tokenizer_class; },
+    'tokenizer.json': (t) => {
+      t.post_processor.single.push({ SpecialToken: { id: '</s>', type_id: 0 } });
+      t.post_processor.special_tokens['</s>'] = { id: '</s>', ids: [2], tokens: ['</s>'] };
+    },
+  });
+  assert.deepEqual(bosOf(bothEnds), { addBos: true, bosId: 1 });
+});
 
 test('checkpoints that cannot be imported are refused with a message naming the problem', () => {
   const refused = (hf: string, pattern: RegExp, ...options: string[]) => {
@@ -147,14 +172,16 @@ test('checkpoints that cannot be imported are refused with a message naming the 
     assert.notEqual(done.status, 0);
     assert.match(done.stderr, pattern);
   };
-  refused(variantCopy('gpt2', 'falcon', (c) => { c.architectures = ['FalconForCausalLM']; }),
+  const config = (edit: (c: Json) => void) => ({ 'config.json': edit });
+  refused(variantCopy('gpt2', 'falcon', config((c) => { c.architectures = ['FalconForCausalLM']; })),
     /architecture FalconForCausalLM is not supported; supported: GPT2LMHeadModel \(gpt2\), LlamaForCausalLM \(llama\), MistralForCausalLM \(mistral\), Qwen2ForCausalLM \(qwen2\)/);
-  refused(variantCopy('llama', 'three-layers', (c) => { c.num_hidden_layers = 3; }), /tensor model\.layers\.2\.self_attn\.q_proj\.weight is missing/);
-  refused(variantCopy('gpt2-bare', 'wider', (c) => { c.n_inner = 192; }), /tensor h\.0\.mlp\.c_fc\.weight has shape \[48, 160\], the config implies \[48, 192\]/);
-  refused(variantCopy('mistral', 'windowed', (c) => { c.sliding_window = 16; }),
+  refused(variantCopy('llama', 'three-layers', config((c) => { c.num_hidden_layers = 3; })), /tensor model\.layers\.2\.self_attn\.q_proj\.weight is missing/);
+  refused(variantCopy('gpt2-bare', 'wider', config((c) => { c.n_inner = 192; })), /tensor h\.0\.mlp\.c_fc\.weight has shape \[48, 160\], the config implies \[48, 192\]/);
+  refused(variantCopy('mistral', 'windowed', config((c) => { c.sliding_window = 16; })),
     /sliding_window 16 is shorter than the context to export \(1024\).*--context 16/, '--context', '1024');
-  refused(variantCopy('llama', 'yarn', (c) => { c.rope_scaling = { rope_type: 'yarn', factor: 4 }; }), /rope scaling type 'yarn' is not supported/);
-  const noTokenizer = variantCopy('qwen2', 'no-tokenizer', () => {});
+  refused(variantCopy('llama', 'yarn', config((c) => { c.rope_scaling = { rope_type: 'yarn', factor: 4 }; })), /rope scaling type 'yarn' is not supported/);
+  refused(join(scratch, 'hf', 'llama'), /--context 8 is below 16/, '--context', '8');
+  const noTokenizer = variantCopy('qwen2', 'no-tokenizer', {});
   rmSync(join(noTokenizer, 'tokenizer.json'));
   refused(noTokenizer, /tokenizer\.json is missing/);
 });
