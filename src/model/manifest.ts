@@ -4,7 +4,7 @@
  * against the same manifest by `checkSignature` once the worker has opened the sessions.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import Type, { type Static } from 'typebox';
 import Value from 'typebox/value';
@@ -218,10 +218,23 @@ export function loadManifest(dirIn: string): LoadedManifest {
     if (name === undefined) fail(dirIn, `sha256.${key} names no entry of files`);
     const path = join(dir, name);
     if (!existsSync(path)) continue; // only files the service reads must be present (checked above)
-    const actual = createHash('sha256').update(readFileSync(path)).digest('hex');
+    const actual = fileSha256(path);
     if (actual !== digest) fail(dirIn, `${name} does not match its sha256 in the manifest (${actual.slice(0, 12)}... != ${digest.slice(0, 12)}...)`);
   }
   return { dir, manifest, paths };
+}
+
+/** A file's digest read in blocks: an imported decoder's weights can pass the 2 GB a single Buffer may hold. */
+function fileSha256(path: string): string {
+  const hash = createHash('sha256');
+  const block = Buffer.allocUnsafe(1 << 24);
+  const fd = openSync(path, 'r');
+  try {
+    for (let read = readSync(fd, block); read > 0; read = readSync(fd, block)) hash.update(block.subarray(0, read));
+  } finally {
+    closeSync(fd);
+  }
+  return hash.digest('hex');
 }
 
 function sameShape(actual: readonly (number | string)[], expected: readonly (number | string)[]): boolean {
