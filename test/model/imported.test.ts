@@ -75,6 +75,13 @@ for (const variant of VARIANTS) {
         let max = 0;
         got.forEach((lp, j) => { max = Math.max(max, Math.abs(lp - expected[j][ids[j + 1]])); });
         assert.ok(max <= 1e-4, `${variant}: max |Δ logprob| = ${max}`);
+        // each echoed token's text_offset points at its own text in the prompt (a SentencePiece tokenizer's first
+        // token carries a space the prompt does not have, which takes no character)
+        const { tokens, text_offset: offsets } = echo.body.choices[0].logprobs as { tokens: string[]; text_offset: number[] };
+        assert.equal(offsets[0], 0);
+        tokens.forEach((token, i) => {
+          if (i > 0) assert.ok(PROMPT.slice(offsets[i]).startsWith(token), `${variant}: token ${i} ${JSON.stringify(token)} at ${offsets[i]}`);
+        });
 
         const greedy = await complete(app, { prompt: PROMPT, max_tokens: 5, temperature: 0, logprobs: 1, ignore_eos: true });
         assert.equal(greedy.status, 200, JSON.stringify(greedy.body));

@@ -41,14 +41,26 @@ export class TextOffsets {
   /** Continuation bytes the character in progress still needs. */
   private pending = 0;
 
-  constructor(start = 0) {
+  /**
+   * `leadingSpace`: the first token's text starts with a space the text does not have (a SentencePiece tokenizer
+   * writes its `▁` before the first word), which takes no character.
+   */
+  constructor(start = 0, private leadingSpace = false) {
     this.chars = start;
+  }
+
+  /** The offsets of an echoed prompt's tokens (`entries`, the prompt's logprobs in order). */
+  static forEcho(prompt: string, entries: readonly TokenLogprob[]): TextOffsets {
+    return new TextOffsets(0, (entries[0]?.token.startsWith(' ') ?? false) && !prompt.startsWith(' '));
   }
 
   /** The offset of `token` (a logprobs token text), then advances past it. */
   next(token: string): number {
     const at = this.chars;
-    for (const byte of pieceBytes(token)) this.push(byte);
+    const bytes = pieceBytes(token);
+    const skip = this.leadingSpace && bytes[0] === 0x20 ? 1 : 0;
+    this.leadingSpace = false;
+    for (const byte of bytes.subarray(skip)) this.push(byte);
     return at;
   }
 
@@ -123,7 +135,7 @@ export class ChoiceBuilder {
     return {
       text: this.text,
       index: this.index,
-      logprobs: this.wantLogprobs ? logprobsOf(this.entries, new TextOffsets(this.echo ? 0 : charLength(this.prompt))) : null,
+      logprobs: this.wantLogprobs ? logprobsOf(this.entries, this.echo ? TextOffsets.forEcho(this.prompt, this.entries) : new TextOffsets(charLength(this.prompt))) : null,
       finish_reason: this.finish,
     };
   }

@@ -205,7 +205,8 @@ async function stream(request: FastifyRequest, reply: FastifyReply, completion: 
         if (params.echo && params.logprobs === null) prompts.forEach((p, i) => send(chunk(i, p.text, null, null)));
         break;
       case 'prompt':
-        send(chunk(event.choice, prompts[event.choice].text, logprobsOf(event.logprobs, offsets[event.choice]), null));
+        offsets[event.choice] = TextOffsets.forEcho(prompts[event.choice].text, event.logprobs);
+        send(chunk(event.choice, prompts[event.choice].text, logprobsOf(event.logprobs, offsets[event.choice]!), null));
         break;
       case 'text':
         send(chunk(event.choice, event.text, event.logprob === undefined ? null : logprobsOf([event.logprob], offsets[event.choice]), null));
