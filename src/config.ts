@@ -1,6 +1,6 @@
 /**
- * Environment -> validated configuration. Every setting has a documented default (README, "Configuration");
- * an invalid value stops the start with a message naming the variable and the problem.
+ * Environment -> validated configuration. Every setting is described once, in SETTINGS, from which the README's
+ * "Configuration" table is written; an invalid value stops the start with a message naming the variable and the problem.
  */
 import { ConfigError } from './errors.js';
 
@@ -95,15 +95,15 @@ function nonEmpty(raw: string): string | undefined {
   return raw.trim() === '' ? undefined : raw.trim();
 }
 
-/** The table of settings: the README's configuration table is written from it. */
+/** The table of settings: the README's configuration table is written from it (`npm run docs:config`). */
 export const SETTINGS: ReadonlyArray<Setting<keyof Config>> = [
-  { key: 'host', env: 'HOST', default: '0.0.0.0', describe: 'interface to listen on', parse: nonEmpty, expect: 'a host name or address' },
+  { key: 'host', env: 'HOST', default: '0.0.0.0', describe: 'address to listen on: one address (`127.0.0.1`, `::`, ...); a name such as `localhost` binds only its first address', parse: nonEmpty, expect: 'a host name or address' },
   { key: 'port', env: 'PORT', default: '8080', describe: 'TCP port (0 = any free port)', parse: integer(0, 65535), expect: 'an integer from 0 to 65535' },
   { key: 'modelDir', env: 'MODEL_DIR', default: 'models/default', describe: 'model package folder', parse: nonEmpty, expect: 'a folder path' },
   { key: 'modelName', env: 'MODEL_NAME', default: 'chameleon-default', describe: 'model id in /v1/models and in requests', parse: nonEmpty, expect: 'a non-empty name' },
-  { key: 'maxBatchSize', env: 'MAX_BATCH_SIZE', default: '32', describe: 'most prompts in one batch', parse: integer(1, 4096), expect: 'an integer from 1 to 4096' },
-  { key: 'maxModelLen', env: 'MAX_MODEL_LEN', default: '0', describe: 'positions per KV-cache slot: the longest prompt + max_tokens served (0 = min(the package\'s dims.context, 4096); more than dims.context stops the start)', parse: (raw) => (raw.trim() === '0' ? 0 : integer(16, 1 << 24)(raw)), expect: '0 or an integer from 16 to 16777216' },
-  { key: 'kvCacheMaxBytes', env: 'KV_CACHE_MAX_BYTES', default: '0', describe: 'most bytes the KV cache (MAX_BATCH_SIZE slots x n_layer x 2 x n_kv_head x MAX_MODEL_LEN x head_dim x 4) may take; a larger one stops the start (0 = the memory the process may use, its cgroup limit or else the machine\'s, less twice the package\'s decoder and embeddings and 1 GiB)', parse: integer(0), expect: 'an integer >= 0' },
+  { key: 'maxBatchSize', env: 'MAX_BATCH_SIZE', default: '32', describe: 'most prompts in one batch, and in flight (each in-flight prompt owns a KV-cache slot: about 2 MB each for the default package)', parse: integer(1, 4096), expect: 'an integer from 1 to 4096' },
+  { key: 'maxModelLen', env: 'MAX_MODEL_LEN', default: '0', describe: 'positions per KV-cache slot: the longest prompt + `max_tokens` served (0 = the package\'s `dims.context`, up to 4096); more than `dims.context` stops the start. The cache\'s size is logged at start', parse: (raw) => (raw.trim() === '0' ? 0 : integer(16, 1 << 24)(raw)), expect: '0 or an integer from 16 to 16777216' },
+  { key: 'kvCacheMaxBytes', env: 'KV_CACHE_MAX_BYTES', default: '0', describe: 'most bytes the KV cache (`MAX_BATCH_SIZE` slots x `n_layer` x 2 x `n_kv_head` x `MAX_MODEL_LEN` x `head_dim` x 4) may take; a larger cache stops the start with the numbers, rather than running out of memory under load once its slots fill (0 = the memory the process may use, its cgroup limit or else the machine\'s, less twice the package\'s files and 1 GiB)', parse: integer(0), expect: 'an integer >= 0' },
   { key: 'maxWaitMs', env: 'MAX_WAIT_MS', default: '20', describe: 'batch window: longest wait after the first request, ms', parse: integer(0, 60_000), expect: 'an integer from 0 to 60000' },
   { key: 'targetClusterSize', env: 'TARGET_CLUSTER_SIZE', default: '4', describe: 'requests per cluster the k-means aims for', parse: integer(1), expect: 'an integer >= 1' },
   { key: 'maxClusters', env: 'MAX_CLUSTERS', default: '8', describe: 'most clusters (adapters) per batch', parse: integer(1, 1024), expect: 'an integer from 1 to 1024' },
@@ -113,7 +113,7 @@ export const SETTINGS: ReadonlyArray<Setting<keyof Config>> = [
   { key: 'prefillChunkTokens', env: 'PREFILL_CHUNK_TOKENS', default: '64', describe: 'most prompt tokens per prefill run (longer prompts are prefilled in chunks between decode steps)', parse: integer(1, 65_536), expect: 'an integer from 1 to 65536' },
   { key: 'device', env: 'DEVICE', default: 'cpu', describe: 'execution provider: cpu or cuda (cuda falls back to cpu with a warning)', parse: oneOf(['cpu', 'cuda'] as const), expect: 'cpu or cuda' },
   { key: 'threads', env: 'THREADS', default: '0', describe: 'ONNX Runtime intra-op threads (0 = its default)', parse: integer(0, 1024), expect: 'an integer from 0 to 1024' },
-  { key: 'engineNice', env: 'ENGINE_NICE', default: '5', describe: 'priority of the inference thread and its ONNX Runtime threads under the event loop (HTTP, health checks), Linux: a nice value (0 = same priority), or idle = the SCHED_IDLE class (inference runs only when no ordinary thread of its container or session wants the core)', parse: (raw) => (raw.trim() === 'idle' ? 'idle' : integer(0, 19)(raw)), expect: 'idle or an integer from 0 to 19' },
+  { key: 'engineNice', env: 'ENGINE_NICE', default: '5', describe: 'priority of the inference thread and its ONNX Runtime threads under the event loop (HTTP, health checks), Linux: a nice value 0-19 (0 = same priority), or `idle` = the SCHED_IDLE class (set with util-linux\'s `chrt`, nice 19 with a warning where it is missing): a waking event loop preempts inference at once. `idle` buys a steadier `/health/live` under saturation for 3-15 % of throughput (see docs/benchmarks.md)', parse: (raw) => (raw.trim() === 'idle' ? 'idle' : integer(0, 19)(raw)), expect: 'idle or an integer from 0 to 19' },
   { key: 'ortSpinning', env: 'ORT_SPINNING', default: '0', describe: 'let ONNX Runtime threads spin while idle (1) or sleep (0)', parse: (raw) => (raw.trim() === '1' ? true : raw.trim() === '0' ? false : undefined), expect: '0 or 1' },
   { key: 'logLevel', env: 'LOG_LEVEL', default: 'info', describe: 'log level (fatal, error, warn, info, debug, trace, silent)', parse: oneOf(LOG_LEVELS), expect: LOG_LEVELS.join(', ') },
   { key: 'kmeansSeed', env: 'KMEANS_SEED', default: '0', describe: 'base seed of the per-batch k-means (seed = base + batch number)', parse: integer(0, 2 ** 31 - 1), expect: 'an integer from 0 to 2147483647' },
@@ -126,6 +126,23 @@ export const SETTINGS: ReadonlyArray<Setting<keyof Config>> = [
   { key: 'adminToken', env: 'ADMIN_TOKEN', default: '', describe: 'bearer token of POST/DELETE /v1/adapters (unset: those routes answer 403)', parse: (raw) => raw.trim(), expect: 'a token' },
   { key: 'maxAdapters', env: 'MAX_ADAPTERS', default: '16', describe: 'most adapters loaded at run time with POST /v1/adapters (the package\'s library does not count); one more is refused with 409', parse: integer(0, 1024), expect: 'an integer from 0 to 1024' },
 ];
+
+const TABLE_START = '<!-- configuration table: written from SETTINGS in src/config.ts by npm run docs:config -->';
+const TABLE_END = '<!-- end of configuration table -->';
+
+/** The README's configuration table (Markdown), written from SETTINGS. */
+export function settingsTable(): string {
+  const rows = SETTINGS.map((s) => `| \`${s.env}\` | \`${s.default}\` | ${s.describe} |`);
+  return ['| variable | default | meaning |', '| --- | --- | --- |', ...rows].join('\n');
+}
+
+/** `readme` with the configuration table between its two markers written from SETTINGS (`npm run docs:config`). */
+export function withSettingsTable(readme: string): string {
+  const start = readme.indexOf(TABLE_START);
+  const end = readme.indexOf(TABLE_END);
+  if (start < 0 || end < start) throw new Error(`README.md lacks the configuration table's markers (${TABLE_START} ... ${TABLE_END})`);
+  return `${readme.slice(0, start + TABLE_START.length)}\n${settingsTable()}\n${readme.slice(end)}`;
+}
 
 /** Reads the configuration from `env` (process.env by default); throws ConfigError listing every bad value. */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
