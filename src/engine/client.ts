@@ -72,7 +72,6 @@ export class EngineClient {
   private constructor(
     private readonly worker: Worker,
     readonly provider: string,
-    readonly warnings: string[],
     private readonly logger: EngineLogger,
   ) {
     worker.on('message', (message: FromWorker) => this.dispatch(message));
@@ -101,7 +100,7 @@ export class EngineClient {
         if (message.type === 'log') {
           options.logger[message.level === 'debug' ? 'info' : message.level]({ ...message.data }, message.message);
         } else if (message.type === 'ready') {
-          settle(() => resolve(new EngineClient(worker, message.provider, message.warnings, options.logger)));
+          settle(() => resolve(new EngineClient(worker, message.provider, options.logger)));
           options.logger.info({ provider: message.provider, warmupMs: Math.round(message.warmupMs) }, 'inference engine ready');
         } else if (message.type === 'init-error') {
           void worker.terminate();

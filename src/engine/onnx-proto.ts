@@ -1,5 +1,5 @@
 /**
- * Just enough of ONNX's protobuf encoding to write one-op helper models (the sampler's softmax and top-k, the
+ * Just enough of ONNX's protobuf encoding to write one-op helper models (the sampler's softmax, the
  * benchmark's MatMul) in memory: no ONNX tooling is needed at run time, and ONNX Runtime reads the bytes directly.
  * Field numbers are those of onnx.proto (ModelProto, GraphProto, NodeProto, TensorProto, ValueInfoProto).
  */
@@ -18,7 +18,6 @@ const text = (number: number, value: string) => field(number, Buffer.from(value,
 const integer = (number: number, value: number) => Buffer.concat([varint(number << 3), varint(value)]);
 
 export const FLOAT = 1;
-export const INT64 = 7;
 
 /** A graph input or output: element type and dimensions (strings are symbolic). */
 export function tensorInfo(name: string, elemType: number, dims: Array<string | number>): Buffer {

@@ -127,7 +127,6 @@ export interface BatchStats {
 export interface ReadyMessage {
   type: 'ready';
   provider: string;
-  warnings: string[];
   warmupMs: number;
 }
 

@@ -83,12 +83,8 @@ function setNice(thread: number, nice: number): string | null {
 }
 
 async function init(message: InitMessage): Promise<void> {
-  const warnings: string[] = [];
   const niceWarning = lowerPriority(message.priority);
-  if (niceWarning !== null) {
-    warnings.push(niceWarning);
-    post({ type: 'log', level: 'warn', message: niceWarning });
-  }
+  if (niceWarning !== null) post({ type: 'log', level: 'warn', message: niceWarning });
   try {
     const pkg = ModelPackage.open(message.modelDir);
     runtime = await OrtRuntime.create(pkg, {
@@ -98,10 +94,7 @@ async function init(message: InitMessage): Promise<void> {
       slots: message.slots,
       // 0: the package's context (tools and tests that start an engine without a service)
       maxModelLen: message.maxModelLen > 0 ? message.maxModelLen : pkg.dims.context,
-      warn: (text) => {
-        warnings.push(text);
-        post({ type: 'log', level: 'warn', message: text });
-      },
+      warn: (text) => post({ type: 'log', level: 'warn', message: text }),
     });
     const started = performance.now();
     await warmUp(new DecodeLoop(runtime, pkg.tokenizer, { prefillChunkTokens: message.prefillChunkTokens }), pkg);
@@ -109,7 +102,7 @@ async function init(message: InitMessage): Promise<void> {
       prefillChunkTokens: message.prefillChunkTokens,
       onForward: (phase, forwardMs, rows, tokens) => post({ type: 'forward', phase, forwardMs, rows, tokens }),
     });
-    post({ type: 'ready', provider: runtime.provider, warnings, warmupMs: performance.now() - started });
+    post({ type: 'ready', provider: runtime.provider, warmupMs: performance.now() - started });
   } catch (error) {
     const kind = error instanceof ModelPackageError ? 'package' : 'runtime';
     post({ type: 'init-error', kind, message: (error as Error).message });
