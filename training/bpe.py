@@ -69,14 +69,7 @@ def train(texts, vocab_size, min_frequency=2):
             for p in zip(symbols, symbols[1:]):
                 pair_counts[p] -= freqs[i]
                 changed.add(p)
-            out, j = [], 0
-            while j < len(symbols):
-                if j + 1 < len(symbols) and symbols[j] == pair[0] and symbols[j + 1] == pair[1]:
-                    out.append(merged)
-                    j += 2
-                else:
-                    out.append(symbols[j])
-                    j += 1
+            out = merge_pair(symbols, *pair)
             words[i] = out
             for p in zip(out, out[1:]):
                 pair_counts[p] += freqs[i]
@@ -88,6 +81,19 @@ def train(texts, vocab_size, min_frequency=2):
             if pair_counts.get(p, 0) > 0:
                 heapq.heappush(heap, (-pair_counts[p], p))
     return vocab, merges
+
+
+def merge_pair(symbols, first, second):
+    """`symbols` with every adjacent (first, second), left to right, joined into one symbol."""
+    out, j = [], 0
+    while j < len(symbols):
+        if j + 1 < len(symbols) and symbols[j] == first and symbols[j + 1] == second:
+            out.append(first + second)
+            j += 2
+        else:
+            out.append(symbols[j])
+            j += 1
+    return out
 
 
 def to_json(vocab, merges):
@@ -129,16 +135,7 @@ class Tokenizer:
             rank, k = min(ranked)
             if rank == float("inf"):
                 break
-            first, second = symbols[k], symbols[k + 1]
-            out, j = [], 0
-            while j < len(symbols):
-                if j + 1 < len(symbols) and symbols[j] == first and symbols[j + 1] == second:
-                    out.append(first + second)
-                    j += 2
-                else:
-                    out.append(symbols[j])
-                    j += 1
-            symbols = out
+            symbols = merge_pair(symbols, symbols[k], symbols[k + 1])
         ids = [self.vocab[s] for s in symbols]
         self.cache[word] = ids
         return ids
