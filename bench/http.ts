@@ -6,6 +6,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { Agent, request as httpRequest } from 'node:http';
 import { createServer } from 'node:net';
 
+/** The words the benchmarks' prompts are made of. */
+export const WORDS = 'ship sea whale captain nation congress people letter server license software union war peace money law court river'.split(' ');
+
 export interface Sample { ttft: number; gaps: number[]; e2e: number; tokens: number; promptTokens: number; window: number; cluster: number }
 
 export const quantile = (xs: number[], q: number) => {

@@ -14,7 +14,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { clientAgent, quantile, type Sample, startServer, stopServer, streamed } from './http.js';
+import { clientAgent, quantile, type Sample, startServer, stopServer, streamed, WORDS } from './http.js';
 
 const SHAPES = ['smollm2-135m', 'gpt2-124m'];
 const shape = process.argv[2] ?? 'smollm2-135m';
@@ -36,8 +36,6 @@ function memoryKb(pid: number): { rss: number; peak: number } {
   const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
   return { rss: field('VmRSS'), peak: field('VmHWM') };
 }
-
-const WORDS = 'ship sea whale captain nation congress people letter server license software union war peace money law court river'.split(' ');
 
 function body(i: number, model: string): Record<string, unknown> {
   const words = 4 + ((i * 53) % 37);

@@ -18,7 +18,7 @@ import { loadConfig } from '../src/config.js';
 import { EngineClient } from '../src/engine/client.js';
 import type { RowSpec } from '../src/engine/protocol.js';
 import { ModelPackage } from '../src/model/package.js';
-import { clientAgent, mean, quantile, type Sample, startServer, stopServer, streamed } from './http.js';
+import { clientAgent, mean, quantile, type Sample, startServer, stopServer, streamed, WORDS } from './http.js';
 import { matmulGflops, RawLoop } from './raw-loop.js';
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 8);
@@ -32,7 +32,6 @@ const config = loadConfig();
 
 type Traffic = 'uniform' | 'mixed' | 'long_prompts' | 'top_p';
 
-const WORDS = 'ship sea whale captain nation congress people letter server license software union war peace money law court river'.split(' ');
 
 /** Request i of a traffic kind: its body and the tokens it asks for. */
 function requestBody(traffic: Traffic, i: number, model: string): Record<string, unknown> {

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, log, write_json  # noqa: E402
 from export import FORMAT, OPSET, DecoderGraph, decoder_signature, equivalence_fixture, export_onnx, sha256, write_tensor  # noqa: E402
-from hf_model import CheckpointError, load_checkpoint  # noqa: E402
+from hf_model import CheckpointError, load_checkpoint, read_config  # noqa: E402
 from onnx_files import consolidate  # noqa: E402
 from onnx_float16 import convert_to_float16  # noqa: E402
 
@@ -189,7 +189,7 @@ def import_checkpoint(hf_dir, out, context=None, name=None, dtype="float32"):
     hf_dir, out = Path(hf_dir).resolve(), Path(out)
     if not (hf_dir / "tokenizer.json").exists():
         raise CheckpointError(f"{hf_dir}: tokenizer.json is missing (the service needs the fast tokenizer's file)")
-    config = json.loads((hf_dir / "config.json").read_text()) if (hf_dir / "config.json").exists() else None
+    config = read_config(hf_dir)
     log(f"reading {hf_dir}")
     if context is not None and context < SMALLEST_CONTEXT:
         raise CheckpointError(f"--context {context} is below {SMALLEST_CONTEXT}, the shortest cache slot the server serves")
@@ -259,7 +259,6 @@ def main():
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                         help="weights of decoder.onnx: float16 halves their memory and runs the matrix products in half precision (for CUDA)")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
         import_checkpoint(args.hf_dir, args.out_dir, args.context, args.name, args.dtype)
     except CheckpointError as error:
