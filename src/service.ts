@@ -9,6 +9,7 @@ import { ContextGate } from './adaptation/gate.js';
 import type { AdaptationMode } from './adaptation/slots.js';
 import { Scheduler } from './batching/scheduler.js';
 import type { Completion } from './batching/completion.js';
+import type { QueueOutcome } from './batching/queue.js';
 import type { Config } from './config.js';
 import { EngineClient, type EngineLogger } from './engine/client.js';
 import { describeShape, formatBytes, planKvCache, type KvPlan } from './engine/kv-memory.js';
@@ -78,7 +79,8 @@ export interface CompletionService {
    * default; library and masks modes need those sections.
    */
   readonly adaptationModes: readonly RequestAdaptationMode[];
-  submit(completion: Completion): void;
+  /** Queues an admitted request (the caller has checked the state): 'full' or 'closed' when it could not be. */
+  submit(completion: Completion): QueueOutcome;
   /** Loads a named adapter from a file or folder on the server (see adapters.ts). */
   loadAdapter(name: string, path: string): Promise<NamedAdapter>;
   /** Makes a named adapter from example texts: the hypernetwork on their mean feature (a cluster of them). */
@@ -193,10 +195,9 @@ export class InferenceService implements CompletionService {
     return this.scheduler?.queueFull ?? false;
   }
 
-  submit(completion: Completion): void {
-    const unavailable = unavailableError(this.state, this.failure);
-    if (unavailable !== null) throw unavailable;
-    this.scheduler!.submit(completion); // the scheduler exists before the state becomes ready
+  submit(completion: Completion): QueueOutcome {
+    if (this.scheduler === null) return 'closed';
+    return this.scheduler.submit(completion);
   }
 
   async loadAdapter(name: string, path: string): Promise<NamedAdapter> {

@@ -1,8 +1,7 @@
 /**
  * The admission queue: bounded by the number of prompts (rows) waiting, FIFO, with a way to wait for the next
- * arrival. Refusing (429) happens here, synchronously, before a request is accepted.
+ * arrival. It only says whether an item got in; the refusal a client sees is written by the API's admission.
  */
-import { ServiceError } from '../errors.js';
 
 export interface Queued {
   /** Prompts this item brings to a batch. */
@@ -11,13 +10,16 @@ export interface Queued {
   readonly arrivedAt: number;
 }
 
+/** What `push` did: queued, or refused because the queue is full or closed. */
+export type QueueOutcome = 'queued' | 'full' | 'closed';
+
 export class BoundedQueue<T extends Queued> {
   private items: T[] = [];
   private waitingRows = 0;
   private waiters: Array<() => void> = [];
   private closed = false;
 
-  constructor(readonly capacity: number, private readonly retryAfterSeconds = 1) {}
+  constructor(readonly capacity: number) {}
 
   get rows(): number {
     return this.waitingRows;
@@ -36,20 +38,14 @@ export class BoundedQueue<T extends Queued> {
     return this.closed;
   }
 
-  /** Admits `item` or throws ServiceError invalid_request (400: it could never fit) / queue_full (429) / shutting_down (503). */
-  push(item: T): void {
-    if (this.closed) throw new ServiceError('shutting_down', 'The server is shutting down and accepts no new requests.');
-    if (item.rows > this.capacity) {
-      throw new ServiceError('invalid_request', `At most ${this.capacity} prompts per request (QUEUE_SIZE); got ${item.rows}.`, { param: 'prompt' });
-    }
-    if (this.waitingRows + item.rows > this.capacity) {
-      throw new ServiceError('queue_full', `The request queue is full (${this.waitingRows} of ${this.capacity} prompts waiting); retry later.`, {
-        retryAfterSeconds: this.retryAfterSeconds,
-      });
-    }
+  /** Queues `item` unless the queue is closed or has no room for its rows. */
+  push(item: T): QueueOutcome {
+    if (this.closed) return 'closed';
+    if (this.waitingRows + item.rows > this.capacity) return 'full';
     this.items.push(item);
     this.waitingRows += item.rows;
     this.wake();
+    return 'queued';
   }
 
   peek(): T | undefined {

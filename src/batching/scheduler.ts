@@ -24,7 +24,7 @@ import { ServiceError } from '../errors.js';
 import type { Metrics } from '../observability/metrics.js';
 import { WindowBatcher } from './batcher.js';
 import type { Completion } from './completion.js';
-import { BoundedQueue } from './queue.js';
+import { BoundedQueue, type QueueOutcome } from './queue.js';
 
 /** What the scheduler needs from the engine (EngineClient, or a fake in tests). */
 export interface Engine {
@@ -79,7 +79,7 @@ export class Scheduler {
     /** The package's context gate (hypernetwork contexts unlike every training domain take the static LoRA). */
     private readonly gate: ContextGate | null = null,
   ) {
-    this.queue = new BoundedQueue(options.queueSize, options.retryAfterSeconds);
+    this.queue = new BoundedQueue(options.queueSize);
     this.batcher = new WindowBatcher(this.queue, options);
     metrics.watchQueue(() => this.queue.rows);
   }
@@ -95,15 +95,10 @@ export class Scheduler {
     this.loop ??= this.runLoop();
   }
 
-  /**
-   * Admits a request (throws ServiceError 429 / 503 when it cannot be admitted). Its results arrive on
-   * `completion.events()`.
-   */
-  submit(completion: Completion): void {
-    if (completion.rows > this.options.maxBatchSize) {
-      throw new ServiceError('invalid_request', `At most ${this.options.maxBatchSize} prompts per request (MAX_BATCH_SIZE); got ${completion.rows}.`, { param: 'prompt' });
-    }
-    this.queue.push(completion);
+  /** Queues a request unless the queue is full or closed. Its results arrive on `completion.events()`. */
+  submit(completion: Completion): QueueOutcome {
+    const outcome = this.queue.push(completion);
+    if (outcome !== 'queued') return outcome;
     let batchId: number | null = null;
     let rows: number[] = [];
     const stop = () => {
@@ -130,6 +125,7 @@ export class Scheduler {
     this.finished.set(completion, () => {
       if (timer !== undefined) clearTimeout(timer);
     });
+    return outcome;
   }
 
   /** Stops admitting, serves everything already admitted, and resolves when the last batch has finished. */

@@ -24,9 +24,7 @@ test('a completion received before the drain and admitted during it gets 503 shu
     tokenizer: null,
     created: 0,
     queueFull: false,
-    submit() {
-      throw new ServiceError('shutting_down', 'The server is shutting down and accepts no new requests.');
-    },
+    submit: () => 'closed',
   };
   const app = await buildApp(configWith({ logLevel: 'silent', host: '127.0.0.1', port: 0 }), { service, logger: false });
   let inHandler = () => {};

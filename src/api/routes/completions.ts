@@ -8,7 +8,7 @@ import Type from 'typebox';
 import type { BatchInfo, Completion } from '../../batching/completion.js';
 import { ServiceError } from '../../errors.js';
 import type { Metrics } from '../../observability/metrics.js';
-import type { CompletionService } from '../../service.js';
+import { unavailableError, type CompletionService } from '../../service.js';
 import { admit } from '../completions/admission.js';
 import { LARGE_BODY_BYTES, fullQueueError } from '../completions/limits.js';
 import { ChoiceBuilder, TextOffsets, buildResponse, chameleonInfo, charLength, logprobsOf, publicFinish, usageOf, type ResponseHead } from '../completions/format.js';
@@ -133,7 +133,9 @@ export async function completionRoutes(app: FastifyInstance, options: Completion
     async (request, reply) => {
       const body = request.body as CompletionRequest;
       const completion: Completion = await admit(body, service, request.id, { maxPrompts });
-      service.submit(completion);
+      const outcome = service.submit(completion);
+      if (outcome === 'full') throw fullQueueError(retryAfterSeconds);
+      if (outcome === 'closed') throw unavailableError(service.state === 'ready' ? 'draining' : service.state, service.failure)!;
       request.log.debug({ prompts: completion.rows, mode: completion.params.mode, user: body.user ?? undefined }, 'completion admitted');
       reply.raw.on('close', () => completion.cancel());
       const head: ResponseHead = { id: `cmpl-${randomUUID().replaceAll('-', '')}`, created: Math.floor(Date.now() / 1000), model: completion.params.adapter?.id ?? service.modelName };
