@@ -16,7 +16,7 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { loadConfig } from '../src/config.js';
 import { EngineClient } from '../src/engine/client.js';
-import type { RowSpec } from '../src/engine/protocol.js';
+import { ZERO_ADAPTER, type RowSpec } from '../src/engine/protocol.js';
 import { ModelPackage } from '../src/model/package.js';
 import { clientAgent, mean, quantile, type Sample, startServer, stopServer, streamed, WORDS } from './http.js';
 import { matmulGflops, RawLoop } from './raw-loop.js';
@@ -154,7 +154,8 @@ async function engineGap(promptIds: number[]): Promise<{ maxGap: number; medianG
   try {
     const tokenizer = ModelPackage.open(modelDir).tokenizer;
     const row = (ids: number[], maxTokens: number): RowSpec => ({
-      promptIds: ids, bosAdded: true, slot: 0, maxTokens, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: null, promptLogprobs: false, ignoreEos: true, adaptationScale: 1,
+      promptIds: ids, bosAdded: true, adapterIndex: ZERO_ADAPTER, adaptationScale: 1, promptLogprobs: false,
+      sampling: { maxTokens, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: null, ignoreEos: true },
     });
     const arrivals: number[] = [];
     let chunks = 0;

@@ -19,7 +19,7 @@ import type { FeatureExtractor } from '../adaptation/features.js';
 import type { ContextGate } from '../adaptation/gate.js';
 import { CLUSTERED_MODES, isClustered, planSlots, type ClusteredMode } from '../adaptation/slots.js';
 import type { BatchSink } from '../engine/client.js';
-import type { BatchStats, Job, RowEvent, RowSpec } from '../engine/protocol.js';
+import type { Batch, BatchStats, RowEvent, RowSpec } from '../engine/protocol.js';
 import { ServiceError } from '../errors.js';
 import type { Metrics } from '../observability/metrics.js';
 import { WindowBatcher } from './batcher.js';
@@ -28,7 +28,7 @@ import { BoundedQueue, type QueueOutcome } from './queue.js';
 
 /** What the scheduler needs from the engine (EngineClient, or a fake in tests). */
 export interface Engine {
-  run(job: Job, sink: BatchSink): Promise<BatchStats>;
+  run(batch: Batch, sink: BatchSink): Promise<BatchStats>;
   cancel(batchId: number, rows: number[]): void;
 }
 
@@ -261,17 +261,10 @@ export class Scheduler {
       return {
         promptIds: prompt.ids,
         bosAdded: prompt.ids.length > prompt.textTokens,
-        slot: plan.slots[i],
-        maxTokens: p.maxTokens,
-        temperature: p.temperature,
-        topP: p.topP,
-        topK: p.topK,
-        seed: p.seed ?? randomInt(0, 2 ** 32),
-        stop: p.stop,
-        logprobs: p.logprobs,
-        promptLogprobs: p.echo && p.logprobs !== null,
-        ignoreEos: p.ignoreEos,
+        adapterIndex: plan.slots[i],
         adaptationScale: p.adaptationScale,
+        promptLogprobs: p.echo && p.logprobs !== null,
+        sampling: { maxTokens: p.maxTokens, temperature: p.temperature, topP: p.topP, topK: p.topK, seed: p.seed ?? randomInt(0, 2 ** 32), stop: p.stop, logprobs: p.logprobs, ignoreEos: p.ignoreEos },
       };
     });
 

@@ -5,7 +5,7 @@
 import { Worker } from 'node:worker_threads';
 import type { Device, EnginePriority } from '../config.js';
 import { EngineError, ModelPackageError } from '../errors.js';
-import type { BatchStats, FromWorker, GenerateMessage, Job, LoraFactors, RowEvent, ToWorker, TokenLogprob } from './protocol.js';
+import type { BatchStats, FromWorker, GenerateMessage, Batch, LoraFactors, RowEvent, ToWorker, TokenLogprob } from './protocol.js';
 
 export interface EngineLogger {
   warn(obj: object, msg: string): void;
@@ -137,13 +137,13 @@ export class EngineClient {
    * Sends one batch; its rows join the running decode at the next step (batches run concurrently, up to what
    * the caller admits). Resolves with its stats once every row has finished.
    */
-  run(job: Job, sink: BatchSink): Promise<BatchStats> {
+  run(batch: Batch, sink: BatchSink): Promise<BatchStats> {
     if (this.failure !== null) return Promise.reject(this.failure);
     if (this.closing) return Promise.reject(new EngineError('inference engine is closed'));
     return new Promise((resolve, reject) => {
-      this.pending.set(job.batchId, { sink, resolve, reject });
-      const message: GenerateMessage = { type: 'generate', ...job };
-      this.worker.postMessage(message, [job.contexts.buffer as ArrayBuffer]);
+      this.pending.set(batch.batchId, { sink, resolve, reject });
+      const message: GenerateMessage = { type: 'generate', ...batch };
+      this.worker.postMessage(message, [batch.contexts.buffer as ArrayBuffer]);
     });
   }
 

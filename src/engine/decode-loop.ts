@@ -22,7 +22,7 @@
  * its own adaptation strength inside the same decoder run.
  * ONNX Runtime sits behind `Runtime` (runtime.ts), so this file is plain TypeScript.
  */
-import type { BatchStats, FinishReason, Job, RowEvent, RowSpec, TokenLogprob } from './protocol.js';
+import { FIRST_BATCH_ADAPTER, type Batch, type BatchStats, type FinishReason, type RowEvent, type RowSpec, type TokenLogprob } from './protocol.js';
 import { argmax, isGreedy, Random, SamplingScratch, sampleFromProbs, tokenLogprobs } from './sampling.js';
 import { TextTracker } from './stopping.js';
 
@@ -89,7 +89,7 @@ export interface TextCodec {
   piece(id: number): string;
 }
 
-export interface JobHooks {
+export interface BatchHooks {
   onAdapted(hypernetMs: number): void;
   onPrompt(row: number, logprobs: TokenLogprob[]): void;
   /** This job's events of one decoder run (prefill or decode step). */
@@ -111,8 +111,8 @@ export interface LoopOptions {
 const DEFAULT_PREFILL_CHUNK_TOKENS = 64;
 
 interface Window {
-  job: Job;
-  hooks: JobHooks;
+  job: Batch;
+  hooks: BatchHooks;
   /** The hypernetwork's outputs for the job's contexts, then its ready-made factors: its slots 2, 3, ... in order. */
   parts: AdapterPart[];
   /** Stack index of this window's first adapter. */
@@ -139,8 +139,8 @@ interface Row {
 }
 
 interface Pending {
-  job: Job;
-  hooks: JobHooks;
+  job: Batch;
+  hooks: BatchHooks;
   resolve: (stats: BatchStats) => void;
   reject: (error: Error) => void;
 }
@@ -178,7 +178,7 @@ export class DecodeLoop {
   }
 
   /** Adds a job; its rows are prefilled and join the running decode. Resolves when all its rows have finished. */
-  submit(job: Job, hooks: JobHooks): Promise<BatchStats> {
+  submit(job: Batch, hooks: BatchHooks): Promise<BatchStats> {
     return new Promise((resolve, reject) => {
       this.pending.push({ job, hooks, resolve, reject });
       this.pumping ??= this.pump().finally(() => {
@@ -231,8 +231,8 @@ export class DecodeLoop {
     this.windows.push(window);
     for (const [row, spec] of job.rows.entries()) {
       this.waiting.push({
-        window, row, spec, slot: -1, length: 0, lastToken: 0, generated: 0, rng: new Random(spec.seed),
-        text: new TextTracker((id) => this.codec.bytes(id), spec.stop), promptLogprobs: [], done: false,
+        window, row, spec, slot: -1, length: 0, lastToken: 0, generated: 0, rng: new Random(spec.sampling.seed),
+        text: new TextTracker((id) => this.codec.bytes(id), spec.sampling.stop), promptLogprobs: [], done: false,
       });
     }
   }
@@ -260,9 +260,10 @@ export class DecodeLoop {
     row.slot = slot;
   }
 
-  private adapterIndex(row: Row): bigint {
-    const slot = row.spec.slot;
-    return BigInt(slot < 2 ? slot : row.window.base + slot - 2);
+  /** Where the row's adapter sits in the stack: the shared entries stay put, a batch's own sit from its base on. */
+  private stackIndex(row: Row): bigint {
+    const index = row.spec.adapterIndex;
+    return BigInt(index < FIRST_BATCH_ADAPTER ? index : row.window.base + index - FIRST_BATCH_ADAPTER);
   }
 
   /**
@@ -311,7 +312,7 @@ export class DecodeLoop {
     const t = this.now();
     const logits = await this.runtime.step({
       firstSlot: rows[0].slot, batch: B, seq: width, inputIds, positionIds, pastLength: rows.map((r) => r.length), newTokens,
-      clusterIndex: BigInt64Array.from(rows, (r) => this.adapterIndex(r)), rowScale: Float32Array.from(rows, (r) => r.spec.adaptationScale), logitsIndex,
+      clusterIndex: BigInt64Array.from(rows, (r) => this.stackIndex(r)), rowScale: Float32Array.from(rows, (r) => r.spec.adaptationScale), logitsIndex,
     });
     const ms = this.now() - t;
     this.onForward('prefill', ms, B, newTokens.reduce((a, b) => a + b, 0));
@@ -330,7 +331,7 @@ export class DecodeLoop {
       events.set(row.window, out);
       if (row.spec.promptLogprobs) row.window.hooks.onPrompt(row.row, row.promptLogprobs);
       if (row.window.hooks.isCancelled(row.row)) this.finish(row, 'cancelled', out);
-      else if (row.spec.maxTokens === 0) this.finish(row, 'length', out);
+      else if (row.spec.sampling.maxTokens === 0) this.finish(row, 'length', out);
       else advancing.push({ row, at: first + count - 1 });
     });
     await this.advanceAll(advancing, logits, events);
@@ -355,7 +356,7 @@ export class DecodeLoop {
     for (let j = 0; j < n; j++) {
       const next = row.length + j + 1;
       if (next >= ids.length || next < lowest) continue;
-      const lp = tokenLogprobs(logits, (first + j) * V, V, ids[next], row.spec.logprobs ?? 0);
+      const lp = tokenLogprobs(logits, (first + j) * V, V, ids[next], row.spec.sampling.logprobs ?? 0);
       row.promptLogprobs.push({ token: this.codec.piece(ids[next]), logprob: lp.logprob, top: lp.top.map(([id, v]) => [this.codec.piece(id), v]) });
     }
   }
@@ -373,7 +374,7 @@ export class DecodeLoop {
     const t = this.now();
     const logits = await this.runtime.step({
       firstSlot: 0, batch: B, seq: 1, inputIds, positionIds, pastLength: rows.map((r) => r.length), newTokens: rows.map(() => 1),
-      clusterIndex: BigInt64Array.from(rows, (r) => this.adapterIndex(r)), rowScale: Float32Array.from(rows, (r) => r.spec.adaptationScale),
+      clusterIndex: BigInt64Array.from(rows, (r) => this.stackIndex(r)), rowScale: Float32Array.from(rows, (r) => r.spec.adaptationScale),
       logitsIndex: rows.map((_, i) => i),
     });
     const ms = this.now() - t;
@@ -445,12 +446,12 @@ export class DecodeLoop {
    */
   private async advanceAll(rows: ReadonlyArray<{ row: Row; at: number }>, logits: Float32Array, events: Map<Window, RowEvent[]>): Promise<void> {
     const V = this.runtime.vocabSize;
-    const sampling = rows.filter(({ row }) => !isGreedy(row.spec.temperature));
-    const probs = sampling.length === 0 ? null : await this.runtime.softmax(logits, sampling.map((s) => s.at), sampling.map((s) => s.row.spec.temperature));
+    const sampling = rows.filter(({ row }) => !isGreedy(row.spec.sampling.temperature));
+    const probs = sampling.length === 0 ? null : await this.runtime.softmax(logits, sampling.map((s) => s.at), sampling.map((s) => s.row.spec.sampling.temperature));
     const probRow = new Map(sampling.map((s, j) => [s.row, j]));
     for (const { row, at } of rows) {
       const j = probRow.get(row);
-      const token = j === undefined ? argmax(logits, at * V, V) : sampleFromProbs(probs!, j * V, row.spec, row.rng, this.scratch);
+      const token = j === undefined ? argmax(logits, at * V, V) : sampleFromProbs(probs!, j * V, row.spec.sampling, row.rng, this.scratch);
       this.advance(row, token, logits, at * V, events.get(row.window)!);
     }
   }
@@ -458,7 +459,7 @@ export class DecodeLoop {
   /** Turns the row's chosen token into an event (or its end). */
   private advance(r: Row, token: number, logits: Float32Array, offset: number, out: RowEvent[]): void {
     const V = this.runtime.vocabSize;
-    if (this.codec.isEos(token) && !r.spec.ignoreEos) {
+    if (this.codec.isEos(token) && !r.spec.sampling.ignoreEos) {
       this.finish(r, 'stop', out);
       return;
     }
@@ -466,8 +467,8 @@ export class DecodeLoop {
     r.window.stats.tokens++;
     r.lastToken = token;
     const event: RowEvent = { row: r.row, token, text: '', completionTokens: r.generated };
-    if (r.spec.logprobs !== null) {
-      const lp = tokenLogprobs(logits, offset, V, token, r.spec.logprobs);
+    if (r.spec.sampling.logprobs !== null) {
+      const lp = tokenLogprobs(logits, offset, V, token, r.spec.sampling.logprobs);
       event.logprob = { token: this.codec.piece(token), logprob: lp.logprob, top: lp.top.map(([id, v]) => [this.codec.piece(id), v]) };
     }
     const pushed = r.text.push(token);
@@ -475,7 +476,7 @@ export class DecodeLoop {
     if (pushed.stopped) {
       r.done = true;
       event.finish = 'stop';
-    } else if (r.generated >= r.spec.maxTokens) {
+    } else if (r.generated >= r.spec.sampling.maxTokens) {
       r.done = true;
       event.text += r.text.flush();
       event.finish = 'length';

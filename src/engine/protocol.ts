@@ -13,28 +13,48 @@ export interface LoraFactors {
   b: Float32Array;
 }
 
+/**
+ * The decoder's adapter stack, along its clusters axis (the decoder's cluster_index picks a row's entry):
+ *
+ *   [ zero adapter | static LoRA | batch 1's adapters | batch 2's adapters | ... ]
+ *
+ * A row names its adapter by `RowSpec.adapterIndex`: one of the two shared entries, or FIRST_BATCH_ADAPTER + i for
+ * its batch's adapter i (its hypernetwork outputs, then its ready-made factors); the engine maps that onto where the
+ * batch's adapters sit in the stack. (A row's KV-cache slot is another thing, chosen by the engine alone.)
+ */
+export const ZERO_ADAPTER = 0;
+export const STATIC_ADAPTER = 1;
+export const FIRST_BATCH_ADAPTER = 2;
+
+/** How one row's tokens are chosen and reported. */
+export interface SamplingParams {
+  maxTokens: number;
+  /** Below 1e-5: greedy. */
+  temperature: number;
+  topP: number;
+  /** 0 = no top-k cut. */
+  topK: number;
+  seed: number;
+  stop: string[];
+  /** Alternatives per generated token to report; null = no logprobs. */
+  logprobs: number | null;
+  /** Keep generating after the end-of-text token (benchmarks). */
+  ignoreEos: boolean;
+}
+
 /** One row (prompt) of a batch, as the worker needs it. */
 export interface RowSpec {
   /** Token ids fed to the model, BOS included when the package adds one. */
   promptIds: number[];
   /** True when promptIds[0] is a BOS the service added: it is not part of the text nor of the logprobs. */
   bosAdded: boolean;
-  /** Adapter slot of this row (the decoder's cluster_index): see adaptation/slots.ts. */
-  slot: number;
+  /** This row's adapter: ZERO_ADAPTER, STATIC_ADAPTER, or FIRST_BATCH_ADAPTER + i for its batch's adapter i. */
+  adapterIndex: number;
   /** Strength of this row's low-rank update (adaptation_scale: 0 = the base model, 1 = as trained). */
   adaptationScale: number;
-  maxTokens: number;
-  temperature: number;
-  topP: number;
-  topK: number;
-  seed: number;
-  stop: string[];
-  /** Alternatives per generated token to report; null = no logprobs. */
-  logprobs: number | null;
+  sampling: SamplingParams;
   /** Report the prompt tokens' logprobs too (echo with logprobs). */
   promptLogprobs: boolean;
-  /** Keep generating after the end-of-text token (benchmarks). */
-  ignoreEos: boolean;
 }
 
 export interface InitMessage {
@@ -53,20 +73,20 @@ export interface InitMessage {
   priority: EnginePriority;
 }
 
-/** One batch window as the engine runs it: its rows, the hypernetwork inputs of its clusters, and its ready-made adapters. */
-export interface Job {
+/** One batch as the engine runs it: its rows, the hypernetwork inputs of its clusters, and its ready-made adapters. */
+export interface Batch {
   batchId: number;
   rows: RowSpec[];
-  /** Hypernetwork inputs, [contextCount, d_model] row-major; adapter slot 2 + i is context i. */
+  /** Hypernetwork inputs, [contextCount, d_model] row-major: adapter FIRST_BATCH_ADAPTER + i is made from context i. */
   contexts: Float32Array;
   contextCount: number;
   /** Weight of each context's generated update, [contextCount] (see adaptation/gate.ts). */
   contextWeights: Float32Array;
-  /** Adapters made before the engine (named adapters, library and mask selections): slot 2 + contextCount + i is factors[i]. */
+  /** Adapters made before the engine (named adapters, library and mask selections): adapter FIRST_BATCH_ADAPTER + contextCount + i is factors[i]. */
   factors: LoraFactors[];
 }
 
-export interface GenerateMessage extends Job {
+export interface GenerateMessage extends Batch {
   type: 'generate';
 }
 
@@ -144,7 +164,7 @@ export interface PromptMessage {
   logprobs: TokenLogprob[];
 }
 
-/** The events of one decoder run, per job (one message per run, not one per job). */
+/** The events of one decoder run, per batch (one message per run, not one per batch). */
 export interface EventsMessage {
   type: 'events';
   batches: Array<{ batchId: number; events: RowEvent[] }>;

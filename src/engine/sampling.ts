@@ -20,6 +20,7 @@
  *   sorted cut, so the distribution is the same, in O(vocabulary) time.
  * - log-probabilities are those of the model's raw distribution (log-softmax of the logits, as OpenAI reports).
  */
+import type { SamplingParams } from './protocol.js';
 /** A small, fast, seedable generator (sfc32 seeded through splitmix32); one per request. */
 export class Random {
   private a: number;
@@ -69,12 +70,6 @@ export function isGreedy(temperature: number): boolean {
   return temperature < GREEDY_BELOW_TEMPERATURE;
 }
 
-export interface SamplingParams {
-  temperature: number;
-  topP: number;
-  /** 0 = no top-k cut. */
-  topK: number;
-}
 
 /** Bits dropped from a probability's float32 pattern to file it in a bin: 4096 bins of 1/16 octave. */
 const BIN_SHIFT = 19;
@@ -127,7 +122,10 @@ const REJECTION_MIN_TOP_P = 0.5;
 const MAX_REJECTION_DRAWS = 64;
 
 /** Chooses a token from a row of probabilities probs[offset .. offset + V) (a temperature that is not greedy). */
-export function sampleFromProbs(probs: Float32Array, offset: number, params: SamplingParams, rng: Random, scratch: SamplingScratch): number {
+/** What sampling from probabilities reads of a row's sampling parameters. */
+export type SamplingCuts = Pick<SamplingParams, 'temperature' | 'topP' | 'topK'>;
+
+export function sampleFromProbs(probs: Float32Array, offset: number, params: SamplingCuts, rng: Random, scratch: SamplingScratch): number {
   const V = scratch.vocabSize;
   const row = probs.subarray(offset, offset + V);
   const cutK = params.topK > 0 && params.topK < V;

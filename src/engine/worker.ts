@@ -10,8 +10,8 @@ import { parentPort } from 'node:worker_threads';
 import type { EnginePriority } from '../config.js';
 import { ModelPackageError } from '../errors.js';
 import { ModelPackage } from '../model/package.js';
-import { DecodeLoop, type JobHooks } from './decode-loop.js';
-import type { AdaptMessage, FromWorker, GenerateMessage, InitMessage, RowEvent, ToWorker } from './protocol.js';
+import { DecodeLoop, type BatchHooks } from './decode-loop.js';
+import { FIRST_BATCH_ADAPTER, STATIC_ADAPTER, ZERO_ADAPTER, type AdaptMessage, type FromWorker, type GenerateMessage, type InitMessage, type RowEvent, type RowSpec, type ToWorker } from './protocol.js';
 import { OrtRuntime } from './runtime.js';
 
 if (parentPort === null) throw new Error('engine/worker must run in a worker thread');
@@ -110,26 +110,26 @@ async function init(message: InitMessage): Promise<void> {
 }
 
 /**
- * Two small jobs through every path: hypernetwork, prefill, joining a running decode, sampling, logprobs (a base-only
+ * Two small batches through every path: hypernetwork, prefill, joining a running decode, sampling, logprobs (a base-only
  * package has no hypernetwork: every row reads the zero adapter).
  */
 async function warmUp(warm: DecodeLoop, pkg: ModelPackage): Promise<void> {
   const tok = pkg.tokenizer;
-  // at most 4 ids, so that the longer job (8 prompt ids, 3 generated) fits the shortest MAX_MODEL_LEN (16)
+  // at most 4 ids, so that the longer batch (8 prompt ids, 3 generated) fits the shortest MAX_MODEL_LEN (16)
   const ids = tok.encodePrompt('Hello').slice(0, 4);
   const adaptive = pkg.adaptive !== null;
-  const spec = (slot: number, promptIds: number[]) => ({
-    promptIds, bosAdded: tok.addBos, slot: adaptive ? slot : 0, maxTokens: 3, temperature: slot === 0 ? 0 : 1, topP: 0.9, topK: 5, seed: slot,
-    stop: [], logprobs: 1, promptLogprobs: true, ignoreEos: true, adaptationScale: slot === 2 ? 0.5 : 1,
+  const spec = (adapterIndex: number, promptIds: number[]): RowSpec => ({
+    promptIds, bosAdded: tok.addBos, adapterIndex: adaptive ? adapterIndex : ZERO_ADAPTER, adaptationScale: adapterIndex === FIRST_BATCH_ADAPTER ? 0.5 : 1, promptLogprobs: true,
+    sampling: { maxTokens: 3, temperature: adapterIndex === ZERO_ADAPTER ? 0 : 1, topP: 0.9, topK: 5, seed: adapterIndex, stop: [], logprobs: 1, ignoreEos: true },
   });
   let events = 0;
-  const hooks: JobHooks = { onAdapted() {}, onPrompt() {}, onEvents: (list) => { events += list.length; }, isCancelled: () => false };
+  const hooks: BatchHooks = { onAdapted() {}, onPrompt() {}, onEvents: (list) => { events += list.length; }, isCancelled: () => false };
   const contextCount = adaptive ? 1 : 0;
-  const job = (batchId: number, rows: ReturnType<typeof spec>[]) => ({
+  const batch = (batchId: number, rows: RowSpec[]) => ({
     batchId, rows, contexts: new Float32Array(pkg.dims.d_model), contextCount, contextWeights: new Float32Array(contextCount).fill(1), factors: [],
   });
-  const first = warm.submit(job(-1, [spec(0, ids), spec(1, ids), spec(2, ids)]), hooks);
-  const second = warm.submit(job(-2, [spec(2, [...ids, ...ids])]), hooks);
+  const first = warm.submit(batch(-1, [spec(ZERO_ADAPTER, ids), spec(STATIC_ADAPTER, ids), spec(FIRST_BATCH_ADAPTER, ids)]), hooks);
+  const second = warm.submit(batch(-2, [spec(FIRST_BATCH_ADAPTER, [...ids, ...ids])]), hooks);
   await Promise.all([first, second]);
   if (events !== 4 * 3) throw new Error(`warm-up produced ${events} token events, expected 12`);
 }
@@ -140,7 +140,7 @@ function generate(message: GenerateMessage): void {
     post({ type: 'batch-error', batchId, message: 'engine is not initialised' });
     return;
   }
-  const hooks: JobHooks = {
+  const hooks: BatchHooks = {
     onAdapted: (hypernetMs) => post({ type: 'adapted', batchId, hypernetMs, contexts: message.contextCount }),
     onPrompt: (row, logprobs) => post({ type: 'prompt', batchId, row, logprobs }),
     onEvents: (events) => postEvents(batchId, events),

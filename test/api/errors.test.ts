@@ -9,7 +9,7 @@ import { buildApp } from '../../src/app.js';
 import { FeatureExtractor } from '../../src/adaptation/features.js';
 import { Scheduler, type Engine } from '../../src/batching/scheduler.js';
 import type { BatchSink } from '../../src/engine/client.js';
-import type { BatchStats, Job } from '../../src/engine/protocol.js';
+import type { Batch, BatchStats } from '../../src/engine/protocol.js';
 import { ModelPackage } from '../../src/model/package.js';
 import { Metrics } from '../../src/observability/metrics.js';
 import type { CompletionService } from '../../src/service.js';
@@ -140,7 +140,7 @@ describe('503 before the model is ready', () => {
 /** An engine that holds every batch until released: the queue fills up deterministically. */
 class HeldEngine implements Engine {
   private releases: Array<() => void> = [];
-  run(job: Job, sink: BatchSink): Promise<BatchStats> {
+  run(job: Batch, sink: BatchSink): Promise<BatchStats> {
     return new Promise((resolve) => {
       this.releases.push(() => {
         sink.onEvents(job.rows.map((_, row) => ({ row, text: '', finish: 'length' as const, completionTokens: 0 })));

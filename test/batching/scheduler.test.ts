@@ -8,7 +8,7 @@ import { FeatureExtractor } from '../../src/adaptation/features.js';
 import { Completion, type CompletionEvent, type GenerationParams } from '../../src/batching/completion.js';
 import { Scheduler, type Engine } from '../../src/batching/scheduler.js';
 import type { BatchSink } from '../../src/engine/client.js';
-import type { BatchStats, Job } from '../../src/engine/protocol.js';
+import type { Batch, BatchStats } from '../../src/engine/protocol.js';
 import { ServiceError } from '../../src/errors.js';
 import { Metrics } from '../../src/observability/metrics.js';
 
@@ -20,17 +20,17 @@ const noLibrary = { factors(): never { throw new Error('no library in these test
 
 /** Echoes each row's prompt ids back as text, one id per step, tagged with the row's slot. */
 class EchoEngine implements Engine {
-  jobs: Job[] = [];
+  jobs: Batch[] = [];
   cancelled: number[] = [];
   stepDelayMs = 0;
-  async run(job: Job, sink: BatchSink): Promise<BatchStats> {
+  async run(job: Batch, sink: BatchSink): Promise<BatchStats> {
     this.jobs.push(job);
-    const longest = Math.max(...job.rows.map((r) => r.maxTokens));
+    const longest = Math.max(...job.rows.map((r) => r.sampling.maxTokens));
     for (let step = 0; step < longest; step++) {
       if (this.stepDelayMs > 0) await new Promise((r) => setTimeout(r, this.stepDelayMs));
       const events = job.rows.flatMap((r, row) => {
-        if (step >= r.maxTokens || this.cancelled.includes(row)) return [];
-        const last = step === r.maxTokens - 1;
+        if (step >= r.sampling.maxTokens || this.cancelled.includes(row)) return [];
+        const last = step === r.sampling.maxTokens - 1;
         return [{ row, token: r.promptIds[step % r.promptIds.length], text: `${r.promptIds[step % r.promptIds.length]}`, completionTokens: step + 1, ...(last ? { finish: 'length' as const } : {}) }];
       });
       sink.onEvents(events);
@@ -91,7 +91,7 @@ test('modes map to slots; several prompts of one request stay in one batch', asy
   for (const c of [multi, none, stat]) s.submit(c);
   await Promise.all([multi, none, stat].map(collect));
   const job = engine.jobs[0];
-  assert.deepEqual(job.rows.map((r) => r.slot), [2, 3, 0, 1]);
+  assert.deepEqual(job.rows.map((r) => r.adapterIndex), [2, 3, 0, 1]);
   assert.equal(job.contextCount, 2);
   await s.drain();
 });

@@ -10,7 +10,7 @@ import { FeatureExtractor } from '../../src/adaptation/features.js';
 import { Completion, type BatchInfo, type GenerationParams } from '../../src/batching/completion.js';
 import { Scheduler, type Engine } from '../../src/batching/scheduler.js';
 import type { BatchSink } from '../../src/engine/client.js';
-import type { BatchStats, Job } from '../../src/engine/protocol.js';
+import type { Batch, BatchStats } from '../../src/engine/protocol.js';
 import { Random } from '../../src/engine/sampling.js';
 import { Metrics } from '../../src/observability/metrics.js';
 
@@ -26,10 +26,10 @@ const features = new FeatureExtractor(table, VOCAB, DIM, [0]);
 class TickingEngine implements Engine {
   inFlight = 0;
   peak = 0;
-  async run(job: Job, sink: BatchSink): Promise<BatchStats> {
+  async run(job: Batch, sink: BatchSink): Promise<BatchStats> {
     this.inFlight += job.rows.length;
     this.peak = Math.max(this.peak, this.inFlight);
-    const left = job.rows.map((r) => r.maxTokens);
+    const left = job.rows.map((r) => r.sampling.maxTokens);
     for (let step = 1; left.some((n) => n > 0); step++) {
       await new Promise((resolve) => setTimeout(resolve, 1));
       const events = job.rows.flatMap((r, row) => {

@@ -5,8 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { DecodeLoop, type AdapterPart, type JobHooks, type LoopOptions, type Runtime, type StepFeeds } from '../../src/engine/decode-loop.js';
-import type { Job, RowEvent, RowSpec, TokenLogprob } from '../../src/engine/protocol.js';
+import { DecodeLoop, type AdapterPart, type BatchHooks, type LoopOptions, type Runtime, type StepFeeds } from '../../src/engine/decode-loop.js';
+import type { Batch, RowEvent, RowSpec, SamplingParams, TokenLogprob } from '../../src/engine/protocol.js';
 import { softmaxRow } from '../../src/engine/sampling.js';
 
 const V = 50;
@@ -87,8 +87,12 @@ class FakeRuntime implements Runtime {
 
 const codec = { isEos: (i: number) => i === 0, bytes: (i: number) => new TextEncoder().encode(`<${i}>`), piece: (i: number) => `<${i}>` };
 
-function spec(prompt: number[], slot: number, maxTokens: number, over: Partial<RowSpec> = {}): RowSpec {
-  return { promptIds: prompt, bosAdded: false, slot, maxTokens, temperature: 0, topP: 1, topK: 0, seed: 0, stop: [], logprobs: null, promptLogprobs: false, ignoreEos: true, adaptationScale: 1, ...over };
+function spec(prompt: number[], adapterIndex: number, maxTokens: number, over: Partial<Omit<RowSpec, 'sampling'> & SamplingParams> = {}): RowSpec {
+  const { promptIds = prompt, bosAdded = false, adaptationScale = 1, promptLogprobs = false, ...sampling } = over;
+  return {
+    promptIds, bosAdded, adapterIndex, adaptationScale, promptLogprobs,
+    sampling: { maxTokens, temperature: 0, topP: 1, topK: 0, seed: 0, stop: [], logprobs: null, ignoreEos: true, ...sampling },
+  };
 }
 
 function collector(cancel: (row: number, events: number) => boolean = () => false) {
@@ -96,7 +100,7 @@ function collector(cancel: (row: number, events: number) => boolean = () => fals
   const finishes: string[] = [];
   let events = 0;
   const prompts: TokenLogprob[][] = [];
-  const hooks: JobHooks = {
+  const hooks: BatchHooks = {
     onAdapted() {},
     onPrompt(row, logprobs) { prompts[row] = logprobs; },
     onEvents(list: RowEvent[]) {
@@ -117,7 +121,7 @@ const jobC = { batchId: 5, rows: [spec([7], 2, 3), spec([6], 1, 2)], contexts: F
 
 const immediate: LoopOptions = { yieldToEvents: async () => {} };
 
-async function alone(job: Job, options: LoopOptions = {}) {
+async function alone(job: Batch, options: LoopOptions = {}) {
   const c = collector();
   await new DecodeLoop(new FakeRuntime(), codec, { ...immediate, ...options }).submit(job, c.hooks);
   return c;
@@ -157,7 +161,7 @@ test('jobs joining a running decode (longer or shorter caches) give every row wh
 
 test('a job\'s ready-made factors take the slots after its hypernetwork outputs', async () => {
   const factors = [{ rank: 1, a: Float32Array.of(31), b: Float32Array.of(0) }, { rank: 2, a: Float32Array.of(13, 0), b: Float32Array.of(0, 0) }];
-  const job: Job = { batchId: 7, rows: [spec([3, 4], 4, 3), spec([3, 4], 3, 3), spec([3, 4], 2, 3)], contexts: Float32Array.from([11]), contextCount: 1, contextWeights: Float32Array.of(1), factors };
+  const job: Batch = { batchId: 7, rows: [spec([3, 4], 4, 3), spec([3, 4], 3, 3), spec([3, 4], 2, 3)], contexts: Float32Array.from([11]), contextCount: 1, contextWeights: Float32Array.of(1), factors };
   const together = await alone(job);
   const separately = await Promise.all([13, 31, 11].map((offset) => alone({ ...job, rows: [spec([3, 4], 2, 3)], contexts: Float32Array.from([offset]), factors: [] })));
   assert.deepEqual(together.texts, separately.map((c) => c.texts[0]));

@@ -7,7 +7,7 @@ import { copyFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { EngineClient } from '../../src/engine/client.js';
-import type { RowEvent, RowSpec, TokenLogprob } from '../../src/engine/protocol.js';
+import type { RowEvent, RowSpec, SamplingParams, TokenLogprob } from '../../src/engine/protocol.js';
 import { ModelPackageError } from '../../src/errors.js';
 import { ModelPackage } from '../../src/model/package.js';
 import { MODEL_DIR } from '../helpers/app.js';
@@ -26,10 +26,11 @@ after(async () => {
   await engine.close();
 });
 
-function row(text: string, slot: number, extra: Partial<RowSpec> = {}): RowSpec {
+function row(text: string, adapterIndex: number, extra: Partial<Omit<RowSpec, 'sampling'> & SamplingParams> = {}): RowSpec {
+  const { promptIds = pkg.tokenizer.encodePrompt(text), bosAdded = pkg.tokenizer.addBos, adaptationScale = 1, promptLogprobs = true, ...sampling } = extra;
   return {
-    promptIds: pkg.tokenizer.encodePrompt(text), bosAdded: pkg.tokenizer.addBos, slot, maxTokens: 5, temperature: 0, topP: 1, topK: 0,
-    seed: 1, stop: [], logprobs: 2, promptLogprobs: true, ignoreEos: true, adaptationScale: 1, ...extra,
+    promptIds, bosAdded, adapterIndex, adaptationScale, promptLogprobs,
+    sampling: { maxTokens: 5, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: 2, ignoreEos: true, ...sampling },
   };
 }
 

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { argmax, isGreedy, logSumExp, Random, SamplingScratch, sampleFromProbs, softmaxRow, tokenLogprobs, topIds, type SamplingParams } from '../../src/engine/sampling.js';
+import { argmax, isGreedy, logSumExp, Random, SamplingScratch, sampleFromProbs, softmaxRow, tokenLogprobs, topIds, type SamplingCuts } from '../../src/engine/sampling.js';
 
 /** The worker's path for one row: argmax when greedy, else softmax(logits / T) then the cuts and the draw. */
-function sampleToken(row: Float32Array, offset: number, params: SamplingParams, rng: Random, scratch: SamplingScratch): number {
+function sampleToken(row: Float32Array, offset: number, params: SamplingCuts, rng: Random, scratch: SamplingScratch): number {
   const V = scratch.vocabSize;
   if (isGreedy(params.temperature)) return argmax(row, offset, V);
   const probs = new Float32Array(V);
