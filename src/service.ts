@@ -5,8 +5,8 @@
 import { AdapterRegistry, loadAdapterFile, type NamedAdapter } from './adaptation/adapters.js';
 import { DomainAdapters } from './adaptation/domains.js';
 import { FeatureExtractor } from './adaptation/features.js';
-import { ContextGate } from './adaptation/gate.js';
-import type { AdaptationMode } from './adaptation/slots.js';
+import { ContextGate, gateOutcome } from './adaptation/gate.js';
+import { adaptationModesOf, type RequestAdaptationMode } from './adaptation/modes.js';
 import { Scheduler } from './batching/scheduler.js';
 import type { Completion } from './batching/completion.js';
 import type { QueueOutcome } from './batching/queue.js';
@@ -39,19 +39,6 @@ export function unavailableError(state: ServiceState, failure: Error | null): Se
 
 export interface ServiceLogger extends EngineLogger {
   debug(obj: object, msg: string): void;
-}
-
-/** The `adaptation` modes a request may ask for (a named adapter is chosen by `model` instead). */
-export type RequestAdaptationMode = Exclude<AdaptationMode, 'adapter'>;
-
-/** Every mode, in the API's order; a package serves those its parts allow (see adaptationModesOf). */
-export const REQUEST_ADAPTATION_MODES: readonly RequestAdaptationMode[] = ['batch', 'request', 'static', 'none', 'library', 'library_weighted', 'masks'];
-
-/** The modes a package serves: all but the library's and the masks' without those sections, and only `none` for a base-only package. */
-export function adaptationModesOf(pkg: Pick<ModelPackage, 'adaptive'>): RequestAdaptationMode[] {
-  const m = pkg.adaptive;
-  if (m === null) return ['none'];
-  return REQUEST_ADAPTATION_MODES.filter((mode) => (mode === 'masks' ? m.masks !== undefined : mode.startsWith('library') ? m.library !== undefined : true));
 }
 
 /** The refusal of an adaptation the package cannot give: a base-only package names the command that adds it. */
@@ -181,7 +168,7 @@ export class InferenceService implements CompletionService {
       this.failure = error;
       for (const listener of this.failureListeners) listener(error);
     });
-    this.scheduler = new Scheduler(this.engine, this.features, this.domains, this.config, this.metrics, this.logger, this.gate);
+    this.scheduler = new Scheduler(this.engine, { features: this.features, domains: this.domains, gate: this.gate }, this.config, this.metrics, this.logger);
     this.scheduler.start();
     if (this.state === 'loading') this.state = 'ready';
   }
@@ -222,13 +209,11 @@ export class InferenceService implements CompletionService {
       const feature = this.features.feature(ids);
       for (let j = 0; j < D; j++) context[j] += feature[j] / examples.length;
     }
-    const similarity = this.gate?.similarity(context);
-    const weight = similarity === undefined ? 1 : this.gate!.weight(similarity, tokens);
-    const gated = similarity !== undefined && !this.gate!.admits(similarity);
+    const { similarity, gated, weight } = gateOutcome(this.gate, context, tokens);
     const factors = weight === 0 ? this.staticFactors() : (await this.engine!.adapt(context, 1, Float32Array.of(weight)))[0];
     return this.adapters.add(name, factors, 'examples', {
       examples: examples.length,
-      ...(similarity === undefined ? {} : { contextSimilarity: similarity, gated, dynamicWeight: weight }),
+      ...(similarity === null ? {} : { contextSimilarity: similarity, gated, dynamicWeight: weight }),
     });
   }
 

@@ -15,6 +15,23 @@
 import type { ModelPackage } from '../model/package.js';
 import { cosineToCentroids } from './centroids.js';
 
+/** What the gate made of one hypernetwork context. */
+export interface GateOutcome {
+  /** Its similarity to the nearest training domain (null: the package has no gate). */
+  similarity: number | null;
+  /** The gate turned it away, so the static LoRA serves it. */
+  gated: boolean;
+  /** The weight of its generated update (0 when gated). */
+  weight: number;
+}
+
+/** The gate's outcome for a context made from `tokens` prompt tokens; without a gate every update is whole. */
+export function gateOutcome(gate: Pick<ContextGate, 'similarity' | 'admits' | 'weight'> | null, context: Float32Array, tokens: number): GateOutcome {
+  if (gate === null) return { similarity: null, gated: false, weight: 1 };
+  const similarity = gate.similarity(context);
+  return { similarity, gated: !gate.admits(similarity), weight: gate.weight(similarity, tokens) };
+}
+
 export class ContextGate {
   private constructor(
     private readonly centroids: Float32Array,

@@ -1,29 +1,31 @@
 /**
- * One admitted completion request on its way through the pipeline, and the per-request channel its results
- * come back on: the caller iterates `events()` and sees exactly its own batch assignment, tokens and finish.
+ * The one record of an admitted completion request on its way through the pipeline (vLLM's Request): its prompts,
+ * its parameters, its status, where it was placed, and the per-request channel its results come back on: the caller
+ * iterates `events()` and sees exactly its own batch assignment, tokens and finish.
  */
-import type { AdaptationMode } from '../adaptation/slots.js';
+import { randomInt } from 'node:crypto';
+import type { AdaptationMode, AdapterRef } from '../adaptation/modes.js';
+import type { PlanRow, RowPlan } from '../adaptation/planner.js';
+import type { GateOutcome } from '../adaptation/gate.js';
 import type { ServiceError } from '../errors.js';
-import type { FinishReason, LoraFactors, TokenLogprob } from '../engine/protocol.js';
+import type { FinishReason, RowSpec, SamplingParams, TokenLogprob } from '../engine/protocol.js';
 import type { Queued } from './queue.js';
 
+/** A request's sampling parameters: those of each of its rows, but for the seed (null = a random seed per prompt). */
+export type RequestSampling = Omit<SamplingParams, 'seed'> & { seed: number | null };
+
 export interface GenerationParams {
-  maxTokens: number;
-  temperature: number;
-  topP: number;
-  topK: number;
-  /** null = a random seed per prompt. */
-  seed: number | null;
-  stop: string[];
-  logprobs: number | null;
+  sampling: RequestSampling;
   echo: boolean;
-  ignoreEos: boolean;
   mode: AdaptationMode;
   /** The named adapter the request's `model` chose (mode `adapter`), resolved at admission. */
-  adapter?: { id: string; factors: LoraFactors };
+  adapter?: AdapterRef;
   /** Strength of the low-rank update for this request's rows (adaptation_scale). */
   adaptationScale: number;
 }
+
+/** waiting: in the queue; running: its rows are in a batch; finished: its last event (done or error) is out. */
+export type RequestStatus = 'waiting' | 'running' | 'finished';
 
 export interface PromptInput {
   text: string;
@@ -43,12 +45,8 @@ export interface BatchInfo {
   clusterIndices: number[];
   /** Members of the cluster whose mean formed each prompt's context (1 for request mode, 0 for none / static / adapter). */
   clusterSizes: number[];
-  /** Each prompt's hypernetwork context's similarity to the nearest training domain (null without a context or a gate). */
-  contextSimilarities: Array<number | null>;
-  /** Each prompt: the gate turned its context away and the static LoRA served it. */
-  gated: boolean[];
-  /** Each prompt: the weight of its generated update (0 when gated; null without a hypernetwork context). */
-  dynamicWeights: Array<number | null>;
+  /** What the gate made of each prompt's hypernetwork context (null: it has none). */
+  gates: Array<GateOutcome | null>;
   mode: AdaptationMode;
   /** The named adapter (mode `adapter`), else null. */
   adapter: string | null;
@@ -63,13 +61,31 @@ export type CompletionEvent =
   | { type: 'done' }
   | { type: 'error'; error: ServiceError };
 
+/** What the request's rows were told in one batch, from the plan of their rows. */
+export function batchInfoOf(batchId: number, params: GenerationParams, rows: readonly RowPlan[]): BatchInfo {
+  return {
+    batchId,
+    batchSize: rows[0].clusteredWith,
+    clusters: rows[0].clusters,
+    clusterIndices: rows.map((r) => Math.max(r.cluster, 0)),
+    clusterSizes: rows.map((r) => r.clusterSize),
+    gates: rows.map((r) => r.gate),
+    mode: params.mode,
+    adapter: params.adapter?.id ?? null,
+    adaptationScale: params.adaptationScale,
+  };
+}
+
 export class Completion implements Queued {
   readonly rows: number;
   readonly arrivedAt: number;
+  status: RequestStatus = 'waiting';
+  /** The batch its rows run in, and their rows there (once running). */
+  placement: { batchId: number; rows: number[] } | null = null;
   private readonly buffer: CompletionEvent[] = [];
   private wake: (() => void) | null = null;
-  private ended = false;
   private cancelHandler: (() => void) | null = null;
+  private endHandlers: Array<() => void> = [];
   cancelled = false;
 
   constructor(
@@ -82,18 +98,45 @@ export class Completion implements Queued {
     this.arrivedAt = now;
   }
 
+  /** The planner's view of one of its rows. */
+  planRow(choice: number): PlanRow {
+    const prompt = this.prompts[choice];
+    return { mode: this.params.mode, promptIds: prompt.ids, textTokens: prompt.textTokens, adapter: this.params.adapter };
+  }
+
+  /** The engine's view of one of its rows. */
+  rowSpec(choice: number, adapterIndex: number): RowSpec {
+    const prompt = this.prompts[choice];
+    const { sampling, echo, adaptationScale } = this.params;
+    return {
+      promptIds: prompt.ids,
+      bosAdded: prompt.ids.length > prompt.textTokens,
+      adapterIndex,
+      adaptationScale,
+      promptLogprobs: echo && sampling.logprobs !== null,
+      sampling: { ...sampling, seed: sampling.seed ?? randomInt(0, 2 ** 32) },
+    };
+  }
+
   /** Pipeline side: delivers an event to this request's caller. */
   emit(event: CompletionEvent): void {
-    if (this.ended) return;
-    if (event.type === 'done' || event.type === 'error') this.ended = true;
+    if (this.finished) return;
+    if (event.type === 'batched') this.status = 'running';
+    if (event.type === 'done' || event.type === 'error') this.status = 'finished';
     this.buffer.push(event);
     const wake = this.wake;
     this.wake = null;
     wake?.();
+    if (this.finished) for (const handler of this.endHandlers.splice(0)) handler();
   }
 
   get finished(): boolean {
-    return this.ended;
+    return this.status === 'finished';
+  }
+
+  /** Pipeline side: what to do once its last event is out (set by the scheduler). */
+  onEnd(handler: () => void): void {
+    this.endHandlers.push(handler);
   }
 
   /** Pipeline side: what to do when the caller gives up (set by the scheduler). */
@@ -103,7 +146,7 @@ export class Completion implements Queued {
 
   /** Caller side: stop working on this request (client went away). */
   cancel(): void {
-    if (this.cancelled || this.ended) return;
+    if (this.cancelled || this.finished) return;
     this.cancelled = true;
     this.cancelHandler?.();
   }

@@ -187,7 +187,7 @@ describe('429 when the queue is full', () => {
     const metrics = new Metrics({ defaultMetrics: false });
     const engine = new HeldEngine();
     const features = new FeatureExtractor(model.readTensor('embeddings'), model.dims.vocab_size, model.dims.d_model, [0]);
-    const scheduler = new Scheduler(engine, features, { factors: () => { throw new Error('no library'); } }, config, metrics, { debug() {}, error() {} });
+    const scheduler = new Scheduler(engine, { features, domains: { factors: () => { throw new Error('no library'); } }, gate: null }, config, metrics, { debug() {}, error() {} });
     scheduler.start();
     const service: CompletionService = {
       ...noAdapters(MODEL),
@@ -200,7 +200,7 @@ describe('429 when the queue is full', () => {
       const first = complete(app, { prompt: 'one', max_tokens: 1 });
       while (engine.running === 0) await new Promise((r) => setTimeout(r, 5)); // batch 1 holds the engine
       const queued = [complete(app, { prompt: 'two', max_tokens: 1 }), complete(app, { prompt: 'three', max_tokens: 1 })];
-      while (scheduler.queued < 2) await new Promise((r) => setTimeout(r, 5));
+      while (!scheduler.queueFull) await new Promise((r) => setTimeout(r, 5));
       const refused = await complete(app, { prompt: 'four', max_tokens: 1 });
       assert.equal(refused.status, 429);
       assertOpenAIError(refused.body, 'queue_full', null);

@@ -5,8 +5,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { FeatureExtractor } from '../../src/adaptation/features.js';
-import { Completion, type CompletionEvent, type GenerationParams } from '../../src/batching/completion.js';
-import { Scheduler, type Engine } from '../../src/batching/scheduler.js';
+import { Completion, type CompletionEvent, type GenerationParams, type RequestSampling } from '../../src/batching/completion.js';
+import { Scheduler, type Engine, type SchedulerConfig } from '../../src/batching/scheduler.js';
 import type { BatchSink } from '../../src/engine/client.js';
 import type { Batch, BatchStats } from '../../src/engine/protocol.js';
 import { ServiceError } from '../../src/errors.js';
@@ -44,13 +44,14 @@ class EchoEngine implements Engine {
   }
 }
 
-const params = (over: Partial<GenerationParams> = {}): GenerationParams => ({
-  maxTokens: 3, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: null, echo: false, ignoreEos: false, mode: 'batch', adaptationScale: 1, ...over,
-});
+const params = (over: Partial<Omit<GenerationParams, 'sampling'> & RequestSampling> = {}): GenerationParams => {
+  const { echo = false, mode = 'batch', adaptationScale = 1, adapter, ...sampling } = over;
+  return { echo, mode, adaptationScale, adapter, sampling: { maxTokens: 3, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: null, ignoreEos: false, ...sampling } };
+};
 
-function scheduler(engine: Engine, over: Partial<ConstructorParameters<typeof Scheduler>[3]> = {}) {
-  const s = new Scheduler(engine, features, noLibrary, {
-    maxBatchSize: 8, maxWaitMs: 30, targetClusterSize: 2, maxClusters: 4, queueSize: 16, idleDispatch: false, clusterInFlight: false, kmeansSeed: 0, requestTimeoutMs: 0, retryAfterSeconds: 1, ...over,
+function scheduler(engine: Engine, over: Partial<SchedulerConfig> = {}) {
+  const s = new Scheduler(engine, { features, domains: noLibrary, gate: null }, {
+    maxBatchSize: 8, maxWaitMs: 30, targetClusterSize: 2, maxClusters: 4, queueSize: 16, idleDispatch: false, clusterInFlight: false, kmeansSeed: 0, requestTimeoutMs: 0, ...over,
   }, new Metrics({ defaultMetrics: false }), { debug() {}, error() {} });
   s.start();
   return s;

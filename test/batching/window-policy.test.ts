@@ -46,15 +46,15 @@ class TickingEngine implements Engine {
 }
 
 const params = (maxTokens: number): GenerationParams => ({
-  maxTokens, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: null, echo: false, ignoreEos: true, mode: 'batch', adaptationScale: 1,
+  sampling: { maxTokens, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: null, ignoreEos: true }, echo: false, mode: 'batch', adaptationScale: 1,
 });
 
 const noLibrary = { factors(): never { throw new Error('no library in these tests'); } };
 
 async function saturate(clusterInFlight: boolean): Promise<{ infos: BatchInfo[]; peak: number }> {
   const engine = new TickingEngine();
-  const scheduler = new Scheduler(engine, features, noLibrary, {
-    maxBatchSize: 32, maxWaitMs: 5, targetClusterSize: 4, maxClusters: 8, queueSize: 256, idleDispatch: true, clusterInFlight, kmeansSeed: 0, requestTimeoutMs: 0, retryAfterSeconds: 1,
+  const scheduler = new Scheduler(engine, { features, domains: noLibrary, gate: null }, {
+    maxBatchSize: 32, maxWaitMs: 5, targetClusterSize: 4, maxClusters: 8, queueSize: 256, idleDispatch: true, clusterInFlight, kmeansSeed: 0, requestTimeoutMs: 0,
   }, new Metrics({ defaultMetrics: false }), { debug() {}, error() {} });
   scheduler.start();
   const rng = new Random(3);
@@ -72,7 +72,7 @@ async function saturate(clusterInFlight: boolean): Promise<{ infos: BatchInfo[];
         if (event.type === 'text') text += event.text;
         if (event.type === 'error') throw event.error;
       }
-      assert.equal(text, `${ids[1]}.`.repeat(completion.params.maxTokens), 'each caller gets its own rows');
+      assert.equal(text, `${ids[1]}.`.repeat(completion.params.sampling.maxTokens), 'each caller gets its own rows');
     }
   };
   await Promise.all(Array.from({ length: 32 }, client));

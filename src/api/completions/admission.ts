@@ -2,6 +2,7 @@
  * From a schema-valid request body to an admitted Completion: the checks JSON Schema cannot express
  * (unsupported options, the model id, the context window), tokenisation, and defaults.
  */
+import { DEFAULT_ADAPTATION_MODE, MODES, PART_NAMES } from '../../adaptation/modes.js';
 import { Completion, type GenerationParams, type PromptInput } from '../../batching/completion.js';
 import { ServiceError } from '../../errors.js';
 import { baseOnlyRefusal, unavailableError, type CompletionService } from '../../service.js';
@@ -39,13 +40,13 @@ export interface AdmissionLimits {
  */
 function chooseAdaptation(body: CompletionRequest, service: CompletionService): Pick<GenerationParams, 'mode' | 'adapter'> {
   const served = service.adaptationModes;
-  const baseOnly = !served.includes('batch');
+  const baseOnly = !served.includes(DEFAULT_ADAPTATION_MODE);
   if (body.model === service.modelName) {
     // a base-only package serves the base model alone, so that is what a request that names no mode gets
-    const mode = body.adaptation ?? (baseOnly ? 'none' : 'batch');
+    const mode = body.adaptation ?? (baseOnly ? 'none' : DEFAULT_ADAPTATION_MODE);
     if (!served.includes(mode)) {
       if (baseOnly) refuse('adaptation', baseOnlyRefusal(`adaptation '${mode}' is not available`));
-      refuse('adaptation', `This model package has no ${mode === 'masks' ? 'LoRA*Mask set' : 'LoRA library'}, so adaptation '${mode}' is not available.`);
+      refuse('adaptation', `This model package has no ${PART_NAMES[MODES[mode].needs!]}, so adaptation '${mode}' is not available.`);
     }
     return { mode };
   }
@@ -123,15 +124,17 @@ export async function admit(body: CompletionRequest, service: CompletionService,
   }
   const stop = body.stop == null ? [] : (typeof body.stop === 'string' ? [body.stop] : body.stop).filter((s) => s !== '');
   const params: GenerationParams = {
-    maxTokens,
-    temperature: body.temperature ?? 1,
-    topP: body.top_p ?? 1,
-    topK: body.top_k ?? 0,
-    seed: body.seed ?? null,
-    stop,
-    logprobs: body.logprobs ?? null,
+    sampling: {
+      maxTokens,
+      temperature: body.temperature ?? 1,
+      topP: body.top_p ?? 1,
+      topK: body.top_k ?? 0,
+      seed: body.seed ?? null,
+      stop,
+      logprobs: body.logprobs ?? null,
+      ignoreEos: body.ignore_eos ?? false,
+    },
     echo: body.echo ?? false,
-    ignoreEos: body.ignore_eos ?? false,
     ...adaptation,
     adaptationScale: body.adaptation_scale ?? 1,
   };

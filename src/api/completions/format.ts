@@ -8,6 +8,9 @@ import { pieceBytes } from '../../model/tokenizer.js';
 import type { ChameleonInfo, CompletionChoice, CompletionResponse, Logprobs, Usage } from '../schemas/completions.js';
 
 export function chameleonInfo(batch: BatchInfo): ChameleonInfo {
+  const similarities = batch.gates.map((g) => g?.similarity ?? null);
+  const gated = batch.gates.map((g) => g?.gated ?? false);
+  const weights = batch.gates.map((g) => g?.weight ?? null);
   return {
     batch_id: batch.batchId,
     batch_size: batch.batchSize,
@@ -15,12 +18,12 @@ export function chameleonInfo(batch: BatchInfo): ChameleonInfo {
     cluster_indices: batch.clusterIndices,
     cluster_size: batch.clusterSizes[0] ?? 0,
     cluster_sizes: batch.clusterSizes,
-    context_similarity: batch.contextSimilarities[0] ?? null,
-    context_similarities: batch.contextSimilarities,
-    gated: batch.gated[0] ?? false,
-    gated_choices: batch.gated,
-    dynamic_weight: batch.dynamicWeights[0] ?? null,
-    dynamic_weights: batch.dynamicWeights,
+    context_similarity: similarities[0] ?? null,
+    context_similarities: similarities,
+    gated: gated[0] ?? false,
+    gated_choices: gated,
+    dynamic_weight: weights[0] ?? null,
+    dynamic_weights: weights,
     num_clusters: batch.clusters,
     mode: batch.mode,
     adapter: batch.adapter,

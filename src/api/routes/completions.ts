@@ -147,7 +147,7 @@ export async function completionRoutes(app: FastifyInstance, options: Completion
 
 async function collect(completion: Completion, head: ResponseHead) {
   const { params, prompts } = completion;
-  const choices = prompts.map((p, i) => new ChoiceBuilder(i, p.text, params.echo, params.logprobs !== null));
+  const choices = prompts.map((p, i) => new ChoiceBuilder(i, p.text, params.echo, params.sampling.logprobs !== null));
   let batch: BatchInfo | null = null;
   for await (const event of completion.events()) {
     switch (event.type) {
@@ -204,7 +204,7 @@ async function stream(request: FastifyRequest, reply: FastifyReply, completion: 
     switch (event.type) {
       case 'batched':
         chameleon = chameleonInfo(event.batch);
-        if (params.echo && params.logprobs === null) prompts.forEach((p, i) => send(chunk(i, p.text, null, null)));
+        if (params.echo && params.sampling.logprobs === null) prompts.forEach((p, i) => send(chunk(i, p.text, null, null)));
         break;
       case 'prompt':
         offsets[event.choice] = TextOffsets.forEcho(prompts[event.choice].text, event.logprobs);

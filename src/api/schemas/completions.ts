@@ -3,25 +3,25 @@
  * (`adaptation`, `top_k`, `ignore_eos` in the request; `chameleon` in the response).
  */
 import Type, { type Static } from 'typebox';
+import { DEFAULT_ADAPTATION_MODE, MODES, REQUEST_ADAPTATION_MODES, type RequestAdaptationMode } from '../../adaptation/modes.js';
 
 const nullable = <T extends Type.TSchema>(schema: T) => Type.Optional(Type.Union([schema, Type.Null()]));
 
-const requestModes = () => [
-  Type.Literal('batch'), Type.Literal('request'), Type.Literal('static'), Type.Literal('none'),
-  Type.Literal('library'), Type.Literal('library_weighted'), Type.Literal('masks'),
-] as const;
-const MODE_HELP =
-  'batch (default; none for a base-only package, which serves none alone: GET /v1/models lists each model\'s adaptation_modes): one hypernetwork adapter per k-means cluster of the batch window; ' +
-  'request: an adapter from this prompt alone; static: the static-LoRA baseline; none: the base model; ' +
-  'library: each cluster takes the library LoRA of the nearest training domain; library_weighted: a softmax-weighted sum of ' +
-  'the library LoRAs; masks: LoRA*Mask, the shared LoRA under softmax-blended domain masks';
+// one literal per mode; typed as a one-element tuple so that the static type is the union of the modes
+const requestModes = () => REQUEST_ADAPTATION_MODES.map((mode) => Type.Literal(mode)) as [Type.TLiteral<RequestAdaptationMode>];
+const MODE_HELP = REQUEST_ADAPTATION_MODES.map((mode) => {
+  const isDefault = mode === DEFAULT_ADAPTATION_MODE
+    ? ' (default; none for a base-only package, which serves none alone: GET /v1/models lists each model\'s adaptation_modes)'
+    : '';
+  return `${mode}${isDefault}: ${MODES[mode].help}`;
+}).join('; ');
 
-export const AdaptationMode = Type.Union([...requestModes()], {
+export const AdaptationMode = Type.Union(requestModes(), {
   description: `ChameleonLLM extension. ${MODE_HELP}. A named adapter is chosen by \`model\` instead (its mode is reported as adapter).`,
 });
 
 const ServedMode = Type.Union([...requestModes(), Type.Literal('adapter')], {
-  description: `How the request was adapted: ${MODE_HELP}; adapter: the named adapter chosen by \`model\``,
+  description: `How the request was adapted: ${MODE_HELP}; adapter: ${MODES.adapter.help}`,
 });
 
 export const CompletionRequest = Type.Object(

@@ -1,0 +1,78 @@
+/**
+ * The way back from the engine for one batch: each row's events go to the request the row belongs to, and a
+ * request is done once its last row has finished.
+ */
+import type { BatchSink } from '../engine/client.js';
+import type { RowEvent, TokenLogprob } from '../engine/protocol.js';
+import type { ServiceError } from '../errors.js';
+import type { Metrics } from '../observability/metrics.js';
+import type { Completion } from './completion.js';
+
+/** One row of a batch: a prompt (choice) of a request. */
+export interface Row {
+  completion: Completion;
+  choice: number;
+}
+
+export class BatchRoute implements BatchSink {
+  private readonly rowsLeft = new Map<Completion, number>();
+  private readonly finishedRows = new Set<number>();
+  private readonly streaming = new Set<Completion>();
+
+  constructor(
+    private readonly rows: readonly Row[],
+    private readonly metrics: Metrics,
+    /** Called once per row that finishes (not for those left when the batch ends). */
+    private readonly onRowFinished: (row: Row) => void,
+  ) {
+    for (const { completion } of rows) this.rowsLeft.set(completion, (this.rowsLeft.get(completion) ?? 0) + 1);
+  }
+
+  onAdapted(hypernetMs: number): void {
+    this.metrics.adaptationSeconds.observe({ stage: 'hypernet' }, hypernetMs / 1000);
+  }
+
+  onPrompt(row: number, logprobs: TokenLogprob[]): void {
+    const { completion, choice } = this.rows[row];
+    completion.emit({ type: 'prompt', choice, logprobs });
+  }
+
+  onEvents(events: RowEvent[]): void {
+    for (const event of events) {
+      const { completion, choice } = this.rows[event.row];
+      if (event.token !== undefined) this.countToken(completion);
+      if (event.token !== undefined || event.text !== '') {
+        completion.emit({ type: 'text', choice, text: event.text, ...(event.logprob ? { logprob: event.logprob } : {}) });
+      }
+      if (event.finish === undefined) continue;
+      completion.emit({ type: 'finish', choice, reason: event.finish, completionTokens: event.completionTokens });
+      this.finishedRows.add(event.row);
+      this.onRowFinished(this.rows[event.row]);
+      const left = this.rowsLeft.get(completion)! - 1;
+      this.rowsLeft.set(completion, left);
+      if (left === 0) completion.emit({ type: 'done' });
+    }
+  }
+
+  /** The rows that had not finished when the batch ended. */
+  unfinished(): Row[] {
+    return this.rows.filter((_, i) => !this.finishedRows.has(i));
+  }
+
+  /** The batch failed: every request still open gets the error. */
+  fail(error: ServiceError): void {
+    for (const completion of this.rowsLeft.keys()) completion.emit({ type: 'error', error });
+  }
+
+  /** The batch ended: every request still open is done. */
+  close(): void {
+    for (const completion of this.rowsLeft.keys()) completion.emit({ type: 'done' });
+  }
+
+  private countToken(completion: Completion): void {
+    this.metrics.tokensGenerated.inc();
+    if (this.streaming.has(completion)) return;
+    this.streaming.add(completion);
+    this.metrics.timeToFirstToken.observe((performance.now() - completion.arrivedAt) / 1000);
+  }
+}
