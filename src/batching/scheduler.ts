@@ -5,7 +5,7 @@
  */
 import { ContextPool } from '../adaptation/context-pool.js';
 import { CLUSTERED_MODES, isClustered, type ClusteredMode } from '../adaptation/modes.js';
-import { planBatch, type BatchPlan, type Planner } from '../adaptation/planner.js';
+import { planBatch, type Planner } from '../adaptation/planner.js';
 import type { Config } from '../config.js';
 import type { BatchSink } from '../engine/client.js';
 import type { Batch, BatchStats } from '../engine/protocol.js';
@@ -54,9 +54,7 @@ export class Scheduler {
 
   get queueFull(): boolean { return this.queue.full; }
 
-  start(): void {
-    this.loop ??= this.runLoop();
-  }
+  start(): void { this.loop ??= this.runLoop(); }
 
   /** Queues a request unless the queue is full or closed. Its results arrive on `completion.events()`. */
   submit(completion: Completion): QueueOutcome {
@@ -122,7 +120,7 @@ export class Scheduler {
     const { targetClusterSize, maxClusters, kmeansSeed, clusterInFlight } = this.config;
     const plan = planBatch(rows.map((r) => r.completion.planRow(r.choice)), (mode) => (clusterInFlight ? this.pools.get(mode)!.entries() : []), this.planner,
       { targetClusterSize, maxClusters, seed: (kmeansSeed + batchId) % 2 ** 31 });
-    this.observe(plan, rows.length);
+    this.metrics.observePlan(plan);
     plan.rows.forEach(({ poolEntry }, i) => poolEntry && this.pools.get(rows[i].completion.params.mode as ClusteredMode)!.add(rows[i], poolEntry.feature, poolEntry.tokens));
     this.occupy(rows.length);
     for (const completion of live) {
@@ -147,17 +145,6 @@ export class Scheduler {
       this.occupy(-left.length);
       route.close();
     }
-  }
-
-  private observe(plan: BatchPlan, rows: number): void {
-    this.metrics.adaptationSeconds.observe({ stage: 'features' }, plan.featuresMs / 1000);
-    this.metrics.adaptationSeconds.observe({ stage: 'clustering' }, plan.clusteringMs / 1000);
-    for (const { mode, clusters, points } of plan.clusterings) {
-      this.metrics.clustersPerBatch.observe(clusters);
-      if (mode === 'batch') this.metrics.clusteredWith.observe(points);
-    }
-    for (const { gate } of plan.rows) if (gate !== null && gate.similarity !== null) this.metrics.hypernetContexts.inc({ outcome: gate.gated ? 'gated' : 'adapted' });
-    this.metrics.batchSize.observe(rows);
   }
 
   /** The prompt finished (or failed): it no longer shapes the context of later windows of its mode. */

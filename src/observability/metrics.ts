@@ -3,6 +3,7 @@
  */
 import type { ServerResponse } from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { BatchPlan } from '../adaptation/planner.js';
 
 const SECONDS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 const SIZES = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128, 256];
@@ -86,6 +87,18 @@ export class Metrics {
     };
     response.once('finish', () => count(statusOnFinish()));
     response.once('close', () => count(499));
+  }
+
+  /** A batch's plan: its size, its clusterings, its gated contexts, and how long planning took. */
+  observePlan(plan: BatchPlan): void {
+    this.adaptationSeconds.observe({ stage: 'features' }, plan.featuresMs / 1000);
+    this.adaptationSeconds.observe({ stage: 'clustering' }, plan.clusteringMs / 1000);
+    for (const { mode, clusters, points } of plan.clusterings) {
+      this.clustersPerBatch.observe(clusters);
+      if (mode === 'batch') this.clusteredWith.observe(points);
+    }
+    for (const { gate } of plan.rows) if (gate !== null && gate.similarity !== null) this.hypernetContexts.inc({ outcome: gate.gated ? 'gated' : 'adapted' });
+    this.batchSize.observe(plan.rows.length);
   }
 
   /** Where the queue-depth gauge reads from. */
