@@ -366,7 +366,7 @@ def select_temperatures(weights, val, library, masks, cfg, prompt_tokens, seed=N
 
 
 def continuation_markdown(tables):
-    """One row per prompt length: overall continuation perplexity per method, and the ratios the issue asks for."""
+    """One row per prompt length: overall continuation perplexity per method, and the ratios the evaluation reports."""
     methods = [m for m in CONTINUATION_METHODS if m in next(iter(tables.values()))]
     head = "| prompt tokens | " + " | ".join(methods) + " | windows / static | windows / per request |"
     lines = [head, "|" + "---|" * (len(methods) + 3)]
@@ -377,7 +377,7 @@ def continuation_markdown(tables):
     return "\n".join(lines)
 
 
-# --- Adapters made from examples (issue 10) ----------------------------------------------------------------
+# --- Adapters made from examples --------------------------------------------------------------------------
 
 EXAMPLE_COUNTS = (8, 32, 128)
 

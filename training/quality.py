@@ -1,4 +1,4 @@
-"""Validation experiments for the prompt -> continuation metric (issue 9): fair static baseline, levers, unseen domain.
+"""Validation experiments for the prompt -> continuation metric: fair static baseline, levers, unseen domain.
 
     python3 training/quality.py --config training/configs/default.json --steps-fraction 0.5 \
         --run 'static_lr0.03:{"static":{"lr":0.03}}' --run 'hidden:{"hypernet":{"context":"hidden"}}'
