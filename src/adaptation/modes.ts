@@ -65,6 +65,9 @@ export interface ModeSpec {
 /** A named adapter as a request carries it. */
 export type AdapterRef = Pick<NamedAdapter, 'id' | 'factors'>;
 
+/** A cluster's adapter selected or blended from the package's library or masks. */
+const fromDomains = (mode: DomainMode): ModeSpec['fill'] => (row, sources) => sources.ready(row.shareKey, () => sources.domain(mode, row.context!));
+
 export const MODES = {
   batch: {
     help: 'one hypernetwork adapter per k-means cluster of the batch window',
@@ -89,17 +92,17 @@ export const MODES = {
   library: {
     help: 'each cluster takes the library LoRA of the nearest training domain',
     needs: 'library', context: 'cluster', requestable: true,
-    fill: (row, sources) => sources.ready(row.shareKey, () => sources.domain('library', row.context!)),
+    fill: fromDomains('library'),
   },
   library_weighted: {
     help: 'a softmax-weighted sum of the library LoRAs',
     needs: 'library', context: 'cluster', requestable: true,
-    fill: (row, sources) => sources.ready(row.shareKey, () => sources.domain('library_weighted', row.context!)),
+    fill: fromDomains('library_weighted'),
   },
   masks: {
     help: 'LoRA*Mask, the shared LoRA under softmax-blended domain masks',
     needs: 'masks', context: 'cluster', requestable: true,
-    fill: (row, sources) => sources.ready(row.shareKey, () => sources.domain('masks', row.context!)),
+    fill: fromDomains('masks'),
   },
   adapter: {
     help: 'the named adapter chosen by `model`',
