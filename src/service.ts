@@ -7,6 +7,7 @@ import { DomainAdapters } from './adaptation/domains.js';
 import { FeatureExtractor } from './adaptation/features.js';
 import { ContextGate } from './adaptation/gate.js';
 import type { AdaptationMode } from './adaptation/slots.js';
+import { baseOnlyRefusal, unavailableError } from './api/admission/refusals.js';
 import { Scheduler } from './batching/scheduler.js';
 import type { Completion } from './batching/completion.js';
 import type { QueueOutcome } from './batching/queue.js';
@@ -21,21 +22,6 @@ import type { TextTokenizer } from './model/tokenizer.js';
 import type { Metrics } from './observability/metrics.js';
 
 export type ServiceState = 'loading' | 'ready' | 'failed' | 'draining' | 'closed';
-
-/** The 503 that a service in `state` answers new work with, or null when it takes work: one mapping for every route. */
-export function unavailableError(state: ServiceState, failure: Error | null): ServiceError | null {
-  switch (state) {
-    case 'ready':
-      return null;
-    case 'loading':
-      return new ServiceError('not_ready', 'The model is still loading; retry shortly.', { retryAfterSeconds: 1 });
-    case 'failed':
-      return new ServiceError('not_ready', `The model failed to load: ${failure?.message ?? 'unknown error'}`, { retryAfterSeconds: 1 });
-    case 'draining':
-    case 'closed':
-      return new ServiceError('shutting_down', 'The server is shutting down and accepts no new requests.');
-  }
-}
 
 export interface ServiceLogger extends EngineLogger {
   debug(obj: object, msg: string): void;
@@ -52,12 +38,6 @@ export function adaptationModesOf(pkg: Pick<ModelPackage, 'adaptive'>): RequestA
   const m = pkg.adaptive;
   if (m === null) return ['none'];
   return REQUEST_ADAPTATION_MODES.filter((mode) => (mode === 'masks' ? m.masks !== undefined : mode.startsWith('library') ? m.library !== undefined : true));
-}
-
-/** The refusal of an adaptation the package cannot give: a base-only package names the command that adds it. */
-export function baseOnlyRefusal(what: string): string {
-  return `This model package is base-only (it has no hypernetwork and no static LoRA), so ${what}: it serves adaptation 'none' (the base model) and named adapters loaded from files. ` +
-    `\`${ADAPT_COMMAND}\` adds the adaptation parts to the package (with --baselines also the LoRA library and LoRA*Mask); then restart the server on it.`;
 }
 
 /** What the API needs from the service (the real one below, or a stub for tools such as the OpenAPI script). */
