@@ -29,7 +29,7 @@ export function queueFullError(retryAfterSeconds: number): ServiceError {
   return new ServiceError('queue_full', 'The request queue is full; retry later.', { retryAfterSeconds });
 }
 
-/** The large bodies' byte budget is spent (api/admission/large-bodies.ts). */
+/** The large bodies' byte budget is spent (api/admission/before-body.ts). */
 export function largeBodiesError(retryAfterSeconds: number): ServiceError {
   return new ServiceError('queue_full', `Too many large requests (over ${LARGE_BODY_BYTES} bytes) per second; retry later.`, { retryAfterSeconds });
 }

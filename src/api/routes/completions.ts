@@ -99,7 +99,8 @@ async function collect(completion: Completion, head: ResponseHead) {
   return buildResponse(head, choices.map((c) => c.build()), usageOf(completion, tokens), batch);
 }
 
-async function stream(request: FastifyRequest, reply: FastifyReply, completion: Completion, head: ResponseHead, includeUsage: boolean): Promise<void> {
+/** Takes the response from fastify and starts the event stream; returns how to send one event. */
+function openEventStream(request: FastifyRequest, reply: FastifyReply): (data: unknown) => void {
   reply.hijack();
   const raw = reply.raw;
   raw.writeHead(200, {
@@ -109,9 +110,13 @@ async function stream(request: FastifyRequest, reply: FastifyReply, completion: 
     'x-accel-buffering': 'no',
     'x-request-id': request.id,
   });
-  const send = (data: unknown) => {
+  return (data) => {
     if (!raw.destroyed) raw.write(`data: ${data === '[DONE]' ? data : JSON.stringify(data)}\n\n`);
   };
+}
+
+async function stream(request: FastifyRequest, reply: FastifyReply, completion: Completion, head: ResponseHead, includeUsage: boolean): Promise<void> {
+  const send = openEventStream(request, reply);
   const { params, prompts } = completion;
   const offsets = prompts.map((p) => new TextOffsets(params.echo ? 0 : charLength(p.text)));
   let chameleon: ReturnType<typeof chameleonInfo> | null = null;
@@ -156,5 +161,5 @@ async function stream(request: FastifyRequest, reply: FastifyReply, completion: 
   }
   streamOutcome.set(request, status);
   request.log.info({ statusCode: status, streamed: true, tokens }, 'stream completed');
-  raw.end();
+  reply.raw.end();
 }
