@@ -99,10 +99,6 @@ export interface OpenAIErrorBody {
   error: { message: string; type: string; param: string | null; code: string | null };
 }
 
-export function statusOf(code: ErrorCode): number {
-  return MAPPINGS[code].status;
-}
-
 /** A bad environment variable: the process must not start. */
 export class ConfigError extends Error {
   constructor(message: string) {

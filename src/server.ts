@@ -22,7 +22,7 @@ async function main(): Promise<void> {
       if (err !== undefined) app.log.fatal({ err }, `uncaught error: ${err.message}; draining, then exiting with code 1`);
       else app.log.info({ signal }, 'shutting down');
       await app.close();
-      await app.chameleon.connections.settled();
+      await app.connections.settled();
       app.log.info('stopped');
     },
   );

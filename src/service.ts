@@ -14,7 +14,6 @@ import type { Config } from './config.js';
 import { EngineClient, type EngineLogger } from './engine/client.js';
 import { describeShape, formatBytes, planKvCache, type KvPlan } from './engine/kv-memory.js';
 import type { LoraFactors } from './engine/protocol.js';
-import { ServiceError } from './errors.js';
 import { ADAPT_COMMAND } from './model/manifest.js';
 import { ModelPackage } from './model/package.js';
 import type { TextTokenizer } from './model/tokenizer.js';
@@ -22,29 +21,8 @@ import type { Metrics } from './observability/metrics.js';
 
 export type ServiceState = 'loading' | 'ready' | 'failed' | 'draining' | 'closed';
 
-/** The 503 that a service in `state` answers new work with, or null when it takes work: one mapping for every route. */
-export function unavailableError(state: ServiceState, failure: Error | null): ServiceError | null {
-  switch (state) {
-    case 'ready':
-      return null;
-    case 'loading':
-      return new ServiceError('not_ready', 'The model is still loading; retry shortly.', { retryAfterSeconds: 1 });
-    case 'failed':
-      return new ServiceError('not_ready', `The model failed to load: ${failure?.message ?? 'unknown error'}`, { retryAfterSeconds: 1 });
-    case 'draining':
-    case 'closed':
-      return new ServiceError('shutting_down', 'The server is shutting down and accepts no new requests.');
-  }
-}
-
 export interface ServiceLogger extends EngineLogger {
   debug(obj: object, msg: string): void;
-}
-
-/** The refusal of an adaptation the package cannot give: a base-only package names the command that adds it. */
-export function baseOnlyRefusal(what: string): string {
-  return `This model package is base-only (it has no hypernetwork and no static LoRA), so ${what}: it serves adaptation 'none' (the base model) and named adapters loaded from files. ` +
-    `\`${ADAPT_COMMAND}\` adds the adaptation parts to the package (with --baselines also the LoRA library and LoRA*Mask); then restart the server on it.`;
 }
 
 /** What the API needs from the service (the real one below, or a stub for tools such as the OpenAPI script). */
@@ -70,7 +48,7 @@ export interface CompletionService {
   submit(completion: Completion): QueueOutcome;
   /** Loads a named adapter from a file or folder on the server (see adapters.ts). */
   loadAdapter(name: string, path: string): Promise<NamedAdapter>;
-  /** Makes a named adapter from example texts: the hypernetwork on their mean feature (a cluster of them). */
+  /** Makes a named adapter from example texts: the hypernetwork on their mean feature (a cluster of them); the caller checks that the service is ready and has a hypernetwork. */
   adapterFromExamples(name: string, examples: readonly string[]): Promise<NamedAdapter>;
 }
 
@@ -194,12 +172,7 @@ export class InferenceService implements CompletionService {
   }
 
   async adapterFromExamples(name: string, examples: readonly string[]): Promise<NamedAdapter> {
-    if (this.model.adaptive === null) {
-      throw new ServiceError('invalid_request', baseOnlyRefusal('it cannot make an adapter from examples (that needs the hypernetwork)'), { param: 'examples' });
-    }
     this.adapters.checkName(name);
-    const unavailable = unavailableError(this.state, this.failure);
-    if (unavailable !== null) throw unavailable;
     const D = this.model.dims.d_model;
     const context = new Float32Array(D);
     let tokens = 0;

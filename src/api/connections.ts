@@ -10,9 +10,11 @@
  * large-body budget, a body over the limit). Those refusals are the final answer instead, as RFC 9110 allows; the
  * ones that come later (an unknown route, a content type that is not JSON) still follow a 100.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyServerFactory } from 'fastify';
+import fp from 'fastify-plugin';
+import type { Config } from '../config.js';
 
 /** How long a closed connection may take to say goodbye (FIN) before it is destroyed. */
 const LINGER_MS = 1000;
@@ -22,7 +24,48 @@ export interface ConnectionTracker {
   settled(): Promise<void>;
 }
 
-export function installConnectionHygiene(app: FastifyInstance): ConnectionTracker {
+declare module 'fastify' {
+  interface FastifyInstance {
+    connections: ConnectionTracker;
+  }
+}
+
+/**
+ * fastify's `serverFactory`: the server fastify would make, with the timeouts, whose requests are offered to
+ * `refusedFirst` (api/fast-refusal.ts) before fastify handles them.
+ */
+export function serverWithTimeouts(
+  config: Pick<Config, 'headersTimeoutMs' | 'receiveTimeoutMs' | 'keepAliveTimeoutMs'>,
+  refusedFirst: (request: IncomingMessage, response: ServerResponse) => boolean,
+): FastifyServerFactory {
+  return (handler) => {
+    // Node checks both timeouts on this interval (30 s by default, which would let a half-open socket live that long).
+    const server = createServer({ headersTimeout: Math.min(config.headersTimeoutMs, config.receiveTimeoutMs), connectionsCheckingInterval: 1000 }, (request, response) => {
+      if (!refusedFirst(request, response)) handler(request, response);
+    });
+    server.keepAliveTimeout = config.keepAliveTimeoutMs;
+    server.requestTimeout = config.receiveTimeoutMs;
+    return server;
+  };
+}
+
+/** Sends 100 Continue only once the body is about to be read (see above). */
+function continueWhenRead(app: FastifyInstance): void {
+  const awaitingContinue = new WeakSet<IncomingMessage>();
+  app.server.on('checkContinue', (request: IncomingMessage, response: ServerResponse) => {
+    awaitingContinue.add(request);
+    app.server.emit('request', request, response);
+  });
+  app.addHook('preParsing', (request, reply, payload, done) => {
+    if (awaitingContinue.has(request.raw) && !(Number(request.headers['content-length']) > request.routeOptions.bodyLimit)) {
+      reply.raw.writeContinue();
+    }
+    done(null, payload);
+  });
+}
+
+/** Tracks every connection and the request on it, so that closing can tell idle ones from busy ones. */
+function trackConnections(app: FastifyInstance): void {
   const server = app.server;
   const sockets = new Set<Socket>();
   const requests = new Map<Socket, { request: IncomingMessage; response: ServerResponse }>();
@@ -57,18 +100,6 @@ export function installConnectionHygiene(app: FastifyInstance): ConnectionTracke
     });
   });
 
-  const awaitingContinue = new WeakSet<IncomingMessage>();
-  server.on('checkContinue', (request: IncomingMessage, response: ServerResponse) => {
-    awaitingContinue.add(request);
-    server.emit('request', request, response);
-  });
-  app.addHook('preParsing', (request, reply, payload, done) => {
-    if (awaitingContinue.has(request.raw) && !(Number(request.headers['content-length']) > request.routeOptions.bodyLimit)) {
-      reply.raw.writeContinue();
-    }
-    done(null, payload);
-  });
-
   app.addHook('preClose', async () => {
     closing = true;
     server.close();
@@ -79,7 +110,13 @@ export function installConnectionHygiene(app: FastifyInstance): ConnectionTracke
     }
   });
 
-  return {
+  app.decorate('connections', {
     settled: () => (sockets.size === 0 ? Promise.resolve() : new Promise<void>((resolve) => { wakeSettled = resolve; })),
-  };
+  });
 }
+
+/** Registered first, so that its preClose hook stops listening before the service drains. */
+export const connectionHygiene = fp(async (app: FastifyInstance) => {
+  trackConnections(app);
+  continueWhenRead(app);
+}, { name: 'chameleon-connections', fastify: '5.x' });

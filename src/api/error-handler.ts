@@ -6,6 +6,7 @@
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import fp from 'fastify-plugin';
 import { ServiceError, type ErrorCode } from '../errors.js';
 
 /** The parameter a JSON-schema validation error is about ("/max_tokens" -> "max_tokens"). */
@@ -52,32 +53,34 @@ function closesConnection(status: number): boolean {
   return status === 408 || status === 413 || status === 431;
 }
 
-export function installErrorHandling(app: FastifyInstance): void {
-  app.setErrorHandler((error: FastifyError | ServiceError, request, reply) => {
-    let service: ServiceError;
-    let status: number;
-    if (error instanceof ServiceError) {
-      service = error;
-      status = error.status;
-    } else if (error.validation) {
-      service = new ServiceError('invalid_request', `Invalid request: ${describeValidation(error.validation)}.`, { param: paramOf(error) });
-      status = service.status;
-    } else if (typeof error.statusCode === 'number' && error.statusCode >= 400 && error.statusCode < 500) {
-      status = error.statusCode;
-      service = new ServiceError(codeForStatus(status), error.message);
-    } else {
-      request.log.error({ err: error }, 'unhandled error');
-      service = new ServiceError('internal_error', 'Internal server error.');
-      status = service.status;
-    }
-    if (status >= 500) request.log.warn({ code: service.code }, service.message);
-    if (service.retryAfterSeconds !== undefined) reply.header('retry-after', String(service.retryAfterSeconds));
-    if (closesConnection(status)) reply.header('connection', 'close');
-    return reply.code(status).send(service.toJSON());
-  });
+/** The ServiceError a client gets for `error`, and its status (a framework 4xx keeps its own). */
+function asServiceError(error: FastifyError | ServiceError, request: FastifyRequest): { service: ServiceError; status: number } {
+  if (error instanceof ServiceError) return { service: error, status: error.status };
+  if (error.validation) {
+    const service = new ServiceError('invalid_request', `Invalid request: ${describeValidation(error.validation)}.`, { param: paramOf(error) });
+    return { service, status: service.status };
+  }
+  if (typeof error.statusCode === 'number' && error.statusCode >= 400 && error.statusCode < 500) {
+    return { service: new ServiceError(codeForStatus(error.statusCode), error.message), status: error.statusCode };
+  }
+  request.log.error({ err: error }, 'unhandled error');
+  const service = new ServiceError('internal_error', 'Internal server error.');
+  return { service, status: service.status };
+}
 
-  // A path that exists under other methods gets 405 with Allow (RFC 9110), not 404. Routes are registered after
-  // this hook, so it sees them all.
+function sendError(error: FastifyError | ServiceError, request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  const { service, status } = asServiceError(error, request);
+  if (status >= 500) request.log.warn({ code: service.code }, service.message);
+  if (service.retryAfterSeconds !== undefined) reply.header('retry-after', String(service.retryAfterSeconds));
+  if (closesConnection(status)) reply.header('connection', 'close');
+  return reply.code(status).send(service.toJSON());
+}
+
+/**
+ * Unknown routes: a path that exists under other methods gets 405 with Allow (RFC 9110), any other 404. The
+ * routes are registered after this plugin, so its hook sees them all.
+ */
+function answerUnknownRoutes(app: FastifyInstance): void {
   const routes: Array<{ methods: string[]; pattern: RegExp }> = [];
   app.addHook('onRoute', (route) => {
     const methods = (Array.isArray(route.method) ? route.method : [route.method]).map(String);
@@ -94,8 +97,10 @@ export function installErrorHandling(app: FastifyInstance): void {
     const error = new ServiceError('not_found', `No route for ${request.method} ${request.url}.`);
     return reply.code(404).send(error.toJSON());
   });
+}
 
-  // Node answers an Expect other than 100-continue with a bare 417 unless someone listens.
+/** Node answers an Expect other than 100-continue with a bare 417 unless someone listens. */
+function answerExpectations(app: FastifyInstance): void {
   app.server.on('checkExpectation', (request: IncomingMessage, response: ServerResponse) => {
     const error = new ServiceError('expectation_failed', `Expect: ${request.headers.expect ?? ''} is not supported; only 100-continue is.`, { param: 'expect' });
     const body = JSON.stringify(error.toJSON());
@@ -103,6 +108,13 @@ export function installErrorHandling(app: FastifyInstance): void {
     response.end(body);
   });
 }
+
+/** The error handler, the not-found handler and the Expect listener, for the whole app (before any route). */
+export const errorHandling = fp(async (app: FastifyInstance) => {
+  app.setErrorHandler(sendError);
+  answerUnknownRoutes(app);
+  answerExpectations(app);
+}, { name: 'chameleon-error-handling', fastify: '5.x' });
 
 /** fastify's `frameworkErrors`: URLs it cannot route (bad percent-encoding, a path parameter that is too long). */
 export function frameworkErrors(error: FastifyError, _request: FastifyRequest, reply: FastifyReply): void {

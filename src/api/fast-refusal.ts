@@ -3,15 +3,18 @@
  * decide, but going through fastify (routing, request and reply objects, hooks, the error handler, two log lines)
  * costs about as much again as everything Node does for the request; under a burst the refusals wait on each
  * other for the event loop, and the last of 240 got its answer about twice as late as from a bare node:http
- * server (`npm run load-check`). Installed through fastify's `serverFactory`; the routes' own check (an onRequest
- * hook) still answers requests that do not come through the server, such as `inject`.
+ * server (`npm run load-check`). The server's request listener asks it first (api/connections.ts), so it is made
+ * before fastify is, and refuses nothing until the inference plugin (api/inference.ts) enables it with the service;
+ * the route's own check (api/admission/before-body.ts) still answers requests that do not come through the
+ * server, such as `inject`.
  *
  * These refusals are counted in /metrics (`chameleon_requests_total{status="429"}`, or 499 for a client that left
  * before the answer was sent) but not logged one by one.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Metrics } from '../observability/metrics.js';
-import { LARGE_BODY_BYTES, fullQueueError } from './completions/limits.js';
+import { LARGE_BODY_BYTES } from './admission/limits.js';
+import { queueFullError } from './admission/refusals.js';
 
 export interface FastRefusalOptions {
   queueFull: () => boolean;
@@ -21,9 +24,21 @@ export interface FastRefusalOptions {
   newRequestId: () => string;
 }
 
-/** Returns a handler that answers a completion request with 429 when the queue is full, and says whether it did. */
-export function fullQueueRefusal(options: FastRefusalOptions): (request: IncomingMessage, response: ServerResponse) => boolean {
-  const refusal = fullQueueError(options.retryAfterSeconds);
+type Refuse = (request: IncomingMessage, response: ServerResponse) => boolean;
+
+export class FastRefusal {
+  private refuse: Refuse = () => false;
+
+  /** Answers a completion request with 429 when the queue is full, and says whether it did. */
+  readonly refused: Refuse = (request, response) => this.refuse(request, response);
+
+  enable(options: FastRefusalOptions): void {
+    this.refuse = fullQueueRefusal(options);
+  }
+}
+
+function fullQueueRefusal(options: FastRefusalOptions): Refuse {
+  const refusal = queueFullError(options.retryAfterSeconds);
   const body = JSON.stringify(refusal.toJSON());
   const length = String(Buffer.byteLength(body));
   return (request, response) => {

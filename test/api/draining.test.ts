@@ -55,5 +55,5 @@ test('a completion received before the drain and admitted during it gets 503 shu
   assert.equal(body.error.code, 'shutting_down');
   assert.equal(body.error.type, 'server_error');
   await closed;
-  await app.chameleon.connections.settled();
+  await app.connections.settled();
 });

@@ -137,6 +137,36 @@ describe('503 before the model is ready', () => {
   });
 });
 
+describe('the prompts of one request: at most min(MAX_BATCH_SIZE, QUEUE_SIZE)', () => {
+  /** A ready service with the real tokenizer whose queue is full by the time a request has been admitted. */
+  const service = (): CompletionService => {
+    const model = ModelPackage.open(MODEL_DIR);
+    return {
+      ...noAdapters(MODEL),
+      state: 'ready', failure: null, provider: 'cpu', modelName: MODEL, contextLength: model.dims.context,
+      tokenizer: model.tokenizer, created: 0, queueFull: false, submit: () => 'full',
+    };
+  };
+  const prompts = (n: number) => Array.from({ length: n }, (_, i) => `prompt ${i}`);
+
+  for (const [limits, setting] of [[{ queueSize: 2, maxBatchSize: 4 }, 'QUEUE_SIZE'], [{ queueSize: 8, maxBatchSize: 2 }, 'MAX_BATCH_SIZE']] as const) {
+    test(`a request with more prompts than ${setting} (the smaller) is refused with 400 (param prompt), not a 429 that retrying never cures`, async () => {
+      const app = await buildApp(testConfig(limits), { service: service(), logger: false });
+      try {
+        const over = await complete(app, { prompt: prompts(3), max_tokens: 1 });
+        assert.equal(over.status, 400);
+        assertOpenAIError(over.body, 'invalid_request', 'prompt');
+        assert.equal(over.body.error.message, `At most 2 prompts per request (${setting}); got 3.`);
+        const fits = await complete(app, { prompt: prompts(2), max_tokens: 1 });
+        assert.equal(fits.status, 429, 'as many as the limit are admitted (and then meet the full queue)');
+        assertOpenAIError(fits.body, 'queue_full', null);
+      } finally {
+        await app.close();
+      }
+    });
+  }
+});
+
 /** An engine that holds every batch until released: the queue fills up deterministically. */
 class HeldEngine implements Engine {
   private releases: Array<() => void> = [];

@@ -7,8 +7,10 @@ import { timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import Type from 'typebox';
 import type { NamedAdapter } from '../../adaptation/adapters.js';
+import { DEFAULT_ADAPTATION_MODE } from '../../adaptation/modes.js';
 import { ServiceError } from '../../errors.js';
 import type { CompletionService } from '../../service.js';
+import { examplesNeedHypernetworkError, unavailableError } from '../admission/refusals.js';
 import { errorResponses } from '../schemas/common.js';
 
 export interface AdapterRouteOptions {
@@ -59,6 +61,11 @@ export async function adapterRoutes(app: FastifyInstance, options: AdapterRouteO
     const body = request.body as { name: string; path?: string; examples?: string[] };
     if ((body.path === undefined) === (body.examples === undefined)) {
       throw new ServiceError('invalid_request', 'Give exactly one of path (an adapter file on the server) and examples (texts to make one from).', { param: body.path === undefined ? 'path' : 'examples' });
+    }
+    if (body.examples !== undefined) {
+      if (!service.adaptationModes.includes(DEFAULT_ADAPTATION_MODE)) throw examplesNeedHypernetworkError();
+      const unavailable = unavailableError(service.state, service.failure);
+      if (unavailable !== null) throw unavailable;
     }
     const adapter = body.path !== undefined ? await service.loadAdapter(body.name, body.path) : await service.adapterFromExamples(body.name, body.examples!);
     request.log.info({ adapter: adapter.id, source: adapter.source, rank: adapter.factors.rank }, 'adapter loaded');

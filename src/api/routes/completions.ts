@@ -2,15 +2,15 @@
  * POST /v1/completions: admission, then either the whole response as JSON or a server-sent-event stream.
  */
 import { randomUUID } from 'node:crypto';
-import { Transform, pipeline } from 'node:stream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import Type from 'typebox';
 import type { BatchInfo, Completion } from '../../batching/completion.js';
 import { ServiceError } from '../../errors.js';
 import type { Metrics } from '../../observability/metrics.js';
-import { unavailableError, type CompletionService } from '../../service.js';
-import { admit } from '../completions/admission.js';
-import { LARGE_BODY_BYTES, fullQueueError } from '../completions/limits.js';
+import type { CompletionService } from '../../service.js';
+import { admit, type AdmissionOptions } from '../admission/admit.js';
+import { refusalsBeforeBody } from '../admission/before-body.js';
+import { bodyLimit } from '../admission/limits.js';
 import { ChoiceBuilder, TextOffsets, buildResponse, chameleonInfo, charLength, logprobsOf, publicFinish, usageOf, type ResponseHead } from '../completions/format.js';
 import { errorResponses } from '../schemas/common.js';
 import type { CompletionRequest } from '../schemas/completions.js';
@@ -18,98 +18,26 @@ import type { CompletionRequest } from '../schemas/completions.js';
 export interface CompletionRouteOptions {
   service: CompletionService;
   metrics: Metrics;
-  /** Most prompts per request (MAX_BATCH_SIZE). */
-  maxPrompts: number;
-  retryAfterSeconds: number;
+  admission: AdmissionOptions;
 }
-
-/** Room for the JSON around the prompts (field names, the other options) in the body limit. */
-const BODY_OVERHEAD_BYTES = 64 * 1024;
-
-/**
- * Large bodies share a byte budget (a token bucket that holds one largest body and refills at this rate): a
- * client that keeps sending maximum-size bodies, which no real prompt needs (a whole context of text is a few
- * kilobytes), would otherwise keep the event loop decoding and parsing half a megabyte every few milliseconds,
- * while every stream, probe and ordinary request waits behind that work.
- */
-const LARGE_BODY_BYTES_PER_SECOND = 4 * 1024 * 1024;
-/**
- * Such a refusal is sent after a pause (a tarpit): a client that ignores Retry-After and sends its next large body at
- * once would otherwise cost a connection, headers and an error reply every millisecond or so, which is CPU taken from
- * the engine. Ordinary requests never wait here.
- */
-const LARGE_BODY_REFUSAL_DELAY_MS = 250;
 
 /** Status of a stream (sent as 200 before its outcome was known), for the request counter. */
 const streamOutcome = new WeakMap<FastifyRequest, number>();
 
 export async function completionRoutes(app: FastifyInstance, options: CompletionRouteOptions): Promise<void> {
-  const { service, metrics, maxPrompts, retryAfterSeconds } = options;
+  const { service, metrics, admission } = options;
 
   // Counted once per request: the status sent (a stream's outcome), or 499 when the client left before the end.
   app.addHook('onRequest', async (request, reply) => {
     metrics.countRequest(reply.raw, () => streamOutcome.get(request) ?? reply.raw.statusCode);
   });
-  // A full queue refuses before the body is read or parsed, the cheapest way to say 429 to a burst; so does a large
-  // body when the large bodies' byte budget is spent.
-  const tokenizer = service.tokenizer;
-  // The largest useful body: MAX_BATCH_SIZE prompts of the most bytes a context can hold, twice over for JSON escapes
-  // (\u00e9 for a two-byte character). A larger one is refused unread (413).
-  const bodyLimit = tokenizer === null ? undefined : 2 * maxPrompts * service.contextLength * tokenizer.maxTokenBytes + BODY_OVERHEAD_BYTES;
-  const budgetCapacity = bodyLimit ?? Number.POSITIVE_INFINITY;
-  const largeBudget = { bytes: budgetCapacity, at: performance.now() };
-  /** Takes `bytes` from the large bodies' budget; false (and nothing taken) when it holds less. */
-  const spendLargeBudget = (bytes: number): boolean => {
-    const now = performance.now();
-    largeBudget.bytes = Math.min(budgetCapacity, largeBudget.bytes + ((now - largeBudget.at) / 1000) * LARGE_BODY_BYTES_PER_SECOND);
-    largeBudget.at = now;
-    if (bytes > largeBudget.bytes) return false;
-    largeBudget.bytes -= bytes;
-    return true;
-  };
-  const tooManyLargeBodies = () => new ServiceError('queue_full', `Too many large requests (over ${LARGE_BODY_BYTES} bytes) per second; retry later.`, { retryAfterSeconds });
-  app.addHook('onRequest', async (request, reply) => {
-    if (service.queueFull) {
-      throw fullQueueError(retryAfterSeconds);
-    }
-    const declared = request.headers['content-length'];
-    if (declared === undefined) return; // no body, or a chunked one: counted as it arrives (preParsing)
-    const length = Number(declared);
-    if (!(length > LARGE_BODY_BYTES) || length > budgetCapacity) return; // small, or refused unread by the body limit (413)
-    if (!spendLargeBudget(length)) {
-      reply.header('connection', 'close'); // not worth reading the body only to discard it
-      await new Promise((resolve) => setTimeout(resolve, LARGE_BODY_REFUSAL_DELAY_MS));
-      throw tooManyLargeBodies();
-    }
-  });
-  // A chunked body declares no length: once it has grown past LARGE_BODY_BYTES, what it has sent and everything
-  // after is charged as it arrives, and it is cut short with the same 429 when the budget runs out.
-  app.addHook('preParsing', async (request, reply, payload) => {
-    if (request.headers['content-length'] !== undefined || request.headers['transfer-encoding'] === undefined) return payload;
-    let received = 0;
-    let charged = 0;
-    const counted = new Transform({
-      transform(chunk: Buffer, _encoding, done) {
-        received += chunk.length;
-        if (received > LARGE_BODY_BYTES) {
-          if (!spendLargeBudget(received - charged)) {
-            reply.header('connection', 'close');
-            done(tooManyLargeBodies());
-            return;
-          }
-          charged = received;
-        }
-        done(null, chunk);
-      },
-    });
-    pipeline(payload, counted, () => {});
-    return counted;
-  });
+  const limit = bodyLimit(service, admission.prompts);
+  await app.register(refusalsBeforeBody, { service, bodyLimit: limit, retryAfterSeconds: admission.retryAfterSeconds });
 
   app.post(
     '/v1/completions',
     {
-      bodyLimit,
+      bodyLimit: limit,
       schema: {
         summary: 'Create a completion (OpenAI-compatible)',
         description:
@@ -132,10 +60,7 @@ export async function completionRoutes(app: FastifyInstance, options: Completion
     },
     async (request, reply) => {
       const body = request.body as CompletionRequest;
-      const completion: Completion = await admit(body, service, request.id, { maxPrompts });
-      const outcome = service.submit(completion);
-      if (outcome === 'full') throw fullQueueError(retryAfterSeconds);
-      if (outcome === 'closed') throw unavailableError(service.state === 'ready' ? 'draining' : service.state, service.failure)!;
+      const completion = await admit(body, service, request.id, admission);
       request.log.debug({ prompts: completion.rows, mode: completion.params.mode, user: body.user ?? undefined }, 'completion admitted');
       reply.raw.on('close', () => completion.cancel());
       const head: ResponseHead = { id: `cmpl-${randomUUID().replaceAll('-', '')}`, created: Math.floor(Date.now() / 1000), model: completion.params.adapter?.id ?? service.modelName };
@@ -174,7 +99,8 @@ async function collect(completion: Completion, head: ResponseHead) {
   return buildResponse(head, choices.map((c) => c.build()), usageOf(completion, tokens), batch);
 }
 
-async function stream(request: FastifyRequest, reply: FastifyReply, completion: Completion, head: ResponseHead, includeUsage: boolean): Promise<void> {
+/** Takes the response from fastify and starts the event stream; returns how to send one event. */
+function openEventStream(request: FastifyRequest, reply: FastifyReply): (data: unknown) => void {
   reply.hijack();
   const raw = reply.raw;
   raw.writeHead(200, {
@@ -184,9 +110,13 @@ async function stream(request: FastifyRequest, reply: FastifyReply, completion: 
     'x-accel-buffering': 'no',
     'x-request-id': request.id,
   });
-  const send = (data: unknown) => {
+  return (data) => {
     if (!raw.destroyed) raw.write(`data: ${data === '[DONE]' ? data : JSON.stringify(data)}\n\n`);
   };
+}
+
+async function stream(request: FastifyRequest, reply: FastifyReply, completion: Completion, head: ResponseHead, includeUsage: boolean): Promise<void> {
+  const send = openEventStream(request, reply);
   const { params, prompts } = completion;
   const offsets = prompts.map((p) => new TextOffsets(params.echo ? 0 : charLength(p.text)));
   let chameleon: ReturnType<typeof chameleonInfo> | null = null;
@@ -231,5 +161,5 @@ async function stream(request: FastifyRequest, reply: FastifyReply, completion: 
   }
   streamOutcome.set(request, status);
   request.log.info({ statusCode: status, streamed: true, tokens }, 'stream completed');
-  raw.end();
+  reply.raw.end();
 }

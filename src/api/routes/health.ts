@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import Type from 'typebox';
-import { unavailableError, type CompletionService } from '../../service.js';
+import type { CompletionService } from '../../service.js';
+import { unavailableError } from '../admission/refusals.js';
 import { errorResponses } from '../schemas/common.js';
 
 export async function healthRoutes(app: FastifyInstance, options: { service: CompletionService }): Promise<void> {

@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import Type from 'typebox';
-import { ServiceError } from '../../errors.js';
 import type { CompletionService } from '../../service.js';
+import { modelNotFoundError } from '../admission/refusals.js';
 import { errorResponses } from '../schemas/common.js';
 
 /** GET /v1/models: the base model, then every named adapter as its own model with `parent` = the base (vLLM's listing). */
@@ -28,7 +28,7 @@ export async function modelRoutes(app: FastifyInstance, options: { service: Comp
   }, async (request) => {
     const { model: id } = request.params as { model: string };
     const found = models().find((m) => m.id === id);
-    if (found === undefined) throw new ServiceError('model_not_found', `The model '${id}' does not exist (GET /v1/models lists them).`, { param: 'model' });
+    if (found === undefined) throw modelNotFoundError(id, base, service.adapters.list().map((a) => a.id));
     return found;
   });
 }
