@@ -144,6 +144,13 @@ interface Row {
   done: boolean;
 }
 
+/** One row's part of a prefill run: its logits rows [first, first + count) in the output, and whether its prompt ends there. */
+interface PrefillPlan {
+  first: number;
+  count: number;
+  completes: boolean;
+}
+
 const PAD_ID = 0n;
 
 export class DecodeLoop {
@@ -284,16 +291,14 @@ export class DecodeLoop {
     return { rows, width };
   }
 
-  /** One prefill run over the front of the prefill queue. */
-  private async prefillChunk(): Promise<void> {
-    const { rows, width } = this.chooseChunk();
+  /** The decoder inputs of a prefill run over `rows`, `width` new tokens wide, and each row's part of its output. */
+  private prefillFeeds(rows: readonly Row[], width: number): { feeds: StepFeeds; plan: PrefillPlan[] } {
     const B = rows.length;
     const inputIds = new BigInt64Array(B * width).fill(PAD_ID);
     const positionIds = new BigInt64Array(B * width);
     const newTokens: number[] = [];
     const logitsIndex: number[] = [];
-    /** Per row: where its logits start in the output, and whether its prompt ends in this run. */
-    const plan: Array<{ first: number; count: number; completes: boolean }> = [];
+    const plan: PrefillPlan[] = [];
     rows.forEach((row, b) => {
       const ids = row.spec.promptIds;
       const n = Math.min(ids.length - row.length, width);
@@ -308,11 +313,21 @@ export class DecodeLoop {
       else if (completes) logitsIndex.push(b * width + n - 1);
       plan.push({ first, count: logitsIndex.length - first, completes });
     });
-    const t = this.now();
-    const logits = await this.runtime.step({
+    const feeds: StepFeeds = {
       firstSlot: rows[0].cacheSlot, rows: B, seq: width, inputIds, positionIds, pastLength: rows.map((r) => r.length), newTokens,
       clusterIndex: BigInt64Array.from(rows, (r) => this.stackIndex(r)), rowScale: Float32Array.from(rows, (r) => r.spec.adaptationScale), logitsIndex,
-    });
+    };
+    return { feeds, plan };
+  }
+
+  /** One prefill run over the front of the prefill queue. */
+  private async prefillChunk(): Promise<void> {
+    const { rows, width } = this.chooseChunk();
+    const B = rows.length;
+    const { feeds, plan } = this.prefillFeeds(rows, width);
+    const { newTokens } = feeds;
+    const t = this.now();
+    const logits = await this.runtime.step(feeds);
     const ms = this.now() - t;
     this.onForward('prefill', ms, B, newTokens.reduce((a, b) => a + b, 0));
 
