@@ -94,7 +94,7 @@ export interface InitMessage {
   settings: EngineSettings;
 }
 
-/** The two ends of a promise the worker's answer settles (a batch's stats, an adapter's factors). */
+/** The two ends of a promise settled later: when a batch's last row finishes, or when an adapter's factors come back. */
 export interface Waiter<T> {
   resolve: (value: T) => void;
   reject: (error: Error) => void;
