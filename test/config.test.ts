@@ -3,13 +3,23 @@ import { test } from 'node:test';
 import { loadConfig, SETTINGS, withSettingsTable } from '../src/config.js';
 import { ConfigError } from '../src/errors.js';
 
-test('defaults', () => {
-  assert.deepEqual(loadConfig({}), {
-    host: '0.0.0.0', port: 8080, modelDir: 'models/default', modelName: 'chameleon-default', maxBatchSize: 32, maxModelLen: 0, kvCacheMaxBytes: 0, maxWaitMs: 20,
-    targetClusterSize: 4, maxClusters: 8, queueSize: 256, idleDispatch: true, clusterInFlight: true, prefillChunkTokens: 64, device: 'cpu', threads: 0,
-    engineNice: 5, ortSpinning: false, logLevel: 'info', kmeansSeed: 0, requestTimeoutMs: 0, retryAfterSeconds: 1, headersTimeoutMs: 10_000, receiveTimeoutMs: 30_000,
-    keepAliveTimeoutMs: 5000, shutdownTimeoutMs: 30_000, adminToken: '', maxAdapters: 16,
-  });
+test('an empty environment gives every setting its default, which its own parser accepts', () => {
+  const config = loadConfig({});
+  assert.deepEqual(Object.keys(config).sort(), SETTINGS.map((s) => s.key).sort(), 'one field per setting');
+  for (const s of SETTINGS) {
+    const parsed = s.parse(s.default);
+    assert.notEqual(parsed, undefined, `${s.env}'s default ${JSON.stringify(s.default)} must be ${s.expect}`);
+    assert.deepEqual(config[s.key], parsed, `${s.env} unset is its default`);
+  }
+});
+
+test('a variable set to the empty string is unset', () => {
+  assert.deepEqual(loadConfig(Object.fromEntries(SETTINGS.map((s) => [s.env, '']))), loadConfig({}));
+});
+
+test('each setting has its own variable and its own field', () => {
+  assert.equal(new Set(SETTINGS.map((s) => s.env)).size, SETTINGS.length);
+  assert.equal(new Set(SETTINGS.map((s) => s.key)).size, SETTINGS.length);
 });
 
 test('environment values are parsed', () => {

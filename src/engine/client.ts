@@ -3,9 +3,11 @@
  * routes the worker's events to each batch's sink. Nothing here blocks: the worker does the ONNX runs.
  */
 import { Worker } from 'node:worker_threads';
-import type { Device, EnginePriority } from '../config.js';
 import { EngineError, ModelPackageError } from '../errors.js';
-import type { BatchStats, FromWorker, GenerateMessage, Batch, LoraFactors, RowEvent, ToWorker, TokenLogprob } from './protocol.js';
+import {
+  engineSettings, type BatchStats, type EngineSettingsInput, type ForwardListener, type FromWorker, type GenerateMessage, type Batch, type LoraFactors,
+  type RowEvent, type ToWorker, type TokenLogprob, type Waiter,
+} from './protocol.js';
 
 export interface EngineLogger {
   warn(obj: object, msg: string): void;
@@ -13,22 +15,8 @@ export interface EngineLogger {
   error(obj: object, msg: string): void;
 }
 
-export interface EngineOptions {
-  modelDir: string;
-  device: Device;
-  threads: number;
-  /** ONNX Runtime threads spin while idle (default off). */
-  spinning?: boolean;
-  /** KV-cache slots: the most rows in flight. */
-  slots: number;
-  /** Positions per KV-cache slot (MAX_MODEL_LEN); default: the package's context. */
-  maxModelLen?: number;
-  /** Most new tokens in one prefill run. */
-  prefillChunkTokens: number;
-  /** Priority of the inference thread (and its ONNX Runtime threads): 'idle' (SCHED_IDLE) or a nice value; 0 = the event loop's priority. */
-  priority?: EnginePriority;
-  logger: EngineLogger;
-}
+/** What an engine is started with: its settings, and where the worker's logs go. */
+export type EngineStart = EngineSettingsInput & { logger: EngineLogger };
 
 /** Receives one batch's events, in order. */
 export interface BatchSink {
@@ -36,15 +24,6 @@ export interface BatchSink {
   onPrompt(row: number, logprobs: TokenLogprob[]): void;
   /** The batch's rows' events of one decoder run. */
   onEvents(events: RowEvent[]): void;
-}
-
-/** Called once per decoder run (a prefill chunk, or a decode step over every running row). */
-export type ForwardListener = (phase: 'prefill' | 'decode', ms: number, rows: number, tokens: number) => void;
-
-interface Pending {
-  sink: BatchSink;
-  resolve: (stats: BatchStats) => void;
-  reject: (error: Error) => void;
 }
 
 /**
@@ -60,8 +39,8 @@ function spawnWorker(): Worker {
 }
 
 export class EngineClient {
-  private readonly pending = new Map<number, Pending>();
-  private readonly adapting = new Map<number, { resolve: (factors: LoraFactors[]) => void; reject: (error: Error) => void }>();
+  private readonly pending = new Map<number, Waiter<BatchStats> & { sink: BatchSink }>();
+  private readonly adapting = new Map<number, Waiter<LoraFactors[]>>();
   private nextAdaptId = 1;
   private failure: Error | null = null;
   private closing = false;
@@ -83,7 +62,7 @@ export class EngineClient {
   }
 
   /** Starts the worker, loads the package and runs the warm-up; rejects with ModelPackageError or EngineError. */
-  static start(options: EngineOptions): Promise<EngineClient> {
+  static start({ logger, ...settings }: EngineStart): Promise<EngineClient> {
     return new Promise((resolve, reject) => {
       const worker = spawnWorker();
       let settled = false;
@@ -98,10 +77,10 @@ export class EngineClient {
       };
       const onMessage = (message: FromWorker) => {
         if (message.type === 'log') {
-          options.logger[message.level === 'debug' ? 'info' : message.level]({ ...message.data }, message.message);
+          logger[message.level === 'debug' ? 'info' : message.level]({ ...message.data }, message.message);
         } else if (message.type === 'ready') {
-          settle(() => resolve(new EngineClient(worker, message.provider, options.logger)));
-          options.logger.info({ provider: message.provider, warmupMs: Math.round(message.warmupMs) }, 'inference engine ready');
+          settle(() => resolve(new EngineClient(worker, message.provider, logger)));
+          logger.info({ provider: message.provider, warmupMs: Math.round(message.warmupMs) }, 'inference engine ready');
         } else if (message.type === 'init-error') {
           void worker.terminate();
           settle(() => reject(message.kind === 'package' ? new ModelPackageError(message.message) : new EngineError(message.message)));
@@ -112,11 +91,7 @@ export class EngineClient {
       worker.on('message', onMessage);
       worker.on('error', onError);
       worker.on('exit', onExit);
-      const init: ToWorker = {
-        type: 'init', modelDir: options.modelDir, device: options.device, threads: options.threads, spinning: options.spinning ?? false,
-        slots: options.slots, maxModelLen: options.maxModelLen ?? 0, prefillChunkTokens: options.prefillChunkTokens, priority: options.priority ?? 0,
-      };
-      worker.postMessage(init);
+      worker.postMessage({ type: 'init', settings: engineSettings(settings) } satisfies ToWorker);
     });
   }
 
@@ -127,10 +102,6 @@ export class EngineClient {
   /** Called once if the worker dies (crash, or exit) while not being closed. */
   onFailure(listener: (error: Error) => void): void {
     this.failureListeners.push(listener);
-  }
-
-  get healthy(): boolean {
-    return this.failure === null && !this.closing;
   }
 
   /**

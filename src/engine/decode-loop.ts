@@ -1,8 +1,8 @@
 /**
  * The generation loop inside the worker: continuous batching over a slot KV cache.
  *
- * Each job (one batch window) brings its rows and one hypernetwork run for its cluster contexts. Every row then
- * owns a cache slot (kv-slots.ts) for its whole life:
+ * Each batch brings its rows and one hypernetwork run for its cluster contexts. Every row then owns a cache slot
+ * (kv-slots.ts) for its whole life:
  *
  *   slots [0, running)                  rows that decode: ONE decoder run per step serves them all
  *   slots [prefillStart, ...)           rows whose prompt is being prefilled, first come first served
@@ -16,13 +16,16 @@
  *
  * Each row reads its own adapter in the stacked factors
  *
- *   [ zero | static | window 1's hypernetwork outputs, then its ready-made factors | window 2's ... ]
+ *   [ zero | static | batch 1's hypernetwork outputs, then its ready-made factors | batch 2's ... ]
  *
  * at the largest rank among them (lower ranks are zero-padded, which leaves their update unchanged), scaled by
  * its own adaptation strength inside the same decoder run.
  * ONNX Runtime sits behind `Runtime` (runtime.ts), so this file is plain TypeScript.
  */
-import { FIRST_BATCH_ADAPTER, type Batch, type BatchStats, type FinishReason, type RowEvent, type RowSpec, type TokenLogprob } from './protocol.js';
+import {
+  FIRST_BATCH_ADAPTER, type Batch, type BatchStats, type EngineSettings, type FinishReason, type ForwardListener, type RowEvent, type RowSpec,
+  type TokenLogprob, type Waiter,
+} from './protocol.js';
 import { argmax, isGreedy, Random, SamplingScratch, sampleFromProbs, tokenLogprobs } from './sampling.js';
 import { TextTracker } from './stopping.js';
 
@@ -34,15 +37,15 @@ export interface AdapterPart {
   readonly b: Float32Array;
 }
 
-/** One decoder run over the cache slots [firstSlot, firstSlot + batch): row b owns slot firstSlot + b. */
+/** One decoder run over the cache slots [firstSlot, firstSlot + rows): row b owns slot firstSlot + b. */
 export interface StepFeeds {
   firstSlot: number;
-  batch: number;
+  rows: number;
   /** Padded width of the new tokens (rows are right-padded). */
   seq: number;
-  /** [batch, seq] */
+  /** [rows, seq] */
   inputIds: BigInt64Array;
-  /** [batch, seq] */
+  /** [rows, seq] */
   positionIds: BigInt64Array;
   /** Positions already cached per row; its new tokens are written after them. */
   pastLength: number[];
@@ -67,7 +70,7 @@ export interface Runtime {
   hypernet(contexts: Float32Array, count: number, weights: Float32Array): Promise<AdapterPart>;
   /**
    * Puts the parts into the decoder's adapter stack ([zero, static, ...] along the clusters axis, at the largest rank
-   * in use) in consecutive slots, and returns the first; they stay there until `releaseAdapters(first)`.
+   * in use) at consecutive indices, and returns the first; they stay there until `releaseAdapters(first)`.
    */
   placeAdapters(parts: readonly AdapterPart[]): number;
   releaseAdapters(first: number): void;
@@ -92,42 +95,45 @@ export interface TextCodec {
 export interface BatchHooks {
   onAdapted(hypernetMs: number): void;
   onPrompt(row: number, logprobs: TokenLogprob[]): void;
-  /** This job's events of one decoder run (prefill or decode step). */
+  /** This batch's events of one decoder run (prefill or decode step). */
   onEvents(events: RowEvent[]): void;
   isCancelled(row: number): boolean;
 }
 
-/** Called once per decoder run, with the rows and new tokens it served. */
-export type ForwardListener = (phase: 'prefill' | 'decode', ms: number, rows: number, tokens: number) => void;
+/** The settings the loop reads. */
+export type LoopSettings = Pick<EngineSettings, 'prefillChunkTokens'>;
 
-export interface LoopOptions {
-  /** Most new tokens (rows × padded width) in one prefill run. */
-  prefillChunkTokens?: number;
+/** Where the loop reports its runs, and its clock and yield (tests script them). */
+export interface LoopHooks {
   onForward?: ForwardListener;
   now?: () => number;
   yieldToEvents?: () => Promise<void>;
 }
 
-const DEFAULT_PREFILL_CHUNK_TOKENS = 64;
-
-interface Window {
-  job: Batch;
+/** A batch waiting for its hypernetwork run. */
+interface Submitted extends Waiter<BatchStats> {
+  batch: Batch;
   hooks: BatchHooks;
-  /** The hypernetwork's outputs for the job's contexts, then its ready-made factors: its slots 2, 3, ... in order. */
+}
+
+/** A batch the loop runs: from its hypernetwork run until its last row finishes. */
+interface ActiveBatch extends Waiter<BatchStats> {
+  hooks: BatchHooks;
+  /** The hypernetwork's outputs for the batch's contexts, then its ready-made factors: its adapters FIRST_BATCH_ADAPTER, FIRST_BATCH_ADAPTER + 1, ... in order. */
   parts: AdapterPart[];
-  /** Stack index of this window's first adapter. */
+  /** Stack index of this batch's first adapter. */
   base: number;
+  /** Rows not finished yet. */
   live: number;
   stats: BatchStats;
-  resolve: (stats: BatchStats) => void;
-  reject: (error: Error) => void;
 }
 
 interface Row {
-  window: Window;
+  batch: ActiveBatch;
   row: number;
   spec: RowSpec;
-  slot: number;
+  /** The KV-cache slot holding the row's positions (-1 while it waits for one). */
+  cacheSlot: number;
   /** Positions in the cache: prompt tokens prefilled so far, then generated tokens fed back. */
   length: number;
   lastToken: number;
@@ -138,11 +144,11 @@ interface Row {
   done: boolean;
 }
 
-interface Pending {
-  job: Batch;
-  hooks: BatchHooks;
-  resolve: (stats: BatchStats) => void;
-  reject: (error: Error) => void;
+/** One row's part of a prefill run: its logits rows [first, first + count) in the output, and whether its prompt ends there. */
+interface PrefillPlan {
+  first: number;
+  count: number;
+  completes: boolean;
 }
 
 const PAD_ID = 0n;
@@ -153,7 +159,7 @@ export class DecodeLoop {
   private readonly onForward: ForwardListener;
   private readonly now: () => number;
   private readonly yieldToEvents: () => Promise<void>;
-  private pending: Pending[] = [];
+  private pending: Submitted[] = [];
   /** Rows with adapters, waiting for a free slot. */
   private waiting: Row[] = [];
   /** Rows in prefill, in slots prefillStart, prefillStart + 1, ... */
@@ -161,26 +167,26 @@ export class DecodeLoop {
   private prefillStart = 0;
   /** Decoding rows: running[i] owns slot i. */
   private running: Row[] = [];
-  private windows: Window[] = [];
+  private batches: ActiveBatch[] = [];
   private pumping: Promise<void> | null = null;
 
-  constructor(private readonly runtime: Runtime, private readonly codec: TextCodec, options: LoopOptions = {}) {
+  constructor(private readonly runtime: Runtime, private readonly codec: TextCodec, settings: LoopSettings, hooks: LoopHooks = {}) {
     this.scratch = new SamplingScratch(runtime.vocabSize);
-    this.prefillChunkTokens = options.prefillChunkTokens ?? DEFAULT_PREFILL_CHUNK_TOKENS;
-    this.onForward = options.onForward ?? (() => {});
-    this.now = options.now ?? (() => performance.now());
-    this.yieldToEvents = options.yieldToEvents ?? (() => new Promise((resolve) => setImmediate(resolve)));
+    this.prefillChunkTokens = settings.prefillChunkTokens;
+    this.onForward = hooks.onForward ?? (() => {});
+    this.now = hooks.now ?? (() => performance.now());
+    this.yieldToEvents = hooks.yieldToEvents ?? (() => new Promise((resolve) => setImmediate(resolve)));
   }
 
-  /** Resolves when no job is left (pending or running). */
+  /** Resolves when no batch is left (pending or running). */
   async drained(): Promise<void> {
     while (this.pumping !== null) await this.pumping;
   }
 
-  /** Adds a job; its rows are prefilled and join the running decode. Resolves when all its rows have finished. */
-  submit(job: Batch, hooks: BatchHooks): Promise<BatchStats> {
+  /** Adds a batch; its rows are prefilled and join the running decode. Resolves when all its rows have finished. */
+  submit(batch: Batch, hooks: BatchHooks): Promise<BatchStats> {
     return new Promise((resolve, reject) => {
-      this.pending.push({ job, hooks, resolve, reject });
+      this.pending.push({ batch, hooks, resolve, reject });
       this.pumping ??= this.pump().finally(() => {
         this.pumping = null;
       });
@@ -208,30 +214,30 @@ export class DecodeLoop {
     }
   }
 
-  /** The job's hypernetwork run; its rows then wait for slots. */
-  private async admit(entry: Pending): Promise<void> {
-    const { job, hooks } = entry;
-    const stats: BatchStats = { batchId: job.batchId, rows: job.rows.length, hypernetMs: 0, prefillMs: 0, decodeSteps: 0, decodeMs: 0, tokens: 0 };
-    const window: Window = { job, hooks, parts: [], base: 0, live: job.rows.length, stats, resolve: entry.resolve, reject: entry.reject };
+  /** The batch's hypernetwork run; its rows then wait for slots. */
+  private async admit(entry: Submitted): Promise<void> {
+    const { batch, hooks } = entry;
+    const stats: BatchStats = { batchId: batch.batchId, rows: batch.rows.length, hypernetMs: 0, prefillMs: 0, decodeSteps: 0, decodeMs: 0, tokens: 0 };
+    const active: ActiveBatch = { hooks, parts: [], base: 0, live: batch.rows.length, stats, resolve: entry.resolve, reject: entry.reject };
     try {
       const t = this.now();
-      if (job.contextCount > 0) window.parts.push(await this.runtime.hypernet(job.contexts, job.contextCount, job.contextWeights));
-      for (const f of job.factors) window.parts.push({ count: 1, ...f });
+      if (batch.contextCount > 0) active.parts.push(await this.runtime.hypernet(batch.contexts, batch.contextCount, batch.contextWeights));
+      for (const f of batch.factors) active.parts.push({ count: 1, ...f });
       stats.hypernetMs = this.now() - t;
       hooks.onAdapted(stats.hypernetMs);
     } catch (error) {
       entry.reject(error as Error);
       return;
     }
-    if (job.rows.length === 0) {
+    if (batch.rows.length === 0) {
       entry.resolve(stats);
       return;
     }
-    if (window.parts.length > 0) window.base = this.runtime.placeAdapters(window.parts);
-    this.windows.push(window);
-    for (const [row, spec] of job.rows.entries()) {
+    if (active.parts.length > 0) active.base = this.runtime.placeAdapters(active.parts);
+    this.batches.push(active);
+    for (const [row, spec] of batch.rows.entries()) {
       this.waiting.push({
-        window, row, spec, slot: -1, length: 0, lastToken: 0, generated: 0, rng: new Random(spec.sampling.seed),
+        batch: active, row, spec, cacheSlot: -1, length: 0, lastToken: 0, generated: 0, rng: new Random(spec.sampling.seed),
         text: new TextTracker((id) => this.codec.bytes(id), spec.sampling.stop), promptLogprobs: [], done: false,
       });
     }
@@ -243,7 +249,7 @@ export class DecodeLoop {
       if (this.prefilling.length === 0) this.prefillStart = this.running.length;
       if (this.prefillStart + this.prefilling.length >= this.runtime.slotCount) this.compactPrefill();
       const row = this.waiting.shift()!;
-      row.slot = this.prefillStart + this.prefilling.length;
+      row.cacheSlot = this.prefillStart + this.prefilling.length;
       this.prefilling.push(row);
     }
   }
@@ -255,15 +261,15 @@ export class DecodeLoop {
   }
 
   private moveRow(row: Row, slot: number): void {
-    if (slot === row.slot) return;
-    this.runtime.moveSlot(row.slot, slot, row.length);
-    row.slot = slot;
+    if (slot === row.cacheSlot) return;
+    this.runtime.moveSlot(row.cacheSlot, slot, row.length);
+    row.cacheSlot = slot;
   }
 
   /** Where the row's adapter sits in the stack: the shared entries stay put, a batch's own sit from its base on. */
   private stackIndex(row: Row): bigint {
     const index = row.spec.adapterIndex;
-    return BigInt(index < FIRST_BATCH_ADAPTER ? index : row.window.base + index - FIRST_BATCH_ADAPTER);
+    return BigInt(index < FIRST_BATCH_ADAPTER ? index : row.batch.base + index - FIRST_BATCH_ADAPTER);
   }
 
   /**
@@ -285,16 +291,14 @@ export class DecodeLoop {
     return { rows, width };
   }
 
-  /** One prefill run over the front of the prefill queue. */
-  private async prefillChunk(): Promise<void> {
-    const { rows, width } = this.chooseChunk();
+  /** The decoder inputs of a prefill run over `rows`, `width` new tokens wide, and each row's part of its output. */
+  private prefillFeeds(rows: readonly Row[], width: number): { feeds: StepFeeds; plan: PrefillPlan[] } {
     const B = rows.length;
     const inputIds = new BigInt64Array(B * width).fill(PAD_ID);
     const positionIds = new BigInt64Array(B * width);
     const newTokens: number[] = [];
     const logitsIndex: number[] = [];
-    /** Per row: where its logits start in the output, and whether its prompt ends in this run. */
-    const plan: Array<{ first: number; count: number; completes: boolean }> = [];
+    const plan: PrefillPlan[] = [];
     rows.forEach((row, b) => {
       const ids = row.spec.promptIds;
       const n = Math.min(ids.length - row.length, width);
@@ -309,28 +313,38 @@ export class DecodeLoop {
       else if (completes) logitsIndex.push(b * width + n - 1);
       plan.push({ first, count: logitsIndex.length - first, completes });
     });
-    const t = this.now();
-    const logits = await this.runtime.step({
-      firstSlot: rows[0].slot, batch: B, seq: width, inputIds, positionIds, pastLength: rows.map((r) => r.length), newTokens,
+    const feeds: StepFeeds = {
+      firstSlot: rows[0].cacheSlot, rows: B, seq: width, inputIds, positionIds, pastLength: rows.map((r) => r.length), newTokens,
       clusterIndex: BigInt64Array.from(rows, (r) => this.stackIndex(r)), rowScale: Float32Array.from(rows, (r) => r.spec.adaptationScale), logitsIndex,
-    });
+    };
+    return { feeds, plan };
+  }
+
+  /** One prefill run over the front of the prefill queue. */
+  private async prefillChunk(): Promise<void> {
+    const { rows, width } = this.chooseChunk();
+    const B = rows.length;
+    const { feeds, plan } = this.prefillFeeds(rows, width);
+    const { newTokens } = feeds;
+    const t = this.now();
+    const logits = await this.runtime.step(feeds);
     const ms = this.now() - t;
     this.onForward('prefill', ms, B, newTokens.reduce((a, b) => a + b, 0));
 
-    const events = new Map<Window, RowEvent[]>();
+    const events = new Map<ActiveBatch, RowEvent[]>();
     const completed: Row[] = [];
     const advancing: Array<{ row: Row; at: number }> = [];
     rows.forEach((row, b) => {
       const { first, count, completes } = plan[b];
-      row.window.stats.prefillMs += ms / B;
+      row.batch.stats.prefillMs += ms / B;
       if (row.spec.promptLogprobs) this.collectPromptLogprobs(row, logits, first, newTokens[b]);
       row.length += newTokens[b];
       if (!completes) return;
       completed.push(row);
-      const out = events.get(row.window) ?? [];
-      events.set(row.window, out);
-      if (row.spec.promptLogprobs) row.window.hooks.onPrompt(row.row, row.promptLogprobs);
-      if (row.window.hooks.isCancelled(row.row)) this.finish(row, 'cancelled', out);
+      const out = events.get(row.batch) ?? [];
+      events.set(row.batch, out);
+      if (row.spec.promptLogprobs) row.batch.hooks.onPrompt(row.row, row.promptLogprobs);
+      if (row.batch.hooks.isCancelled(row.row)) this.finish(row, 'cancelled', out);
       else if (row.spec.sampling.maxTokens === 0) this.finish(row, 'length', out);
       else advancing.push({ row, at: first + count - 1 });
     });
@@ -342,8 +356,8 @@ export class DecodeLoop {
         this.running.push(row);
       }
     }
-    this.prefillStart = this.prefilling.length > 0 ? this.prefilling[0].slot : this.running.length;
-    for (const [w, list] of events) w.hooks.onEvents(list);
+    this.prefillStart = this.prefilling.length > 0 ? this.prefilling[0].cacheSlot : this.running.length;
+    for (const [batch, list] of events) batch.hooks.onEvents(list);
     this.retire(completed.filter((r) => r.done));
   }
 
@@ -373,35 +387,35 @@ export class DecodeLoop {
     });
     const t = this.now();
     const logits = await this.runtime.step({
-      firstSlot: 0, batch: B, seq: 1, inputIds, positionIds, pastLength: rows.map((r) => r.length), newTokens: rows.map(() => 1),
+      firstSlot: 0, rows: B, seq: 1, inputIds, positionIds, pastLength: rows.map((r) => r.length), newTokens: rows.map(() => 1),
       clusterIndex: BigInt64Array.from(rows, (r) => this.stackIndex(r)), rowScale: Float32Array.from(rows, (r) => r.spec.adaptationScale),
       logitsIndex: rows.map((_, i) => i),
     });
     const ms = this.now() - t;
     this.onForward('decode', ms, B, B);
 
-    const events = new Map<Window, RowEvent[]>();
+    const events = new Map<ActiveBatch, RowEvent[]>();
     const advancing: Array<{ row: Row; at: number }> = [];
     rows.forEach((r, i) => {
       r.length++;
-      const out = events.get(r.window) ?? [];
-      events.set(r.window, out);
-      if (r.window.hooks.isCancelled(r.row)) this.finish(r, 'cancelled', out);
+      const out = events.get(r.batch) ?? [];
+      events.set(r.batch, out);
+      if (r.batch.hooks.isCancelled(r.row)) this.finish(r, 'cancelled', out);
       else advancing.push({ row: r, at: i });
     });
     await this.advanceAll(advancing, logits, events);
-    for (const w of new Set(rows.map((r) => r.window))) {
-      w.stats.decodeSteps++;
-      w.stats.decodeMs += ms;
+    for (const batch of new Set(rows.map((r) => r.batch))) {
+      batch.stats.decodeSteps++;
+      batch.stats.decodeMs += ms;
     }
-    for (const [w, list] of events) w.hooks.onEvents(list);
+    for (const [batch, list] of events) batch.hooks.onEvents(list);
 
     const done = rows.filter((r) => r.done);
     // Highest slots first: each leaving row's slot goes to the last running row, which is then never a leaver.
-    for (const row of done.sort((a, b) => b.slot - a.slot)) {
+    for (const row of done.sort((a, b) => b.cacheSlot - a.cacheSlot)) {
       const last = this.running.pop()!;
       if (last !== row) {
-        const slot = row.slot;
+        const slot = row.cacheSlot;
         this.moveRow(last, slot);
         this.running[slot] = last;
       }
@@ -409,29 +423,29 @@ export class DecodeLoop {
     this.retire(done);
   }
 
-  /** Counts finished rows against their windows; windows with no live row resolve and give their adapter slots back. */
+  /** Counts finished rows against their batches; batches with no live row resolve and give their adapter entries back. */
   private retire(rows: readonly Row[]): void {
     if (rows.length === 0) return;
-    for (const r of rows) r.window.live--;
-    const finished = this.windows.filter((w) => w.live === 0);
+    for (const r of rows) r.batch.live--;
+    const finished = this.batches.filter((batch) => batch.live === 0);
     if (finished.length === 0) return;
-    this.windows = this.windows.filter((w) => w.live > 0);
-    for (const w of finished) {
-      if (w.parts.length > 0) this.runtime.releaseAdapters(w.base);
-      w.resolve(w.stats);
+    this.batches = this.batches.filter((batch) => batch.live > 0);
+    for (const batch of finished) {
+      if (batch.parts.length > 0) this.runtime.releaseAdapters(batch.base);
+      batch.resolve(batch.stats);
     }
   }
 
   private failAll(error: Error): void {
-    const windows = this.windows;
-    this.windows = [];
+    const batches = this.batches;
+    this.batches = [];
     this.running = [];
     this.prefilling = [];
     this.waiting = [];
     this.prefillStart = 0;
-    for (const w of windows) {
-      if (w.parts.length > 0) this.runtime.releaseAdapters(w.base);
-      w.reject(error);
+    for (const batch of batches) {
+      if (batch.parts.length > 0) this.runtime.releaseAdapters(batch.base);
+      batch.reject(error);
     }
   }
 
@@ -444,7 +458,7 @@ export class DecodeLoop {
    * Each row's next token from its logits row `at` (greedy rows by argmax; sampling rows from probabilities that one
    * softmax run computes for all of them), turned into events.
    */
-  private async advanceAll(rows: ReadonlyArray<{ row: Row; at: number }>, logits: Float32Array, events: Map<Window, RowEvent[]>): Promise<void> {
+  private async advanceAll(rows: ReadonlyArray<{ row: Row; at: number }>, logits: Float32Array, events: Map<ActiveBatch, RowEvent[]>): Promise<void> {
     const V = this.runtime.vocabSize;
     const sampling = rows.filter(({ row }) => !isGreedy(row.spec.sampling.temperature));
     const probs = sampling.length === 0 ? null : await this.runtime.softmax(logits, sampling.map((s) => s.at), sampling.map((s) => s.row.spec.sampling.temperature));
@@ -452,7 +466,7 @@ export class DecodeLoop {
     for (const { row, at } of rows) {
       const j = probRow.get(row);
       const token = j === undefined ? argmax(logits, at * V, V) : sampleFromProbs(probs!, j * V, row.spec.sampling, row.rng, this.scratch);
-      this.advance(row, token, logits, at * V, events.get(row.window)!);
+      this.advance(row, token, logits, at * V, events.get(row.batch)!);
     }
   }
 
@@ -464,7 +478,7 @@ export class DecodeLoop {
       return;
     }
     r.generated++;
-    r.window.stats.tokens++;
+    r.batch.stats.tokens++;
     r.lastToken = token;
     const event: RowEvent = { row: r.row, token, text: '', completionTokens: r.generated };
     if (r.spec.sampling.logprobs !== null) {

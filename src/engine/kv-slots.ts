@@ -5,14 +5,14 @@
  * only its new positions, which are written into their slots here. A join or a leave touches only the slots it
  * concerns.
  *
- * The decoder attends over every position of the slots it is handed (masking those past each row's length), so a
- * step costs the same at any cached length but reads each slot's whole stride: for 32 rows of the default model,
- * handing it 128 positions per slot instead of 256 takes a fifth off the step's CPU time. The buffers are therefore
- * laid out with the shortest stride every row fits in, from a ladder: the capacity (MAX_MODEL_LEN), half of it, and
- * further halvings while they are at least MIN_STRIDE positions (a 4096-position cache: 128, 256, ..., 4096; the
- * default package's 256: 128 and 256). A run that needs more grows the layout (`reserve`, before the run); the layout
- * changes in place, copying only the positions the slots hold. It shrinks to a shorter stride once every row fits
- * in three quarters of it (`trim`), so that rows near a boundary do not make it change at every step.
+ * The decoder attends over every position of the slots it is handed (masking those past each row's length), so a step
+ * costs the same at any cached length but reads each slot's whole stride, and a shorter stride makes every step
+ * cheaper. The buffers are therefore laid out with the shortest stride every row fits in, from a ladder: the capacity
+ * (MAX_MODEL_LEN), half of it, and further halvings while they are at least MIN_STRIDE positions (a 4096-position
+ * cache: 128, 256, ..., 4096; the default package's 256: 128 and 256). A run that needs more grows the layout
+ * (`reserve`, before the run); the layout changes in place, copying only the positions the slots hold. It shrinks to a
+ * shorter stride once every row fits in three quarters of it (`trim`), so that rows near a boundary do not make it
+ * change at every step.
  */
 export interface SlotShape {
   layers: number;

@@ -1,6 +1,7 @@
 /**
- * Messages between the main thread (EngineClient) and the inference worker. Plain data only (structured
- * clone); Float32Array payloads are transferred, not copied.
+ * What the main thread (EngineClient) and the inference worker share: the settings an engine starts with, the adapter
+ * stack's layout, and the messages between them. Messages are plain data only (structured clone); Float32Array
+ * payloads are transferred, not copied.
  */
 import type { Device, EnginePriority } from '../config.js';
 
@@ -57,21 +58,50 @@ export interface RowSpec {
   promptLogprobs: boolean;
 }
 
-export interface InitMessage {
-  type: 'init';
+/**
+ * How an engine is set up: what the client is started with and sends in the init message, and what the worker reads
+ * (the thread priority), the runtime (sessions and cache) and the decode loop (prefill chunks), each only its fields.
+ */
+export interface EngineSettings {
+  /** The model package folder. */
   modelDir: string;
   device: Device;
+  /** ONNX Runtime intra-op threads (0 = its default). */
   threads: number;
+  /** ONNX Runtime threads spin while idle; they then compete with the event loop for the CPU. */
   spinning: boolean;
   /** KV-cache slots: the most rows in flight (MAX_BATCH_SIZE). */
   slots: number;
-  /** Positions per KV-cache slot (MAX_MODEL_LEN, resolved against the package's context). */
+  /** Positions per KV-cache slot (MAX_MODEL_LEN); 0 = its default (resolveMaxModelLen in kv-memory.ts). */
   maxModelLen: number;
-  /** Most new tokens in one prefill run (PREFILL_CHUNK_TOKENS). */
+  /** Most new tokens (rows x padded width) in one prefill run (PREFILL_CHUNK_TOKENS). */
   prefillChunkTokens: number;
-  /** Priority of the inference thread under the event loop (ENGINE_NICE): SCHED_IDLE or a nice value. */
+  /** Priority of the inference thread and its ONNX Runtime threads under the event loop (ENGINE_NICE): 'idle' (SCHED_IDLE) or a nice value; 0 = the event loop's. */
   priority: EnginePriority;
 }
+
+/** The settings a caller may leave out (tools and tests that start an engine without a service). */
+type Defaulted = 'spinning' | 'maxModelLen' | 'priority';
+export type EngineSettingsInput = Omit<EngineSettings, Defaulted> & Partial<Pick<EngineSettings, Defaulted>>;
+
+/** The settings with the defaults of those left out: threads sleep while idle, the default MAX_MODEL_LEN, the event loop's priority. */
+export function engineSettings(given: EngineSettingsInput): EngineSettings {
+  return { ...given, spinning: given.spinning ?? false, maxModelLen: given.maxModelLen ?? 0, priority: given.priority ?? 0 };
+}
+
+export interface InitMessage {
+  type: 'init';
+  settings: EngineSettings;
+}
+
+/** The two ends of a promise settled later: when a batch's last row finishes, or when an adapter's factors come back. */
+export interface Waiter<T> {
+  resolve: (value: T) => void;
+  reject: (error: Error) => void;
+}
+
+/** Called once per decoder run (a prefill chunk, or a decode step over every running row), with the rows and new tokens it served. */
+export type ForwardListener = (phase: ForwardMessage['phase'], ms: number, rows: number, tokens: number) => void;
 
 /** One batch as the engine runs it: its rows, the hypernetwork inputs of its clusters, and its ready-made adapters. */
 export interface Batch {
@@ -170,7 +200,7 @@ export interface EventsMessage {
   batches: Array<{ batchId: number; events: RowEvent[] }>;
 }
 
-/** One decoder run (it may serve rows of several jobs). */
+/** One decoder run (it may serve rows of several batches). */
 export interface ForwardMessage {
   type: 'forward';
   phase: 'prefill' | 'decode';

@@ -3,27 +3,18 @@
  * (synchronous native work) never touch the main thread's event loop.
  */
 import * as ort from 'onnxruntime-node';
-import type { Device } from '../config.js';
 import { ModelPackageError } from '../errors.js';
 import { cacheInputNames, checkSignature, kvHeads, type RuntimeTensorInfo } from '../model/manifest.js';
 import type { ModelPackage } from '../model/package.js';
 import { AdapterArena } from './adapter-arena.js';
 import type { AdapterPart, Runtime, StepFeeds } from './decode-loop.js';
+import { resolveMaxModelLen } from './kv-memory.js';
 import { KvSlots } from './kv-slots.js';
 import { FLOAT, model, node, tensorInfo } from './onnx-proto.js';
+import type { EngineSettings } from './protocol.js';
 
-
-export interface RuntimeOptions {
-  device: Device;
-  threads: number;
-  /** Intra-op threads spin while idle (off by default: they share the CPU with the event loop). */
-  spinning: boolean;
-  /** KV-cache slots (the most rows in flight). */
-  slots: number;
-  /** Positions per slot (MAX_MODEL_LEN, at most dims.context). */
-  maxModelLen: number;
-  warn: (message: string) => void;
-}
+/** The settings the sessions and the KV cache are made with. */
+export type RuntimeSettings = Pick<EngineSettings, 'device' | 'threads' | 'spinning' | 'slots' | 'maxModelLen'>;
 
 /** softmax(logits * inv_temperature) per row: the sampling rows' probabilities, vectorised by ONNX Runtime. */
 function softmaxModel(vocabSize: number): Uint8Array {
@@ -61,7 +52,7 @@ export class OrtRuntime implements Runtime {
     private readonly softmaxSession: ort.InferenceSession,
     pkg: ModelPackage,
     slots: number,
-    maxModelLen: number,
+    positions: number,
   ) {
     this.dims = pkg.dims;
     this.vocabSize = pkg.dims.vocab_size;
@@ -69,7 +60,7 @@ export class OrtRuntime implements Runtime {
     const adaptive = pkg.adaptive;
     this.hypernetRank = adaptive?.hypernet.rank ?? 0;
     this.staticRank = adaptive?.hypernet.on_static === true ? adaptive.lora.rank : 0;
-    // A base-only package has no static LoRA: its slot holds a zero adapter of rank 1 (the decoder still takes
+    // A base-only package has no static LoRA: its entry holds a zero adapter of rank 1 (the decoder still takes
     // lora_a and lora_b, and every row of such a package reads the zero adapter).
     const { d_model: D, vocab_size: V } = pkg.dims;
     const staticPart = adaptive === null
@@ -77,7 +68,7 @@ export class OrtRuntime implements Runtime {
       : { count: 1, rank: adaptive.lora.rank, a: pkg.readTensor('static_lora_a'), b: pkg.readTensor('static_lora_b') };
     this.adapters = new AdapterArena(D, V, staticPart);
     const { n_layer: layers, head_dim: headDim } = pkg.dims;
-    this.cache = new KvSlots({ layers, heads: this.kvHeads, headDim, capacity: maxModelLen, slots });
+    this.cache = new KvSlots({ layers, heads: this.kvHeads, headDim, capacity: positions, slots });
     this.cacheNames = cacheInputNames(layers);
   }
 
@@ -86,15 +77,14 @@ export class OrtRuntime implements Runtime {
   }
 
   /** Opens the sessions (decoder, hypernetwork, the sampler's softmax; CUDA when asked, CPU when CUDA cannot start) and checks the package's against its manifest. */
-  static async create(pkg: ModelPackage, options: RuntimeOptions): Promise<OrtRuntime> {
-    if (!(options.maxModelLen >= 1 && options.maxModelLen <= pkg.dims.context)) {
-      throw new RangeError(`MAX_MODEL_LEN ${options.maxModelLen} is outside 1 to the model's context (${pkg.dims.context})`);
-    }
+  static async create(pkg: ModelPackage, settings: RuntimeSettings, warn: (message: string) => void): Promise<OrtRuntime> {
+    const positions = resolveMaxModelLen(settings.maxModelLen, pkg.dims.context);
+    if (positions < 1) throw new RangeError(`MAX_MODEL_LEN ${settings.maxModelLen} is outside 1 to the model's context (${pkg.dims.context})`);
     const base: ort.InferenceSession.SessionOptions = {
       graphOptimizationLevel: 'all',
-      extra: { session: { intra_op: { allow_spinning: options.spinning ? '1' : '0' }, inter_op: { allow_spinning: options.spinning ? '1' : '0' } } },
+      extra: { session: { intra_op: { allow_spinning: settings.spinning ? '1' : '0' }, inter_op: { allow_spinning: settings.spinning ? '1' : '0' } } },
     };
-    if (options.threads > 0) base.intraOpNumThreads = options.threads;
+    if (settings.threads > 0) base.intraOpNumThreads = settings.threads;
     const open = async (providers: ort.InferenceSession.ExecutionProviderConfig[], quiet = false) => {
       // A CUDA attempt that fails is reported once, by us (ONNX Runtime's own error lines would repeat it).
       const options = { ...base, executionProviders: providers, ...(quiet ? { logSeverityLevel: 4 as const } : {}) };
@@ -107,7 +97,7 @@ export class OrtRuntime implements Runtime {
     };
     let provider = 'cpu';
     let sessions: [ort.InferenceSession, ort.InferenceSession | null, ort.InferenceSession];
-    if (options.device === 'cuda') {
+    if (settings.device === 'cuda') {
       // A failed CUDA start surfaces as an exception, reported once as a warning below; ONNX Runtime's own
       // error lines for it (logged by its process-wide logger, set up by the first session) would repeat it.
       ort.env.logLevel = 'fatal';
@@ -115,7 +105,7 @@ export class OrtRuntime implements Runtime {
         sessions = await open([{ name: 'cuda', deviceId: 0 }, 'cpu'], true);
         provider = 'cuda';
       } catch (error) {
-        options.warn(`CUDA execution provider could not start (${(error as Error).message.split('\n')[0]}); falling back to CPU`);
+        warn(`CUDA execution provider could not start (${(error as Error).message.split('\n')[0]}); falling back to CPU`);
         sessions = await open(['cpu']);
       }
     } else {
@@ -131,7 +121,7 @@ export class OrtRuntime implements Runtime {
       await Promise.allSettled([decoder.release(), hypernet?.release(), softmax.release()]);
       throw new ModelPackageError(`Model package ${pkg.dir} does not match its manifest: ${problems.join('; ')}`);
     }
-    return new OrtRuntime(provider, decoder, hypernet, softmax, pkg, options.slots, options.maxModelLen);
+    return new OrtRuntime(provider, decoder, hypernet, softmax, pkg, settings.slots, positions);
   }
 
   async hypernet(contexts: Float32Array, count: number, weights: Float32Array): Promise<AdapterPart> {
@@ -182,7 +172,7 @@ export class OrtRuntime implements Runtime {
   async step(feeds: StepFeeds): Promise<Float32Array> {
     const { n_layer: L, head_dim: HD } = this.dims;
     const H = this.kvHeads;
-    const { batch: B, seq: T } = feeds;
+    const { rows: B, seq: T } = feeds;
     const wanted = feeds.logitsIndex.length;
     this.cache.reserve(Math.max(...feeds.pastLength.map((past, b) => past + feeds.newTokens[b])));
     const stack = this.adapterInputs();

@@ -11,7 +11,7 @@ import type { EnginePriority } from '../config.js';
 import { ModelPackageError } from '../errors.js';
 import { ModelPackage } from '../model/package.js';
 import { DecodeLoop, type BatchHooks } from './decode-loop.js';
-import { FIRST_BATCH_ADAPTER, STATIC_ADAPTER, ZERO_ADAPTER, type AdaptMessage, type FromWorker, type GenerateMessage, type InitMessage, type RowEvent, type RowSpec, type ToWorker } from './protocol.js';
+import { FIRST_BATCH_ADAPTER, STATIC_ADAPTER, ZERO_ADAPTER, type AdaptMessage, type FromWorker, type EngineSettings, type GenerateMessage, type RowEvent, type RowSpec, type ToWorker } from './protocol.js';
 import { OrtRuntime } from './runtime.js';
 
 if (parentPort === null) throw new Error('engine/worker must run in a worker thread');
@@ -82,24 +82,15 @@ function setNice(thread: number, nice: number): string | null {
   }
 }
 
-async function init(message: InitMessage): Promise<void> {
-  const niceWarning = lowerPriority(message.priority);
+async function init(settings: EngineSettings): Promise<void> {
+  const niceWarning = lowerPriority(settings.priority);
   if (niceWarning !== null) post({ type: 'log', level: 'warn', message: niceWarning });
   try {
-    const pkg = ModelPackage.open(message.modelDir);
-    runtime = await OrtRuntime.create(pkg, {
-      device: message.device,
-      threads: message.threads,
-      spinning: message.spinning,
-      slots: message.slots,
-      // 0: the package's context (tools and tests that start an engine without a service)
-      maxModelLen: message.maxModelLen > 0 ? message.maxModelLen : pkg.dims.context,
-      warn: (text) => post({ type: 'log', level: 'warn', message: text }),
-    });
+    const pkg = ModelPackage.open(settings.modelDir);
+    runtime = await OrtRuntime.create(pkg, settings, (text) => post({ type: 'log', level: 'warn', message: text }));
     const started = performance.now();
-    await warmUp(new DecodeLoop(runtime, pkg.tokenizer, { prefillChunkTokens: message.prefillChunkTokens }), pkg);
-    loop = new DecodeLoop(runtime, pkg.tokenizer, {
-      prefillChunkTokens: message.prefillChunkTokens,
+    await warmUp(new DecodeLoop(runtime, pkg.tokenizer, settings), pkg);
+    loop = new DecodeLoop(runtime, pkg.tokenizer, settings, {
       onForward: (phase, forwardMs, rows, tokens) => post({ type: 'forward', phase, forwardMs, rows, tokens }),
     });
     post({ type: 'ready', provider: runtime.provider, warmupMs: performance.now() - started });
@@ -174,7 +165,7 @@ async function adapt(message: AdaptMessage): Promise<void> {
 port.on('message', (message: ToWorker) => {
   switch (message.type) {
     case 'init':
-      ready = init(message);
+      ready = init(message.settings);
       break;
     case 'generate':
       cancelled.set(message.batchId, new Set());

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { DecodeLoop, type AdapterPart, type BatchHooks, type LoopOptions, type Runtime, type StepFeeds } from '../../src/engine/decode-loop.js';
+import { DecodeLoop, type AdapterPart, type BatchHooks, type LoopHooks, type LoopSettings, type Runtime, type StepFeeds } from '../../src/engine/decode-loop.js';
 import type { Batch, RowEvent, RowSpec, SamplingParams, TokenLogprob } from '../../src/engine/protocol.js';
 import { softmaxRow } from '../../src/engine/sampling.js';
 
@@ -28,7 +28,7 @@ class FakeRuntime implements Runtime {
   async hypernet(contexts: Float32Array, count: number): Promise<AdapterPart> {
     return { count, offsets: Array.from(contexts.subarray(0, count)) } as unknown as AdapterPart;
   }
-  /** Adapter "offsets" by stack slot (zero, static, then placed parts); released slots are poisoned. */
+  /** Adapter "offsets" by stack index (zero, static, then placed parts); released entries are poisoned. */
   readonly offsets: number[] = [0, 7];
   readonly placed = new Map<number, number>();
   placeAdapters(parts: readonly AdapterPart[]): number {
@@ -45,11 +45,11 @@ class FakeRuntime implements Runtime {
     this.placed.delete(first);
   }
   async step(f: StepFeeds): Promise<Float32Array> {
-    assert.ok(f.firstSlot + f.batch <= this.slotCount, 'the run stays within the cache');
-    assert.ok(f.batch > 0 && f.seq > 0, 'no empty run');
-    this.runs.push({ phase: f.seq === 1 && f.logitsIndex.length === f.batch && f.newTokens.every((n) => n === 1) ? 'decode' : 'prefill', rows: f.batch, seq: f.seq, logits: f.logitsIndex.length, newTokens: f.newTokens });
+    assert.ok(f.firstSlot + f.rows <= this.slotCount, 'the run stays within the cache');
+    assert.ok(f.rows > 0 && f.seq > 0, 'no empty run');
+    this.runs.push({ phase: f.seq === 1 && f.logitsIndex.length === f.rows && f.newTokens.every((n) => n === 1) ? 'decode' : 'prefill', rows: f.rows, seq: f.seq, logits: f.logitsIndex.length, newTokens: f.newTokens });
     const logits = new Float32Array(f.logitsIndex.length * V);
-    const rows = Array.from({ length: f.batch }, (_, b) => {
+    const rows = Array.from({ length: f.rows }, (_, b) => {
       const slot = this.cache[f.firstSlot + b];
       assert.ok(slot.length >= f.pastLength[b], `slot ${f.firstSlot + b} holds its row's past`);
       const tokens = slot.slice(0, f.pastLength[b]);
@@ -115,22 +115,23 @@ function collector(cancel: (row: number, events: number) => boolean = () => fals
   return { hooks, texts, finishes, prompts };
 }
 
-const jobA = { batchId: 1, rows: [spec([3, 4, 5], 2, 6), spec([9], 1, 3)], contexts: Float32Array.from([11]), contextCount: 1, contextWeights: Float32Array.of(1), factors: [] };
-const jobB = { batchId: 2, rows: [spec([1, 2, 3, 4, 5, 6, 7], 2, 4), spec([8, 8], 0, 9)], contexts: Float32Array.from([23]), contextCount: 1, contextWeights: Float32Array.of(1), factors: [] };
-const jobC = { batchId: 5, rows: [spec([7], 2, 3), spec([6], 1, 2)], contexts: Float32Array.from([5]), contextCount: 1, contextWeights: Float32Array.of(1), factors: [] };
+const batchA = { batchId: 1, rows: [spec([3, 4, 5], 2, 6), spec([9], 1, 3)], contexts: Float32Array.from([11]), contextCount: 1, contextWeights: Float32Array.of(1), factors: [] };
+const batchB = { batchId: 2, rows: [spec([1, 2, 3, 4, 5, 6, 7], 2, 4), spec([8, 8], 0, 9)], contexts: Float32Array.from([23]), contextCount: 1, contextWeights: Float32Array.of(1), factors: [] };
+const batchC = { batchId: 5, rows: [spec([7], 2, 3), spec([6], 1, 2)], contexts: Float32Array.from([5]), contextCount: 1, contextWeights: Float32Array.of(1), factors: [] };
 
-const immediate: LoopOptions = { yieldToEvents: async () => {} };
+const settings: LoopSettings = { prefillChunkTokens: 64 };
+const immediate: LoopHooks = { yieldToEvents: async () => {} };
 
-async function alone(job: Batch, options: LoopOptions = {}) {
+async function alone(batch: Batch, loopSettings = settings) {
   const c = collector();
-  await new DecodeLoop(new FakeRuntime(), codec, { ...immediate, ...options }).submit(job, c.hooks);
+  await new DecodeLoop(new FakeRuntime(), codec, loopSettings, immediate).submit(batch, c.hooks);
   return c;
 }
 
-test('jobs joining a running decode (longer or shorter caches) give every row what it gets alone', async () => {
-  const a = await alone(jobA);
-  const b = await alone(jobB);
-  const c = await alone(jobC);
+test('batches joining a running decode (longer or shorter caches) give every row what it gets alone', async () => {
+  const a = await alone(batchA);
+  const b = await alone(batchB);
+  const c = await alone(batchC);
   const runtime = new FakeRuntime();
   let loop: DecodeLoop;
   let joinedB: Promise<unknown> | null = null;
@@ -143,33 +144,33 @@ test('jobs joining a running decode (longer or shorter caches) give every row wh
   ca.hooks.onEvents = (list) => {
     onEvents(list);
     steps++;
-    joinedB ??= loop.submit(jobB, cb.hooks); // B (a longer prompt) arrives after A's prefill
-    if (steps === 3) joinedC ??= loop.submit(jobC, cc.hooks); // C (a shorter cache) joins later
+    joinedB ??= loop.submit(batchB, cb.hooks); // B (a longer prompt) arrives after A's prefill
+    if (steps === 3) joinedC ??= loop.submit(batchC, cc.hooks); // C (a shorter cache) joins later
   };
-  loop = new DecodeLoop(runtime, codec, immediate);
-  const statsA = await loop.submit(jobA, ca.hooks);
+  loop = new DecodeLoop(runtime, codec, settings, immediate);
+  const statsA = await loop.submit(batchA, ca.hooks);
   await joinedB;
   await joinedC;
   assert.deepEqual(ca.texts, a.texts);
   assert.deepEqual(cb.texts, b.texts);
   assert.deepEqual(cc.texts, c.texts);
   assert.deepEqual(ca.finishes, ['length', 'length']);
-  assert.ok(runtime.runs.some((r) => r.phase === 'decode' && r.rows >= 5), 'one decoder run served rows of all three jobs');
+  assert.ok(runtime.runs.some((r) => r.phase === 'decode' && r.rows >= 5), 'one decoder run served rows of all three batches');
   assert.equal(statsA.tokens, 9);
-  assert.equal(runtime.placed.size, 0, 'every window gave its adapter slots back');
+  assert.equal(runtime.placed.size, 0, 'every batch gave its adapter entries back');
 });
 
-test('a job\'s ready-made factors take the slots after its hypernetwork outputs', async () => {
+test('a batch\'s ready-made factors take the stack entries after its hypernetwork outputs', async () => {
   const factors = [{ rank: 1, a: Float32Array.of(31), b: Float32Array.of(0) }, { rank: 2, a: Float32Array.of(13, 0), b: Float32Array.of(0, 0) }];
-  const job: Batch = { batchId: 7, rows: [spec([3, 4], 4, 3), spec([3, 4], 3, 3), spec([3, 4], 2, 3)], contexts: Float32Array.from([11]), contextCount: 1, contextWeights: Float32Array.of(1), factors };
-  const together = await alone(job);
-  const separately = await Promise.all([13, 31, 11].map((offset) => alone({ ...job, rows: [spec([3, 4], 2, 3)], contexts: Float32Array.from([offset]), factors: [] })));
+  const batch: Batch = { batchId: 7, rows: [spec([3, 4], 4, 3), spec([3, 4], 3, 3), spec([3, 4], 2, 3)], contexts: Float32Array.from([11]), contextCount: 1, contextWeights: Float32Array.of(1), factors };
+  const together = await alone(batch);
+  const separately = await Promise.all([13, 31, 11].map((offset) => alone({ ...batch, rows: [spec([3, 4], 2, 3)], contexts: Float32Array.from([offset]), factors: [] })));
   assert.deepEqual(together.texts, separately.map((c) => c.texts[0]));
 });
 
 test('a cancelled row stops at the next step; the others go on', async () => {
   const c = collector((row, events) => row === 1 && events >= 2);
-  const stats = await new DecodeLoop(new FakeRuntime(), codec, immediate).submit(
+  const stats = await new DecodeLoop(new FakeRuntime(), codec, settings, immediate).submit(
     { batchId: 3, rows: [spec([1], 0, 5), spec([2], 0, 50)], contexts: new Float32Array(1), contextCount: 0, contextWeights: new Float32Array(0), factors: [] }, c.hooks);
   assert.deepEqual(c.finishes, ['length', 'cancelled']);
   assert.equal(stats.tokens, 5 + 2);
@@ -178,7 +179,7 @@ test('a cancelled row stops at the next step; the others go on', async () => {
 test('end of text stops a row unless ignore_eos; max_tokens 0 only prefills', async () => {
   // With adapter offset 0, prompt [V - 1] predicts (V - 1 + 1) % V = 0 = EOS.
   const c = collector();
-  await new DecodeLoop(new FakeRuntime(), codec, immediate).submit(
+  await new DecodeLoop(new FakeRuntime(), codec, settings, immediate).submit(
     { batchId: 4, rows: [spec([V - 1], 0, 5, { ignoreEos: false }), spec([V - 1], 0, 2), spec([5], 0, 0)], contexts: new Float32Array(1), contextCount: 0, contextWeights: new Float32Array(0), factors: [] }, c.hooks);
   assert.deepEqual(c.finishes, ['stop', 'length', 'length']);
   assert.equal(c.texts[0], '');
@@ -186,13 +187,13 @@ test('end of text stops a row unless ignore_eos; max_tokens 0 only prefills', as
 });
 
 test('slots are reused: more rows than slots all get what they get alone, each run within the cache', async () => {
-  const jobs = [jobA, jobB, jobC];
-  const expected = await Promise.all(jobs.map((job) => alone(job)));
+  const batches = [batchA, batchB, batchC];
+  const expected = await Promise.all(batches.map((batch) => alone(batch)));
   const runtime = new FakeRuntime(2);
-  const loop = new DecodeLoop(runtime, codec, immediate);
-  const collectors = jobs.map(() => collector());
-  await Promise.all(jobs.map((job, i) => loop.submit(job, collectors[i].hooks)));
-  jobs.forEach((_, i) => assert.deepEqual(collectors[i].texts, expected[i].texts));
+  const loop = new DecodeLoop(runtime, codec, settings, immediate);
+  const collectors = batches.map(() => collector());
+  await Promise.all(batches.map((batch, i) => loop.submit(batch, collectors[i].hooks)));
+  batches.forEach((_, i) => assert.deepEqual(collectors[i].texts, expected[i].texts));
   assert.ok(runtime.runs.every((r) => r.rows <= 2), 'never more rows than slots');
   assert.ok(runtime.moves > 0, 'a leaving row handed its slot over (the last running row moved into it)');
 });
@@ -201,7 +202,7 @@ test('chunked prefill: a long prompt is prefilled within the token budget betwee
   const long = { batchId: 7, rows: [spec(Array.from({ length: 23 }, (_, i) => (i * 7) % V), 2, 3, { promptLogprobs: true, logprobs: 1 })], contexts: Float32Array.from([3]), contextCount: 1, contextWeights: Float32Array.of(1), factors: [] };
   const whole = await alone(long, { prefillChunkTokens: 256 });
   const runtime = new FakeRuntime();
-  const loop = new DecodeLoop(runtime, codec, { ...immediate, prefillChunkTokens: 5 });
+  const loop = new DecodeLoop(runtime, codec, { prefillChunkTokens: 5 }, immediate);
   const running = collector();
   const joining = collector();
   let joined: Promise<unknown> | null = null;
@@ -224,8 +225,8 @@ test('chunked prefill: a long prompt is prefilled within the token budget betwee
 
 test('prefill asks for the last position only, unless prompt logprobs are wanted', async () => {
   const runtime = new FakeRuntime();
-  const job = { batchId: 9, rows: [spec([1, 2, 3, 4, 5], 0, 1), spec([6, 7, 8], 0, 1), spec([9, 1, 2, 3], 0, 1, { promptLogprobs: true, logprobs: 0 })], contexts: new Float32Array(1), contextCount: 0, contextWeights: new Float32Array(0), factors: [] };
-  await new DecodeLoop(runtime, codec, immediate).submit(job, collector().hooks);
+  const batch = { batchId: 9, rows: [spec([1, 2, 3, 4, 5], 0, 1), spec([6, 7, 8], 0, 1), spec([9, 1, 2, 3], 0, 1, { promptLogprobs: true, logprobs: 0 })], contexts: new Float32Array(1), contextCount: 0, contextWeights: new Float32Array(0), factors: [] };
+  await new DecodeLoop(runtime, codec, settings, immediate).submit(batch, collector().hooks);
   const prefill = runtime.runs.filter((r) => r.phase === 'prefill');
   assert.equal(prefill.length, 1);
   assert.equal(prefill[0].logits, 1 + 1 + 4, 'one position each for the plain rows, all four for the scored one');

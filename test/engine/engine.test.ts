@@ -1,6 +1,6 @@
 /**
  * The worker engine on the real default package: one decoder run serves rows of different lengths and
- * adapter slots exactly as if each ran alone.
+ * adapters exactly as if each ran alone.
  */
 import assert from 'node:assert/strict';
 import { copyFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
@@ -79,7 +79,7 @@ describe('engine worker', () => {
     });
   });
 
-  test('each row reads its own adapter slot: zero, static, or one hypernetwork context', async () => {
+  test('each row reads its own adapter: zero, static, or one hypernetwork context', async () => {
     const context = new Float32Array(D).map((_, j) => Math.sin(j + 1));
     const [zero, stat, hyper] = await run([row('The whale', 0), row('The whale', 1), row('The whale', 2)], [context]);
     assert.ok(!close(zero.prompt, stat.prompt, 1e-3), 'static differs from zero');
@@ -267,7 +267,8 @@ describe('engine failure', () => {
     await (dying as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
     await assert.rejects(running, /inference worker exited/);
     assert.equal(failures.length, 1);
-    assert.equal(dying.healthy, false);
+    await assert.rejects(dying.run({ batchId: 2, rows: [row('The whale', 0)], contexts: new Float32Array(D), contextCount: 0, contextWeights: new Float32Array(0), factors: [] }, { onPrompt() {}, onEvents() {} }),
+      /inference worker exited/, 'a failed engine refuses new batches');
     await dying.close();
   });
 });
