@@ -12,11 +12,14 @@ import type { CompletionService } from '../../service.js';
 import type { CompletionRequest } from '../schemas/completions.js';
 import type { PromptLimit } from './limits.js';
 import {
-  adapterWithModeError, adaptationUnavailableError, completionTooLongError, emptyPromptError, modelNotFoundError, noLibraryError,
+  adapterWithModeError, adaptationUnavailableError, completionTooLongError, emptyPromptError, tokenOutsideVocabularyError, modelNotFoundError, noLibraryError,
   promptName, promptTooLongError, queueRefusal, tooManyPromptsError, unavailableError, unsupportedOptionError,
 } from './refusals.js';
 
 export const DEFAULT_MAX_TOKENS = 16;
+
+/** One prompt as the request gives it: a text, or token ids. */
+type PromptSource = string | readonly number[];
 
 export interface AdmissionOptions {
   prompts: PromptLimit;
@@ -47,12 +50,13 @@ function chooseAdaptation(body: CompletionRequest, service: CompletionService): 
 }
 
 /** Refuses any prompt over the most bytes a context's tokens can hold, before any of them is tokenised. */
-function checkPromptBytes(texts: readonly string[], context: number, tokenizer: TextTokenizer): void {
+function checkPromptBytes(sources: readonly PromptSource[], context: number, tokenizer: TextTokenizer): void {
   const maxBytes = context * tokenizer.maxTokenBytes;
-  texts.forEach((text, i) => {
+  sources.forEach((text, i) => {
+    if (typeof text !== 'string') return;
     const bytes = Buffer.byteLength(text);
     if (bytes > maxBytes) {
-      throw promptTooLongError(context, promptName(i, texts.length), `${bytes} bytes, more than ${context} tokens can hold (${maxBytes} bytes)`);
+      throw promptTooLongError(context, promptName(i, sources.length), `${bytes} bytes, more than ${context} tokens can hold (${maxBytes} bytes)`);
     }
   });
 }
@@ -63,20 +67,39 @@ function checkFits(tokens: number, lowerBound: boolean, context: number, maxToke
   if (tokens + maxTokens > context) throw completionTooLongError(context, prompt, tokens, maxTokens, lowerBound);
 }
 
-async function tokenizePrompts(texts: readonly string[], tokenizer: TextTokenizer, context: number, maxTokens: number): Promise<PromptInput[]> {
+async function tokenizePrompts(sources: readonly PromptSource[], tokenizer: TextTokenizer, context: number, maxTokens: number): Promise<PromptInput[]> {
   const bos = tokenizer.addBos ? ' (beginning-of-text token included)' : '';
   const prompts: PromptInput[] = [];
-  for (const [i, text] of texts.entries()) {
-    const prompt = promptName(i, texts.length);
+  for (const [i, source] of sources.entries()) {
+    const prompt = promptName(i, sources.length);
+    if (typeof source !== 'string') {
+      prompts.push(tokenIdPrompt(source, prompt, tokenizer, context, maxTokens));
+      continue;
+    }
     // The lower bound costs a pass over the text: taken per prompt, so that a request refused at its first
     // prompt pays for that one only.
-    checkFits(tokenizer.minPromptTokens(text), true, context, maxTokens, prompt, bos);
-    const ids = await tokenizer.tokenizePrompt(text);
+    checkFits(tokenizer.minPromptTokens(source), true, context, maxTokens, prompt, bos);
+    const ids = await tokenizer.tokenizePrompt(source);
     if (ids.length === 0) throw emptyPromptError(prompt);
     checkFits(ids.length, false, context, maxTokens, prompt, bos);
-    prompts.push({ text, ids, textTokens: tokenizer.textTokenCount(ids) });
+    prompts.push({ text: source, ids, textTokens: tokenizer.textTokenCount(ids) });
   }
   return prompts;
+}
+
+/** Token ids are fed as they are (no BOS added, as vLLM does), so every one of them is part of the prompt's text. */
+function tokenIdPrompt(ids: readonly number[], prompt: string, tokenizer: TextTokenizer, context: number, maxTokens: number): PromptInput {
+  const outside = ids.find((id) => id >= tokenizer.vocabSize);
+  if (outside !== undefined) throw tokenOutsideVocabularyError(prompt, outside, tokenizer.vocabSize);
+  checkFits(ids.length, false, context, maxTokens, prompt, '');
+  return { text: tokenizer.decode(ids), ids: [...ids], textTokens: ids.length };
+}
+
+/** A request's prompts, each a text or token ids. */
+function promptSources(prompt: CompletionRequest['prompt']): PromptSource[] {
+  if (typeof prompt === 'string') return [prompt];
+  if (prompt.every((p): p is number => typeof p === 'number')) return [prompt];
+  return prompt as PromptSource[];
 }
 
 function generationParams(body: CompletionRequest, maxTokens: number, adaptation: Pick<GenerationParams, 'mode' | 'adapter'>): GenerationParams {
@@ -107,13 +130,13 @@ export async function admit(body: CompletionRequest, service: CompletionService,
   if (unavailable !== null) throw unavailable;
   const tokenizer = service.tokenizer;
   if (tokenizer === null) throw unavailableError('loading', null)!;
-  const texts = typeof body.prompt === 'string' ? [body.prompt] : body.prompt;
-  if (texts.length > options.prompts.max) throw tooManyPromptsError(texts.length, options.prompts);
+  const sources = promptSources(body.prompt);
+  if (sources.length > options.prompts.max) throw tooManyPromptsError(sources.length, options.prompts);
   // MAX_MODEL_LEN: the KV cache's positions per slot, which may be fewer than the model's context
   const context = service.contextLength;
-  checkPromptBytes(texts, context, tokenizer);
+  checkPromptBytes(sources, context, tokenizer);
   const maxTokens = body.max_tokens ?? DEFAULT_MAX_TOKENS;
-  const prompts = await tokenizePrompts(texts, tokenizer, context, maxTokens);
+  const prompts = await tokenizePrompts(sources, tokenizer, context, maxTokens);
   const completion = new Completion(requestId, prompts, generationParams(body, maxTokens, adaptation));
   const outcome = service.submit(completion);
   if (outcome !== 'queued') throw queueRefusal(outcome, service.state, service.failure, options.retryAfterSeconds);

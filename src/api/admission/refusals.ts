@@ -67,6 +67,11 @@ export function completionTooLongError(context: number, prompt: string, promptTo
     { param: 'max_tokens' });
 }
 
+/** A token-id prompt with an id the vocabulary does not have. */
+export function tokenOutsideVocabularyError(prompt: string, id: number, vocabSize: number): ServiceError {
+  return new ServiceError('invalid_request', `Token id ${id} in ${prompt} is outside the vocabulary (0 to ${vocabSize - 1}).`, { param: 'prompt' });
+}
+
 export function emptyPromptError(prompt: string): ServiceError {
   return new ServiceError('invalid_request', `${prompt} is empty; this model needs at least one token.`, { param: 'prompt' });
 }

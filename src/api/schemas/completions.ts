@@ -27,8 +27,13 @@ const ServedMode = Type.Union([...requestModes(), Type.Literal('adapter')], {
 export const CompletionRequest = Type.Object(
   {
     model: Type.String({ description: 'Model id, as listed by GET /v1/models: the base model, or a named adapter (served on top of it)' }),
-    prompt: Type.Union([Type.String(), Type.Array(Type.String(), { minItems: 1 })], {
-      description: 'A prompt, or an array of prompts (one choice each)',
+    prompt: Type.Union([
+      Type.String(),
+      Type.Array(Type.String(), { minItems: 1 }),
+      Type.Array(Type.Integer({ minimum: 0 }), { minItems: 1 }),
+      Type.Array(Type.Array(Type.Integer({ minimum: 0 }), { minItems: 1 }), { minItems: 1 }),
+    ], {
+      description: 'A prompt, or an array of prompts (one choice each); a prompt is a text, or the token ids to feed as they are (no beginning-of-text token added)',
     }),
     max_tokens: nullable(Type.Integer({ minimum: 0, description: 'Tokens to generate (default 16); 0 with echo scores the prompt' })),
     temperature: nullable(Type.Number({ minimum: 0, maximum: 2, description: '0 = greedy, as is any value below 1e-5 (default 1)' })),
