@@ -17,6 +17,7 @@ import { completionRoutes } from './api/routes/completions.js';
 import { healthRoutes } from './api/routes/health.js';
 import { metricsRoutes } from './api/routes/metrics.js';
 import { modelRoutes } from './api/routes/models.js';
+import { tokenizerRoutes } from './api/routes/tokenizer.js';
 import type { Config } from './config.js';
 import type { Metrics } from './observability/metrics.js';
 import type { CompletionService } from './service.js';
@@ -58,6 +59,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   await app.register(completionRoutes, { service, metrics, admission });
   await app.register(modelRoutes, { service });
   await app.register(adapterRoutes, { service, adminToken: config.adminToken });
+  await app.register(tokenizerRoutes, { service });
   // Probes and scrapes log only warnings, unless the whole app is quieter than that.
   const quiet = ['fatal', 'error', 'silent'].includes(config.logLevel) ? config.logLevel : 'warn';
   await app.register(healthRoutes, { service, logLevel: quiet });

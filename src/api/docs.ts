@@ -10,6 +10,7 @@ import fp from 'fastify-plugin';
 import { ErrorResponse } from './schemas/common.js';
 import { completionSchemas } from './schemas/completions.js';
 import { Live, Ready } from './schemas/health.js';
+import { tokenizerSchemas } from './schemas/tokenizer.js';
 import { AdapterDeleted, AdapterList, AdapterObject, LoadAdapterRequest, ModelList, ModelObject } from './schemas/models.js';
 
 const packageJson = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string; description: string };
@@ -30,6 +31,7 @@ export const apiDocs = fp(async (app: FastifyInstance) => {
         { name: 'completions', description: 'OpenAI-compatible text completions' },
         { name: 'models', description: 'Served models: the base model and its named adapters' },
         { name: 'adapters', description: 'Named LoRA adapters: list, load from a file, make from examples, unload' },
+        { name: 'tokenizer', description: 'The served model\'s tokenizer (vLLM\'s routes)' },
         { name: 'health', description: 'Liveness and readiness probes' },
         { name: 'observability', description: 'Prometheus metrics' },
       ],
@@ -37,7 +39,7 @@ export const apiDocs = fp(async (app: FastifyInstance) => {
     refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => (typeof json.$id === 'string' ? json.$id : `def-${i}`) },
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
-  for (const schema of [ErrorResponse, ...completionSchemas, ModelObject, ModelList, AdapterObject, AdapterList, AdapterDeleted, LoadAdapterRequest, Live, Ready]) {
+  for (const schema of [ErrorResponse, ...completionSchemas, ModelObject, ModelList, AdapterObject, AdapterList, AdapterDeleted, LoadAdapterRequest, ...tokenizerSchemas, Live, Ready]) {
     app.addSchema(schema);
   }
 }, { name: 'chameleon-docs', fastify: '5.x' });

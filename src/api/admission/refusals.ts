@@ -67,9 +67,9 @@ export function completionTooLongError(context: number, prompt: string, promptTo
     { param: 'max_tokens' });
 }
 
-/** A token-id prompt with an id the vocabulary does not have. */
-export function tokenOutsideVocabularyError(prompt: string, id: number, vocabSize: number): ServiceError {
-  return new ServiceError('invalid_request', `Token id ${id} in ${prompt} is outside the vocabulary (0 to ${vocabSize - 1}).`, { param: 'prompt' });
+/** Token ids (a prompt's, in field `param`) with an id the vocabulary does not have. */
+export function tokenOutsideVocabularyError(where: string, id: number, vocabSize: number, param = 'prompt'): ServiceError {
+  return new ServiceError('invalid_request', `Token id ${id} in ${where} is outside the vocabulary (0 to ${vocabSize - 1}).`, { param });
 }
 
 export function emptyPromptError(prompt: string): ServiceError {
