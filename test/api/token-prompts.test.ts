@@ -44,6 +44,23 @@ describe('token-id prompts', () => {
     assert.equal(byIds.body.choices[0].text, TEXT, 'the echoed text is the ids\' text');
   });
 
+  test('a loglikelihood as lm-evaluation-harness\'s local-completions computes it equals the service\'s echo scoring of the text', async () => {
+    // its request: context + continuation ids in one prompt, echo, logprobs 1, max_tokens 1, temperature 0
+    const context = tokenizer.encodePrompt('Permission is hereby granted,');
+    const continuation = tokenizer.encode(' free of charge');
+    const res = await complete(app, { prompt: [[...context, ...continuation]], echo: true, logprobs: 1, max_tokens: 1, temperature: 0, seed: 1234 });
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    // its parse: token_logprobs[ctxlen:-1] (the last entry is the generated token)
+    const { token_logprobs: lps } = res.body.choices[0].logprobs;
+    assert.equal(lps.length, context.length + continuation.length + 1);
+    const picked = lps.slice(context.length, -1) as number[];
+    const loglikelihood = picked.reduce((a, b) => a + b, 0);
+    const echo = await complete(app, { prompt: tokenizer.decode([...context, ...continuation]), echo: true, logprobs: 0, max_tokens: 0 });
+    const scored = echo.body.choices[0].logprobs.token_logprobs as number[];
+    const reference = scored.slice(scored.length - continuation.length).reduce((a, b) => a + b, 0);
+    assert.ok(Math.abs(loglikelihood - reference) < 1e-4, `${loglikelihood} vs ${reference}`);
+  });
+
   test('a list of id lists is one choice each, each as if sent alone', async () => {
     const other = tokenizer.encodePrompt('Call me Ishmael.');
     const [both, first, second] = await Promise.all([[IDS, other], IDS, other].map((prompt) => complete(app, { prompt, max_tokens: 6, temperature: 0, adaptation: 'none' })));
