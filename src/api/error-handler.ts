@@ -8,6 +8,7 @@ import type { Socket } from 'node:net';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { ServiceError, type ErrorCode } from '../errors.js';
+import { unknownFieldError } from './admission/refusals.js';
 
 /** The parameter a JSON-schema validation error is about ("/max_tokens" -> "max_tokens"). */
 function paramOf(error: FastifyError): string | null {
@@ -19,6 +20,12 @@ function paramOf(error: FastifyError): string | null {
 }
 
 type ValidationIssue = NonNullable<FastifyError['validation']>[number];
+
+/** The top-level body field a schema with additionalProperties: false did not know, if that is what failed. */
+function unknownField(issues: readonly ValidationIssue[]): string | null {
+  const issue = issues.find((i) => i.keyword === 'additionalProperties' && i.instancePath === '');
+  return (issue?.params as { additionalProperty?: string } | undefined)?.additionalProperty ?? null;
+}
 
 /** One readable sentence from ajv's errors: type alternatives of one field are merged ("must be string or array"). */
 function describeValidation(issues: readonly ValidationIssue[]): string {
@@ -57,6 +64,11 @@ function closesConnection(status: number): boolean {
 function asServiceError(error: FastifyError | ServiceError, request: FastifyRequest): { service: ServiceError; status: number } {
   if (error instanceof ServiceError) return { service: error, status: error.status };
   if (error.validation) {
+    const unknown = unknownField(error.validation);
+    if (unknown !== null) {
+      const service = unknownFieldError(unknown);
+      return { service, status: service.status };
+    }
     const service = new ServiceError('invalid_request', `Invalid request: ${describeValidation(error.validation)}.`, { param: paramOf(error) });
     return { service, status: service.status };
   }

@@ -76,6 +76,11 @@ export function emptyPromptError(prompt: string): ServiceError {
   return new ServiceError('invalid_request', `${prompt} is empty; this model needs at least one token.`, { param: 'prompt' });
 }
 
+/** A body field the service does not know: refused rather than ignored, so a client never gets what it did not ask for. */
+export function unknownFieldError(field: string): ServiceError {
+  return unsupported(field, `${field} is not a field this server implements (see /docs for the fields it takes).`);
+}
+
 function unsupported(param: string, message: string): ServiceError {
   return new ServiceError('unsupported_parameter', message, { param });
 }
@@ -88,6 +93,9 @@ export function unsupportedOptionError(body: CompletionRequest): ServiceError | 
   if (body.presence_penalty != null && body.presence_penalty !== 0) return unsupported('presence_penalty', 'presence_penalty is not supported (must be 0).');
   if (body.frequency_penalty != null && body.frequency_penalty !== 0) return unsupported('frequency_penalty', 'frequency_penalty is not supported (must be 0).');
   if (body.logit_bias != null && Object.keys(body.logit_bias).length > 0) return unsupported('logit_bias', 'logit_bias is not supported.');
+  if (body.response_format != null && body.response_format.type !== 'text') {
+    return unsupported('response_format', `response_format ${body.response_format.type} is not supported: this server does not constrain its output (only text).`);
+  }
   return null;
 }
 

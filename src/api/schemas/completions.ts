@@ -58,8 +58,16 @@ export const CompletionRequest = Type.Object(
       description: 'Extension: strength of this request\'s low-rank update (0 = the base model, 1 = as trained, the default; up to 2), applied to its rows only inside the shared decoder run',
     })),
     ignore_eos: nullable(Type.Boolean({ description: 'Extension: keep generating past the end-of-text token (benchmarks)' })),
+    response_format: nullable(Type.Object({
+      type: Type.Union([Type.Literal('text'), Type.Literal('json_object'), Type.Literal('json_schema')]),
+      json_schema: Type.Optional(Type.Unknown()),
+    }, { description: 'Only text (the default); json_object and json_schema are refused (constrained decoding is not implemented)' })),
   },
-  { $id: 'CompletionRequest' },
+  {
+    $id: 'CompletionRequest',
+    // a field the service does not implement is refused (unsupported_parameter), never silently ignored
+    additionalProperties: false,
+  },
 );
 export type CompletionRequest = Static<typeof CompletionRequest>;
 
