@@ -3,6 +3,7 @@
  * is derived from it and the README's "Configuration" table written from it. An invalid value stops the start with a
  * message naming the variable and the problem.
  */
+import { REQUEST_ADAPTATION_MODES, type RequestAdaptationMode } from './adaptation/modes.js';
 import { ConfigError } from './errors.js';
 
 export type Device = 'cpu' | 'cuda';
@@ -77,6 +78,12 @@ export const SETTINGS = [
   setting({ key: 'receiveTimeoutMs', env: 'RECEIVE_TIMEOUT_MS', default: '30000', describe: 'close a connection whose request (headers and body) is not complete after this long (408), ms', parse: integer(100, 600_000), expect: 'an integer from 100 to 600000' }),
   setting({ key: 'keepAliveTimeoutMs', env: 'KEEP_ALIVE_TIMEOUT_MS', default: '5000', describe: 'close an idle keep-alive connection after this long, ms', parse: integer(1, 600_000), expect: 'an integer from 1 to 600000' }),
   setting({ key: 'shutdownTimeoutMs', env: 'SHUTDOWN_TIMEOUT_MS', default: '30000', describe: 'longest graceful shutdown (SIGTERM) before exiting with code 1, ms', parse: integer(100, 3_600_000), expect: 'an integer from 100 to 3600000' }),
+  setting({
+    key: 'defaultAdaptation', env: 'DEFAULT_ADAPTATION', default: '',
+    describe: 'the `adaptation` mode of a request that names none (empty = batch, or none for a base-only package); a mode the package does not serve stops the start',
+    parse: (raw): RequestAdaptationMode | '' | undefined => (raw.trim() === '' ? '' : oneOf(REQUEST_ADAPTATION_MODES)(raw)),
+    expect: `empty or one of ${REQUEST_ADAPTATION_MODES.join(', ')}`,
+  }),
   setting({ key: 'adminToken', env: 'ADMIN_TOKEN', default: '', describe: 'bearer token of POST/DELETE /v1/adapters (unset: those routes answer 403)', parse: (raw) => raw.trim(), expect: 'a token' }),
   setting({ key: 'maxAdapters', env: 'MAX_ADAPTERS', default: '16', describe: 'most adapters loaded at run time with POST /v1/adapters (the package\'s library does not count); one more is refused with 409', parse: integer(0, 1024), expect: 'an integer from 0 to 1024' }),
 ] as const;

@@ -21,6 +21,7 @@ function schemaOnlyService(modelName: string): CompletionService {
     queueFull: false,
     adapters: new AdapterRegistry(0, { vocabSize: 0, dim: 0, maxRank: 0 }, modelName),
     adaptationModes: ['batch', 'request', 'static', 'none'],
+    defaultAdaptation: 'batch',
     submit: () => 'closed',
     loadAdapter() {
       throw new ServiceError('not_ready', 'No model in schema-only mode.');

@@ -6,7 +6,7 @@ import { AdapterRegistry, loadAdapterFile, type NamedAdapter } from './adaptatio
 import { DomainAdapters } from './adaptation/domains.js';
 import { FeatureExtractor } from './adaptation/features.js';
 import { ContextGate, gateOutcome } from './adaptation/gate.js';
-import { adaptationModesOf, type RequestAdaptationMode } from './adaptation/modes.js';
+import { adaptationModesOf, DEFAULT_ADAPTATION_MODE, type RequestAdaptationMode } from './adaptation/modes.js';
 import { Scheduler } from './batching/scheduler.js';
 import type { Completion } from './batching/completion.js';
 import type { QueueOutcome } from './batching/queue.js';
@@ -14,6 +14,7 @@ import type { Config } from './config.js';
 import { EngineClient, type EngineLogger } from './engine/client.js';
 import { describeShape, formatBytes, planKvCache, type KvPlan } from './engine/kv-memory.js';
 import type { LoraFactors } from './engine/protocol.js';
+import { ConfigError } from './errors.js';
 import { ADAPT_COMMAND } from './model/manifest.js';
 import { ModelPackage } from './model/package.js';
 import type { TextTokenizer } from './model/tokenizer.js';
@@ -44,12 +45,21 @@ export interface CompletionService {
    * default; library and masks modes need those sections.
    */
   readonly adaptationModes: readonly RequestAdaptationMode[];
+  /** The mode of a request that names none (DEFAULT_ADAPTATION; unset: batch, or none for a base-only package). */
+  readonly defaultAdaptation: RequestAdaptationMode;
   /** Queues an admitted request (the caller has checked the state): 'full' or 'closed' when it could not be. */
   submit(completion: Completion): QueueOutcome;
   /** Loads a named adapter from a file or folder on the server (see adapters.ts). */
   loadAdapter(name: string, path: string): Promise<NamedAdapter>;
   /** Makes a named adapter from example texts: the hypernetwork on their mean feature (a cluster of them); the caller checks that the service is ready and has a hypernetwork. */
   adapterFromExamples(name: string, examples: readonly string[]): Promise<NamedAdapter>;
+}
+
+/** DEFAULT_ADAPTATION resolved against what the package serves; a mode it does not serve stops the start. */
+function defaultAdaptationOf(setting: RequestAdaptationMode | '', served: readonly RequestAdaptationMode[]): RequestAdaptationMode {
+  if (setting === '') return served.includes(DEFAULT_ADAPTATION_MODE) ? DEFAULT_ADAPTATION_MODE : 'none';
+  if (!served.includes(setting)) throw new ConfigError(`DEFAULT_ADAPTATION=${setting}, but this model package serves only ${served.join(', ')}`);
+  return setting;
 }
 
 /** Name of a package library entry as a named adapter. */
@@ -73,6 +83,7 @@ export class InferenceService implements CompletionService {
   private staticLora: LoraFactors | null = null;
   readonly adapters: AdapterRegistry;
   readonly adaptationModes: readonly RequestAdaptationMode[];
+  readonly defaultAdaptation: RequestAdaptationMode;
   /** The KV cache's shape and size (MAX_MODEL_LEN, MAX_BATCH_SIZE), checked against the memory limit. */
   readonly kvCache: KvPlan;
 
@@ -90,6 +101,7 @@ export class InferenceService implements CompletionService {
     this.domains = DomainAdapters.fromPackage(model);
     this.gate = ContextGate.fromPackage(model);
     this.adaptationModes = adaptationModesOf(model);
+    this.defaultAdaptation = defaultAdaptationOf(config.defaultAdaptation, this.adaptationModes);
     const maxRank = Math.max(64, m.hypernet?.rank ?? 0);
     this.adapters = new AdapterRegistry(config.maxAdapters, { vocabSize: m.dims.vocab_size, dim: m.dims.d_model, maxRank }, config.modelName);
     for (const [domain, factors] of this.domains.libraryEntries()) this.adapters.add(libraryAdapterName(domain), factors, 'package');

@@ -71,7 +71,8 @@ describe('named adapters', () => {
   test('GET /v1/models lists the base model and the package library, each adapter with parent = the base', async () => {
     const res = await app.inject({ method: 'GET', url: '/v1/models' });
     const ids = res.json().data.map((m: { id: string }) => m.id);
-    assert.deepEqual(ids, [MODEL, ...domains.map((d) => `library:${d}`)]);
+    const modes = app.chameleon.service.adaptationModes.map((mode) => `${MODEL}:${mode}`);
+    assert.deepEqual(ids, [MODEL, ...modes, ...domains.map((d) => `library:${d}`)]);
     for (const m of res.json().data.slice(1)) assert.equal(m.parent, MODEL);
     assert.equal(res.json().data[0].parent, null);
     assert.ok(domains.length >= 2, 'the default package ships a LoRA library');

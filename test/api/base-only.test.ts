@@ -79,7 +79,9 @@ describe('a base-only package', () => {
     const listed = (await full.inject({ url: '/v1/models' })).json().data;
     assert.deepEqual(listed[0].adaptation_modes, ['batch', 'request', 'static', 'none', 'library', 'library_weighted', 'masks']);
     assert.equal(listed[0].max_model_len, 256);
-    assert.equal(listed.length, 1 + (listed.filter((m: { id: string }) => m.id.startsWith('library:')).length), 'the default package lists its library');
+    const modeIds = listed.filter((m: { id: string }) => m.id.startsWith(`${listed[0].id}:`)).map((m: { id: string }) => m.id.slice(listed[0].id.length + 1));
+    assert.deepEqual(modeIds, listed[0].adaptation_modes, 'one model id per served mode');
+    assert.equal(listed.length, 1 + modeIds.length + (listed.filter((m: { id: string }) => m.id.startsWith('library:')).length), 'the default package lists its library');
   });
 
   test('adapters from examples are refused naming npm run model:adapt; an adapter from a file serves its update', async () => {

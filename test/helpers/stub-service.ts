@@ -3,11 +3,12 @@ import { ServiceError } from '../../src/errors.js';
 import type { CompletionService } from '../../src/service.js';
 
 /** The adapter side of a stub CompletionService: no adapters, no library (the hypernetwork and static modes only), admin actions refused. */
-export function noAdapters(modelName: string): Pick<CompletionService, 'adapters' | 'adaptationModes' | 'loadAdapter' | 'adapterFromExamples'> {
+export function noAdapters(modelName: string): Pick<CompletionService, 'adapters' | 'adaptationModes' | 'defaultAdaptation' | 'loadAdapter' | 'adapterFromExamples'> {
   const refuse = () => Promise.reject(new ServiceError('not_ready', 'stub service'));
   return {
     adapters: new AdapterRegistry(0, { vocabSize: 0, dim: 0, maxRank: 0 }, modelName),
     adaptationModes: ['batch', 'request', 'static', 'none'],
+    defaultAdaptation: 'batch',
     loadAdapter: refuse,
     adapterFromExamples: refuse,
   };

@@ -5,14 +5,14 @@
  * bytes), so that an oversized request is refused before any BPE work; then, prompt by prompt, a linear-time lower
  * bound of its tokens and the tokenisation itself, off the event loop.
  */
-import { DEFAULT_ADAPTATION_MODE } from '../../adaptation/modes.js';
+import { DEFAULT_ADAPTATION_MODE, REQUEST_ADAPTATION_MODES, type RequestAdaptationMode } from '../../adaptation/modes.js';
 import { Completion, type GenerationParams, type PromptInput } from '../../batching/completion.js';
 import type { TextTokenizer } from '../../model/tokenizer.js';
 import type { CompletionService } from '../../service.js';
 import type { CompletionRequest } from '../schemas/completions.js';
 import type { PromptLimit } from './limits.js';
 import {
-  adapterWithModeError, adaptationUnavailableError, completionTooLongError, emptyPromptError, tokenOutsideVocabularyError, modelNotFoundError, noLibraryError,
+  adapterWithModeError, adaptationUnavailableError, conflictingModesError, completionTooLongError, emptyPromptError, tokenOutsideVocabularyError, modelNotFoundError, noLibraryError,
   promptName, promptTooLongError, queueRefusal, tooManyPromptsError, unavailableError, unsupportedOptionError,
 } from './refusals.js';
 
@@ -34,9 +34,10 @@ export interface AdmissionOptions {
 function chooseAdaptation(body: CompletionRequest, service: CompletionService): Pick<GenerationParams, 'mode' | 'adapter'> {
   const served = service.adaptationModes;
   const baseOnly = !served.includes(DEFAULT_ADAPTATION_MODE);
-  if (body.model === service.modelName) {
-    // a base-only package serves the base model alone, so that is what a request that names no mode gets
-    const mode = body.adaptation ?? (baseOnly ? 'none' : DEFAULT_ADAPTATION_MODE);
+  const byId = modeOfModelId(body.model, service.modelName);
+  if (body.model === service.modelName || byId !== null) {
+    if (byId !== null && body.adaptation != null && body.adaptation !== byId) throw conflictingModesError(body.model, body.adaptation);
+    const mode = byId ?? body.adaptation ?? service.defaultAdaptation;
     if (!served.includes(mode)) throw adaptationUnavailableError(mode, baseOnly);
     return { mode };
   }
@@ -47,6 +48,13 @@ function chooseAdaptation(body: CompletionRequest, service: CompletionService): 
   }
   if (body.adaptation != null) throw adapterWithModeError(body.model, service.modelName);
   return { mode: 'adapter', adapter: { id: named.id, factors: named.factors } };
+}
+
+/** The mode a model id `<base>:<mode>` names (for clients that cannot send `adaptation`), else null. */
+function modeOfModelId(model: string, base: string): RequestAdaptationMode | null {
+  if (!model.startsWith(`${base}:`)) return null;
+  const mode = model.slice(base.length + 1);
+  return (REQUEST_ADAPTATION_MODES as readonly string[]).includes(mode) ? (mode as RequestAdaptationMode) : null;
 }
 
 /** Refuses any prompt over the most bytes a context's tokens can hold, before any of them is tokenised. */

@@ -124,6 +124,11 @@ export function noLibraryError(model: string): ServiceError {
   return unsupported('model', baseOnlyRefusal(`it has no LoRA library and no adapter '${model}'`));
 }
 
+/** A model id that names one mode, and an `adaptation` field that names another. */
+export function conflictingModesError(model: string, adaptation: string): ServiceError {
+  return unsupported('adaptation', `The model '${model}' names its adaptation mode; adaptation '${adaptation}' contradicts it (leave adaptation out).`);
+}
+
 /** A named adapter with an `adaptation` mode: the adapter is the adaptation. */
 export function adapterWithModeError(adapter: string, baseModel: string): ServiceError {
   return unsupported('adaptation',

@@ -63,7 +63,7 @@ export async function completionRoutes(app: FastifyInstance, options: Completion
       const completion = await admit(body, service, request.id, admission);
       request.log.debug({ prompts: completion.rows, mode: completion.params.mode, user: body.user ?? undefined }, 'completion admitted');
       reply.raw.on('close', () => completion.cancel());
-      const head: ResponseHead = { id: `cmpl-${randomUUID().replaceAll('-', '')}`, created: Math.floor(Date.now() / 1000), model: completion.params.adapter?.id ?? service.modelName };
+      const head: ResponseHead = { id: `cmpl-${randomUUID().replaceAll('-', '')}`, created: Math.floor(Date.now() / 1000), model: body.model };
       if (body.stream === true) return stream(request, reply, completion, head, body.stream_options?.include_usage === true);
       return collect(completion, head);
     },

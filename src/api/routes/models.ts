@@ -13,6 +13,8 @@ export async function modelRoutes(app: FastifyInstance, options: { service: Comp
       id: base, object: 'model' as const, created: service.created, owned_by: 'chameleon-serve', root: base, parent: null,
       max_model_len: service.contextLength, adaptation_modes: [...service.adaptationModes],
     },
+    // one id per served mode, for clients that cannot send `adaptation`
+    ...service.adaptationModes.map((mode) => ({ id: `${base}:${mode}`, object: 'model' as const, created: service.created, owned_by: 'chameleon-serve', root: base, parent: base, max_model_len: service.contextLength, adaptation_modes: [mode] })),
     ...service.adapters.list().map((a) => ({ id: a.id, object: 'model' as const, created: a.created, owned_by: 'chameleon-serve', root: base, parent: base })),
   ];
   app.get('/v1/models', {
