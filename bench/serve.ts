@@ -155,7 +155,7 @@ async function engineGap(promptIds: number[]): Promise<{ maxGap: number; medianG
     const tokenizer = ModelPackage.open(modelDir).tokenizer;
     const row = (ids: number[], maxTokens: number): RowSpec => ({
       promptIds: ids, bosAdded: true, adapterIndex: ZERO_ADAPTER, adaptationScale: 1, promptLogprobs: false,
-      sampling: { maxTokens, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: null, ignoreEos: true },
+      sampling: { maxTokens, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: null, ignoreEos: true, minTokens: 0, stopTokenIds: [] },
     });
     const arrivals: number[] = [];
     let chunks = 0;

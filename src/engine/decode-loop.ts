@@ -87,6 +87,7 @@ export interface Runtime {
 export interface TextCodec {
   /** Whether a generated token ends the text (any of the package's end-of-text ids). */
   isEos(id: number): boolean;
+  readonly eosIds: readonly number[];
   /** The bytes of a generated token in the text (none for special tokens). */
   bytes(id: number): Uint8Array;
   piece(id: number): string;
@@ -460,6 +461,7 @@ export class DecodeLoop {
    */
   private async advanceAll(rows: ReadonlyArray<{ row: Row; at: number }>, logits: Float32Array, events: Map<ActiveBatch, RowEvent[]>): Promise<void> {
     const V = this.runtime.vocabSize;
+    this.banEarlyEnds(rows, logits);
     const sampling = rows.filter(({ row }) => !isGreedy(row.spec.sampling.temperature));
     const probs = sampling.length === 0 ? null : await this.runtime.softmax(logits, sampling.map((s) => s.at), sampling.map((s) => s.row.spec.sampling.temperature));
     const probRow = new Map(sampling.map((s, j) => [s.row, j]));
@@ -470,10 +472,23 @@ export class DecodeLoop {
     }
   }
 
+  /**
+   * A row short of its min_tokens may not end yet: its end-of-text and stop ids are taken out of its logits before
+   * its token is chosen (so its logprobs are those of the distribution it samples from).
+   */
+  private banEarlyEnds(rows: ReadonlyArray<{ row: Row; at: number }>, logits: Float32Array): void {
+    const V = this.runtime.vocabSize;
+    for (const { row, at } of rows) {
+      const { minTokens, ignoreEos, stopTokenIds } = row.spec.sampling;
+      if (row.generated >= minTokens) continue;
+      for (const id of ignoreEos ? stopTokenIds : [...this.codec.eosIds, ...stopTokenIds]) logits[at * V + id] = Number.NEGATIVE_INFINITY;
+    }
+  }
+
   /** Turns the row's chosen token into an event (or its end). */
   private advance(r: Row, token: number, logits: Float32Array, offset: number, out: RowEvent[]): void {
     const V = this.runtime.vocabSize;
-    if (this.codec.isEos(token) && !r.spec.sampling.ignoreEos) {
+    if ((this.codec.isEos(token) && !r.spec.sampling.ignoreEos) || r.spec.sampling.stopTokenIds.includes(token)) {
       this.finish(r, 'stop', out);
       return;
     }

@@ -41,6 +41,10 @@ export interface SamplingParams {
   logprobs: number | null;
   /** Keep generating after the end-of-text token (benchmarks). */
   ignoreEos: boolean;
+  /** Tokens generated before an end-of-text or stop token may be (min_tokens). */
+  minTokens: number;
+  /** Ids that end the row as end of text does, and are not part of its text (stop_token_ids). */
+  stopTokenIds: number[];
 }
 
 /** One row (prompt) of a batch, as the worker needs it. */

@@ -111,7 +111,7 @@ async function warmUp(warm: DecodeLoop, pkg: ModelPackage): Promise<void> {
   const adaptive = pkg.adaptive !== null;
   const spec = (adapterIndex: number, promptIds: number[]): RowSpec => ({
     promptIds, bosAdded: tok.addBos, adapterIndex: adaptive ? adapterIndex : ZERO_ADAPTER, adaptationScale: adapterIndex === FIRST_BATCH_ADAPTER ? 0.5 : 1, promptLogprobs: true,
-    sampling: { maxTokens: 3, temperature: adapterIndex === ZERO_ADAPTER ? 0 : 1, topP: 0.9, topK: 5, seed: adapterIndex, stop: [], logprobs: 1, ignoreEos: true },
+    sampling: { maxTokens: 3, temperature: adapterIndex === ZERO_ADAPTER ? 0 : 1, topP: 0.9, topK: 5, seed: adapterIndex, stop: [], logprobs: 1, ignoreEos: true, minTokens: 0, stopTokenIds: [] },
   });
   let events = 0;
   const hooks: BatchHooks = { onAdapted() {}, onPrompt() {}, onEvents: (list) => { events += list.length; }, isCancelled: () => false };

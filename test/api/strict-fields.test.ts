@@ -37,4 +37,16 @@ describe('strict fields', () => {
       assert.equal(res.body.error.param, 'response_format');
     }
   });
+
+  test('min_tokens and stop_token_ids (vLLM) are taken, and checked against max_tokens and the vocabulary', async () => {
+    const vocab = app.chameleon.service.tokenizer!.vocabSize;
+    const served = await complete(app, { prompt: 'The sea', max_tokens: 4, min_tokens: 4, stop_token_ids: [1, 2], temperature: 0 });
+    assert.equal(served.status, 200, JSON.stringify(served.body));
+    const early = await complete(app, { prompt: 'The sea', max_tokens: 2, min_tokens: 3 });
+    assert.equal(early.status, 400);
+    assert.equal(early.body.error.param, 'min_tokens');
+    const outside = await complete(app, { prompt: 'The sea', max_tokens: 2, stop_token_ids: [vocab] });
+    assert.equal(outside.status, 400);
+    assert.equal(outside.body.error.param, 'stop_token_ids');
+  });
 });

@@ -46,7 +46,7 @@ class EchoEngine implements Engine {
 
 const params = (over: Partial<Omit<GenerationParams, 'sampling'> & RequestSampling> = {}): GenerationParams => {
   const { echo = false, mode = 'batch', adaptationScale = 1, adapter, ...sampling } = over;
-  return { echo, mode, adaptationScale, adapter, sampling: { maxTokens: 3, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: null, ignoreEos: false, ...sampling } };
+  return { echo, mode, adaptationScale, adapter, sampling: { maxTokens: 3, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: null, ignoreEos: false, minTokens: 0, stopTokenIds: [], ...sampling } };
 };
 
 function scheduler(engine: Engine, over: Partial<SchedulerConfig> = {}) {

@@ -85,13 +85,13 @@ class FakeRuntime implements Runtime {
   trimCache(): void {}
 }
 
-const codec = { isEos: (i: number) => i === 0, bytes: (i: number) => new TextEncoder().encode(`<${i}>`), piece: (i: number) => `<${i}>` };
+const codec = { isEos: (i: number) => i === 0, eosIds: [0], bytes: (i: number) => new TextEncoder().encode(`<${i}>`), piece: (i: number) => `<${i}>` };
 
 function spec(prompt: number[], adapterIndex: number, maxTokens: number, over: Partial<Omit<RowSpec, 'sampling'> & SamplingParams> = {}): RowSpec {
   const { promptIds = prompt, bosAdded = false, adaptationScale = 1, promptLogprobs = false, ...sampling } = over;
   return {
     promptIds, bosAdded, adapterIndex, adaptationScale, promptLogprobs,
-    sampling: { maxTokens, temperature: 0, topP: 1, topK: 0, seed: 0, stop: [], logprobs: null, ignoreEos: true, ...sampling },
+    sampling: { maxTokens, temperature: 0, topP: 1, topK: 0, seed: 0, stop: [], logprobs: null, ignoreEos: true, minTokens: 0, stopTokenIds: [], ...sampling },
   };
 }
 
@@ -184,6 +184,20 @@ test('end of text stops a row unless ignore_eos; max_tokens 0 only prefills', as
   assert.deepEqual(c.finishes, ['stop', 'length', 'length']);
   assert.equal(c.texts[0], '');
   assert.equal(c.texts[1], '<0><1>');
+});
+
+test('min_tokens holds end of text and stop ids back; stop_token_ids end a row as end of text does', async () => {
+  // [V - 1] predicts EOS (0) first and [3, 4] predicts 9; a banned argmax leaves the lowest id not banned
+  const c = collector();
+  await new DecodeLoop(new FakeRuntime(), codec, settings, immediate).submit({
+    batchId: 6,
+    rows: [spec([V - 1], 0, 5, { ignoreEos: false, minTokens: 3 }), spec([3, 4], 0, 5, { stopTokenIds: [9] }), spec([3, 4], 0, 5, { ignoreEos: false, stopTokenIds: [9], minTokens: 1 })],
+    contexts: new Float32Array(1), contextCount: 0, contextWeights: new Float32Array(0), factors: [],
+  }, c.hooks);
+  assert.deepEqual(c.finishes, ['length', 'stop', 'length']);
+  assert.equal(c.texts[0], '<1><2><5><11><23>', 'no end of text before 3 tokens; once past them it is allowed again');
+  assert.equal(c.texts[1], '', 'the stop id ends the row and is not part of its text');
+  assert.ok(c.texts[2].startsWith('<1>'), `the stop id is held back for the first token: ${c.texts[2]}`);
 });
 
 test('slots are reused: more rows than slots all get what they get alone, each run within the cache', async () => {

@@ -30,7 +30,7 @@ function row(text: string, adapterIndex: number, extra: Partial<Omit<RowSpec, 's
   const { promptIds = pkg.tokenizer.encodePrompt(text), bosAdded = pkg.tokenizer.addBos, adaptationScale = 1, promptLogprobs = true, ...sampling } = extra;
   return {
     promptIds, bosAdded, adapterIndex, adaptationScale, promptLogprobs,
-    sampling: { maxTokens: 5, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: 2, ignoreEos: true, ...sampling },
+    sampling: { maxTokens: 5, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: 2, ignoreEos: true, minTokens: 0, stopTokenIds: [], ...sampling },
   };
 }
 

@@ -12,7 +12,7 @@ import type { CompletionService } from '../../service.js';
 import type { CompletionRequest } from '../schemas/completions.js';
 import type { PromptLimit } from './limits.js';
 import {
-  adapterWithModeError, adaptationUnavailableError, conflictingModesError, completionTooLongError, emptyPromptError, tokenOutsideVocabularyError, modelNotFoundError, noLibraryError,
+  adapterWithModeError, adaptationUnavailableError, conflictingModesError, minTokensOverMaxError, completionTooLongError, emptyPromptError, tokenOutsideVocabularyError, modelNotFoundError, noLibraryError,
   promptName, promptTooLongError, queueRefusal, tooManyPromptsError, unavailableError, unsupportedOptionError,
 } from './refusals.js';
 
@@ -55,6 +55,13 @@ function modeOfModelId(model: string, base: string): RequestAdaptationMode | nul
   if (!model.startsWith(`${base}:`)) return null;
   const mode = model.slice(base.length + 1);
   return (REQUEST_ADAPTATION_MODES as readonly string[]).includes(mode) ? (mode as RequestAdaptationMode) : null;
+}
+
+/** min_tokens within max_tokens, and stop_token_ids within the vocabulary. */
+function checkEndings(body: CompletionRequest, maxTokens: number, vocabSize: number): void {
+  if (body.min_tokens != null && body.min_tokens > maxTokens) throw minTokensOverMaxError(body.min_tokens, maxTokens);
+  const outside = body.stop_token_ids?.find((id) => id >= vocabSize);
+  if (outside !== undefined) throw tokenOutsideVocabularyError('stop_token_ids', outside, vocabSize, 'stop_token_ids');
 }
 
 /** Refuses any prompt over the most bytes a context's tokens can hold, before any of them is tokenised. */
@@ -122,6 +129,8 @@ function generationParams(body: CompletionRequest, maxTokens: number, adaptation
       stop,
       logprobs: body.logprobs ?? null,
       ignoreEos: body.ignore_eos ?? false,
+      minTokens: body.min_tokens ?? 0,
+      stopTokenIds: body.stop_token_ids ?? [],
     },
     echo: body.echo ?? false,
     ...adaptation,
@@ -144,6 +153,7 @@ export async function admit(body: CompletionRequest, service: CompletionService,
   const context = service.contextLength;
   checkPromptBytes(sources, context, tokenizer);
   const maxTokens = body.max_tokens ?? DEFAULT_MAX_TOKENS;
+  checkEndings(body, maxTokens, tokenizer.vocabSize);
   const prompts = await tokenizePrompts(sources, tokenizer, context, maxTokens);
   const completion = new Completion(requestId, prompts, generationParams(body, maxTokens, adaptation));
   const outcome = service.submit(completion);

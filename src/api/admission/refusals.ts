@@ -72,6 +72,10 @@ export function tokenOutsideVocabularyError(where: string, id: number, vocabSize
   return new ServiceError('invalid_request', `Token id ${id} in ${where} is outside the vocabulary (0 to ${vocabSize - 1}).`, { param });
 }
 
+export function minTokensOverMaxError(minTokens: number, maxTokens: number): ServiceError {
+  return new ServiceError('invalid_request', `min_tokens (${minTokens}) is more than max_tokens (${maxTokens}).`, { param: 'min_tokens' });
+}
+
 export function emptyPromptError(prompt: string): ServiceError {
   return new ServiceError('invalid_request', `${prompt} is empty; this model needs at least one token.`, { param: 'prompt' });
 }

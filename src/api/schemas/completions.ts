@@ -58,6 +58,8 @@ export const CompletionRequest = Type.Object(
       description: 'Extension: strength of this request\'s low-rank update (0 = the base model, 1 = as trained, the default; up to 2), applied to its rows only inside the shared decoder run',
     })),
     ignore_eos: nullable(Type.Boolean({ description: 'Extension: keep generating past the end-of-text token (benchmarks)' })),
+    min_tokens: nullable(Type.Integer({ minimum: 0, description: 'Extension (vLLM): tokens generated before an end-of-text or stop token may be' })),
+    stop_token_ids: nullable(Type.Array(Type.Integer({ minimum: 0 }), { maxItems: 64, description: 'Extension (vLLM): token ids that end a choice as end of text does (not part of its text)' })),
     response_format: nullable(Type.Object({
       type: Type.Union([Type.Literal('text'), Type.Literal('json_object'), Type.Literal('json_schema')]),
       json_schema: Type.Optional(Type.Unknown()),
