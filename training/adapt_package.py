@@ -514,11 +514,18 @@ def adapt(args):
         save_atomic(out, work / "textsets.pt")
         made("cache")
 
-    @stage("static", work / "static.pt", timings, current("static", work / "static.pt"))
-    def run_static():
-        from adapt import train_static
-        save_atomic(train_static(weights(), sets()["train"], cfg, cfg["seed"]), work / "static.pt")
-        made("static")
+    def trained(name):
+        """The stage that trains one part on the cached training set with adapt.train_<name> and saves it."""
+        path = work / f"{name}.pt"
+
+        @stage(name, path, timings, current(name, path))
+        def run():
+            import adapt
+            save_atomic(getattr(adapt, f"train_{name}")(weights(), sets()["train"], cfg, cfg["seed"]), path)
+            made(name)
+        return run
+
+    run_static = trained("static")
 
     @stage("hypernet", work / "hypernet.pt", timings, current("hypernet", work / "hypernet.pt"))
     def run_hypernet():
@@ -527,17 +534,8 @@ def adapt(args):
         save_atomic({k: v.cpu() for k, v in net.state_dict().items()}, work / "hypernet.pt")
         made("hypernet")
 
-    @stage("library", work / "library.pt", timings, current("library", work / "library.pt"))
-    def run_library():
-        from adapt import train_library
-        save_atomic(train_library(weights(), sets()["train"], cfg, cfg["seed"]), work / "library.pt")
-        made("library")
-
-    @stage("masks", work / "masks.pt", timings, current("masks", work / "masks.pt"))
-    def run_masks():
-        from adapt import train_masks
-        save_atomic(train_masks(weights(), sets()["train"], cfg, cfg["seed"]), work / "masks.pt")
-        made("masks")
+    run_library = trained("library")
+    run_masks = trained("masks")
 
     def network():
         """The trained Chameleon-on-static network (eval mode, on the device)."""

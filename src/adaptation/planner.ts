@@ -145,6 +145,8 @@ class StackBuilder implements AdapterSources {
   private readonly handles: Handle[] = [];
   private readonly shared = new Map<string, AdapterHandle>();
   private outcome: GateOutcome | null = null;
+  private readonly zeroHandle = this.handle({ kind: 'fixed', index: ZERO_ADAPTER });
+  private readonly staticHandle = this.handle({ kind: 'fixed', index: STATIC_ADAPTER });
 
   constructor(private readonly planner: Planner) {}
 
@@ -155,11 +157,11 @@ class StackBuilder implements AdapterSources {
   }
 
   zero(): AdapterHandle {
-    return this.handle({ kind: 'fixed', index: ZERO_ADAPTER });
+    return this.zeroHandle;
   }
 
   static(): AdapterHandle {
-    return this.handle({ kind: 'fixed', index: STATIC_ADAPTER });
+    return this.staticHandle;
   }
 
   generated(key: string | null, context: Float32Array, tokens: number): AdapterHandle {
