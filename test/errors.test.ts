@@ -99,7 +99,7 @@ describe('bad requests answer 4xx naming the parameter', () => {
       const invalid = { status: 400, code: 'invalid_request', type: 'invalid_request_error' };
       assertError(await completion(app, { temperature: 3 }), { ...invalid, param: 'temperature' });
       assertError(await completion(app, { prompt: undefined }), { ...invalid, param: 'prompt' });
-      assertError(await completion(app, { n: 2 }), { status: 400, code: 'unsupported_parameter', type: 'invalid_request_error', param: 'n' });
+      assertError(await completion(app, { best_of: 2 }), { status: 400, code: 'unsupported_parameter', type: 'invalid_request_error', param: 'best_of' });
       const unknown = { status: 404, code: 'model_not_found', type: 'invalid_request_error', param: 'model' };
       const inBody = assertError(await completion(app, { model: 'gpt-4' }), unknown);
       const inPath = assertError(await app.inject({ url: '/v1/models/gpt-4' }), unknown);

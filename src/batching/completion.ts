@@ -16,6 +16,8 @@ export type RequestSampling = Omit<SamplingParams, 'seed'> & { seed: number | nu
 
 export interface GenerationParams {
   sampling: RequestSampling;
+  /** Choices per prompt, each its own row (OpenAI's n). */
+  n: number;
   echo: boolean;
   mode: AdaptationMode;
   /** The named adapter the request's `model` chose (mode `adapter`), resolved at admission. */
@@ -41,11 +43,11 @@ export interface BatchInfo {
   batchSize: number;
   /** Clusters among them (0 when the mode clusters nothing). */
   clusters: number;
-  /** Cluster of each prompt (choice) of this request. */
+  /** Cluster of each choice of this request (the choices of one prompt share their prompt's). */
   clusterIndices: number[];
-  /** Members of the cluster whose mean formed each prompt's context (1 for request mode, 0 for none / static / adapter). */
+  /** Members of the cluster whose mean formed each choice's context (1 for request mode, 0 for none / static / adapter). */
   clusterSizes: number[];
-  /** What the gate made of each prompt's hypernetwork context (null: it has none). */
+  /** What the gate made of each choice's hypernetwork context (null: it has none). */
   gates: Array<GateOutcome | null>;
   mode: AdaptationMode;
   /** The named adapter (mode `adapter`), else null. */
@@ -76,7 +78,12 @@ export function batchInfoOf(batchId: number, params: GenerationParams, rows: rea
   };
 }
 
+/**
+ * Choice `c` of a request is sample `c % n` of prompt `floor(c / n)`, OpenAI's order. Each choice is a row of its own;
+ * the prompt is planned (clustered, adapted) once for all its choices.
+ */
 export class Completion implements Queued {
+  /** Its choices: prompts times n. */
   readonly rows: number;
   readonly arrivedAt: number;
   status: RequestStatus = 'waiting';
@@ -94,27 +101,40 @@ export class Completion implements Queued {
     readonly params: GenerationParams,
     now: number = performance.now(),
   ) {
-    this.rows = prompts.length;
+    this.rows = prompts.length * params.n;
     this.arrivedAt = now;
   }
 
-  /** The planner's view of one of its rows. */
-  planRow(choice: number): PlanRow {
-    const prompt = this.prompts[choice];
+  /** The prompt (index into `prompts`) a choice samples from. */
+  promptOf(choice: number): number {
+    return Math.floor(choice / this.params.n);
+  }
+
+  /** The prompt's text of each choice, in choice order. */
+  choiceTexts(): string[] {
+    return Array.from({ length: this.rows }, (_, choice) => this.prompts[this.promptOf(choice)].text);
+  }
+
+  /** The planner's view of one of its prompts. */
+  planRow(promptIndex: number): PlanRow {
+    const prompt = this.prompts[promptIndex];
     return { mode: this.params.mode, promptIds: prompt.ids, textTokens: prompt.textTokens, adapter: this.params.adapter };
   }
 
-  /** The engine's view of one of its rows. */
+  /**
+   * The engine's view of one of its rows. A seeded request's choice `j` of a prompt draws with seed + j (as vLLM
+   * does), so that each choice is the one a request with that seed and n = 1 gets.
+   */
   rowSpec(choice: number, adapterIndex: number): RowSpec {
-    const prompt = this.prompts[choice];
-    const { sampling, echo, adaptationScale } = this.params;
+    const prompt = this.prompts[this.promptOf(choice)];
+    const { sampling, echo, adaptationScale, n } = this.params;
     return {
       promptIds: prompt.ids,
       bosAdded: prompt.ids.length > prompt.textTokens,
       adapterIndex,
       adaptationScale,
       promptLogprobs: echo && sampling.logprobs !== null,
-      sampling: { ...sampling, seed: sampling.seed ?? randomInt(0, 2 ** 32) },
+      sampling: { ...sampling, seed: sampling.seed === null ? randomInt(0, 2 ** 32) : sampling.seed + (choice % n) },
     };
   }
 

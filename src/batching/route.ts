@@ -22,8 +22,8 @@ export class BatchRoute implements BatchSink {
   constructor(
     private readonly rows: readonly Row[],
     private readonly metrics: Metrics,
-    /** Called once per row that finishes (not for those left when the batch ends). */
-    private readonly onRowFinished: (row: Row) => void,
+    /** Called once per row (its index) that finishes (not for those left when the batch ends). */
+    private readonly onRowFinished: (row: number) => void,
   ) {
     for (const { completion } of rows) this.rowsLeft.set(completion, (this.rowsLeft.get(completion) ?? 0) + 1);
   }
@@ -47,16 +47,16 @@ export class BatchRoute implements BatchSink {
       if (event.finish === undefined) continue;
       completion.emit({ type: 'finish', choice, reason: event.finish, completionTokens: event.completionTokens });
       this.finishedRows.add(event.row);
-      this.onRowFinished(this.rows[event.row]);
+      this.onRowFinished(event.row);
       const left = this.rowsLeft.get(completion)! - 1;
       this.rowsLeft.set(completion, left);
       if (left === 0) completion.emit({ type: 'done' });
     }
   }
 
-  /** The rows that had not finished when the batch ended. */
-  unfinished(): Row[] {
-    return this.rows.filter((_, i) => !this.finishedRows.has(i));
+  /** The rows (indices) that had not finished when the batch ended. */
+  unfinished(): number[] {
+    return this.rows.flatMap((_, i) => (this.finishedRows.has(i) ? [] : [i]));
   }
 
   /** The batch failed: every request still open gets the error. */

@@ -4,7 +4,7 @@
  * sends it to the engine, where its rows join the running decode, and routes each row's events back to its request.
  */
 import { ContextPool } from '../adaptation/context-pool.js';
-import { CLUSTERED_MODES, isClustered, type ClusteredMode } from '../adaptation/modes.js';
+import { CLUSTERED_MODES, type ClusteredMode } from '../adaptation/modes.js';
 import { planBatch, type Planner } from '../adaptation/planner.js';
 import type { Config } from '../config.js';
 import type { BatchSink } from '../engine/client.js';
@@ -22,6 +22,12 @@ export interface Engine {
   cancel(batchId: number, rows: number[]): void;
 }
 
+/** A prompt of a request in a batch (its choices share it). */
+interface PoolKey {
+  completion: Completion;
+  index: number;
+}
+
 export type SchedulerConfig = Pick<Config,
   'maxBatchSize' | 'maxWaitMs' | 'targetClusterSize' | 'maxClusters' | 'queueSize' | 'idleDispatch' | 'clusterInFlight' | 'kmeansSeed' | 'requestTimeoutMs'>;
 
@@ -34,7 +40,7 @@ export class Scheduler {
   private readonly queue: BoundedQueue<Completion>;
   private readonly batcher: WindowBatcher<Completion>;
   /** Per clustered mode, its prompts in flight, which later windows of that mode are clustered with. */
-  private readonly pools = new Map<ClusteredMode, ContextPool<Row>>(CLUSTERED_MODES.map((m) => [m, new ContextPool<Row>()]));
+  private readonly pools = new Map<ClusteredMode, ContextPool<PoolKey>>(CLUSTERED_MODES.map((m) => [m, new ContextPool<PoolKey>()]));
   private loop: Promise<void> | null = null;
   private nextBatchId = 1;
   private inFlightRows = 0;
@@ -114,26 +120,44 @@ export class Scheduler {
 
   private async runBatch(window: Completion[]): Promise<void> {
     const live = window.filter((c) => !c.finished);
-    const rows: Row[] = live.flatMap((completion) => completion.prompts.map((_, choice) => ({ completion, choice })));
+    const rows: Row[] = live.flatMap((completion) => Array.from({ length: completion.rows }, (_, choice) => ({ completion, choice })));
     if (rows.length === 0) return;
     const batchId = this.nextBatchId++;
+    // a prompt is planned once, and its n choices take its plan
+    const prompts = live.flatMap((completion) => completion.prompts.map((_, index) => ({ completion, index })));
+    const firstPrompt = new Map<Completion, number>();
+    prompts.forEach((p, i) => { if (p.index === 0) firstPrompt.set(p.completion, i); });
+    const promptOfRow = rows.map((r) => firstPrompt.get(r.completion)! + r.completion.promptOf(r.choice));
     const { targetClusterSize, maxClusters, kmeansSeed, clusterInFlight } = this.config;
-    const plan = planBatch(rows.map((r) => r.completion.planRow(r.choice)), (mode) => (clusterInFlight ? this.pools.get(mode)!.entries() : []), this.planner,
+    const plan = planBatch(prompts.map((p) => p.completion.planRow(p.index)), (mode) => (clusterInFlight ? this.pools.get(mode)!.entries() : []), this.planner,
       { targetClusterSize, maxClusters, seed: (kmeansSeed + batchId) % 2 ** 31 });
     this.metrics.observePlan(plan);
-    plan.rows.forEach(({ poolEntry }, i) => poolEntry && this.pools.get(rows[i].completion.params.mode as ClusteredMode)!.add(rows[i], poolEntry.feature, poolEntry.tokens));
+    const inPool = new Map<PoolKey, number>();
+    plan.rows.forEach(({ poolEntry }, i) => {
+      if (poolEntry === null) return;
+      this.pools.get(prompts[i].completion.params.mode as ClusteredMode)!.add(prompts[i], poolEntry.feature, poolEntry.tokens);
+      inPool.set(prompts[i], prompts[i].completion.params.n);
+    });
+    const rowPlans = promptOfRow.map((p) => plan.rows[p]);
     this.occupy(rows.length);
     for (const completion of live) {
       const indices = rows.flatMap((r, i) => (r.completion === completion ? [i] : []));
       completion.placement = { batchId, rows: indices };
-      completion.emit({ type: 'batched', batch: batchInfoOf(batchId, completion.params, indices.map((i) => plan.rows[i])) });
+      completion.emit({ type: 'batched', batch: batchInfoOf(batchId, completion.params, indices.map((i) => rowPlans[i])) });
     }
+    // a prompt leaves its mode's pool once the last of its choices has finished
+    const rowFinished = (row: number) => {
+      const key = prompts[promptOfRow[row]];
+      const left = inPool.get(key);
+      if (left !== undefined && left <= 1) this.pools.get(key.completion.params.mode as ClusteredMode)!.remove(key);
+      if (left !== undefined) inPool.set(key, left - 1);
+    };
     const route = new BatchRoute(rows, this.metrics, (row) => {
-      this.leavePool(row);
+      rowFinished(row);
       this.occupy(-1);
     });
     try {
-      const specs = rows.map((r, i) => r.completion.rowSpec(r.choice, plan.rows[i].adapterIndex));
+      const specs = rows.map((r, i) => r.completion.rowSpec(r.choice, rowPlans[i].adapterIndex));
       const stats = await this.engine.run({ batchId, rows: specs, ...plan.adapters }, route);
       this.logger.debug({ ...stats, hypernetContexts: plan.adapters.contextCount, readyAdapters: plan.adapters.factors.length }, 'batch done');
     } catch (error) {
@@ -141,15 +165,9 @@ export class Scheduler {
       throw error;
     } finally {
       const left = route.unfinished();
-      for (const row of left) this.leavePool(row);
+      for (const row of left) rowFinished(row);
       this.occupy(-left.length);
       route.close();
     }
-  }
-
-  /** The prompt finished (or failed): it no longer shapes the context of later windows of its mode. */
-  private leavePool(row: Row): void {
-    const mode = row.completion.params.mode;
-    if (isClustered(mode)) this.pools.get(mode)!.remove(row);
   }
 }

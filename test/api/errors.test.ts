@@ -45,7 +45,7 @@ describe('400, 404 on the real app', () => {
     ['logprobs above 5', { prompt: 'a', logprobs: 6 }, 'invalid_request', 'logprobs'],
     ['five stop strings', { prompt: 'a', stop: ['a', 'b', 'c', 'd', 'e'] }, 'invalid_request', 'stop'],
     ['an unknown adaptation mode', { prompt: 'a', adaptation: 'cluster' }, 'invalid_request', 'adaptation'],
-    ['n other than 1', { prompt: 'a', n: 2 }, 'unsupported_parameter', 'n'],
+    ['n of 0', { prompt: 'a', n: 0 }, 'invalid_request', 'n'],
     ['best_of other than 1', { prompt: 'a', best_of: 3 }, 'unsupported_parameter', 'best_of'],
     ['a suffix', { prompt: 'a', suffix: 'x' }, 'unsupported_parameter', 'suffix'],
     ['a presence penalty', { prompt: 'a', presence_penalty: 0.5 }, 'unsupported_parameter', 'presence_penalty'],

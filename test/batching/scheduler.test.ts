@@ -45,8 +45,8 @@ class EchoEngine implements Engine {
 }
 
 const params = (over: Partial<Omit<GenerationParams, 'sampling'> & RequestSampling> = {}): GenerationParams => {
-  const { echo = false, mode = 'batch', adaptationScale = 1, adapter, ...sampling } = over;
-  return { echo, mode, adaptationScale, adapter, sampling: { maxTokens: 3, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: null, ignoreEos: false, minTokens: 0, stopTokenIds: [], ...sampling } };
+  const { echo = false, mode = 'batch', adaptationScale = 1, adapter, n = 1, ...sampling } = over;
+  return { echo, mode, adaptationScale, adapter, n, sampling: { maxTokens: 3, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: null, ignoreEos: false, minTokens: 0, stopTokenIds: [], ...sampling } };
 };
 
 function scheduler(engine: Engine, over: Partial<SchedulerConfig> = {}) {
@@ -94,6 +94,27 @@ test('modes map to slots; several prompts of one request stay in one batch', asy
   const job = engine.jobs[0];
   assert.deepEqual(job.rows.map((r) => r.adapterIndex), [2, 3, 0, 1]);
   assert.equal(job.contextCount, 2);
+  await s.drain();
+});
+
+test('n choices are rows of their own that share their prompt\'s plan; a seeded choice j draws with seed + j', async () => {
+  const engine = new EchoEngine();
+  const s = scheduler(engine);
+  const sampled = new Completion('n3', [{ text: 'a', ids: [0, 1], textTokens: 1 }, { text: 'b', ids: [0, 2], textTokens: 1 }], params({ mode: 'request', n: 3, seed: 40 }));
+  const other = new Completion('o', [{ text: 'c', ids: [0, 3], textTokens: 1 }], params({ mode: 'batch' }));
+  for (const c of [sampled, other]) s.submit(c);
+  const [events] = await Promise.all([collect(sampled), collect(other)]);
+  const job = engine.jobs[0];
+  assert.equal(job.rows.length, 7);
+  // one hypernetwork context per prompt, not per choice: the three choices of a prompt share its adapter
+  assert.equal(job.contextCount, 3);
+  assert.deepEqual(job.rows.slice(0, 6).map((r) => r.adapterIndex), [2, 2, 2, 3, 3, 3]);
+  assert.deepEqual(job.rows.slice(0, 6).map((r) => r.sampling.seed), [40, 41, 42, 40, 41, 42]);
+  assert.deepEqual(job.rows.slice(0, 6).map((r) => r.promptIds), [[0, 1], [0, 1], [0, 1], [0, 2], [0, 2], [0, 2]]);
+  const finished = events.flatMap((e) => (e.type === 'finish' ? [e.choice] : []));
+  assert.deepEqual(finished.sort(), [0, 1, 2, 3, 4, 5]);
+  const batched = events[0];
+  assert.ok(batched.type === 'batched' && batched.batch.clusterIndices.length === 6);
   await s.drain();
 });
 

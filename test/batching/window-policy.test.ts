@@ -46,7 +46,7 @@ class TickingEngine implements Engine {
 }
 
 const params = (maxTokens: number): GenerationParams => ({
-  sampling: { maxTokens, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: null, ignoreEos: true, minTokens: 0, stopTokenIds: [] }, echo: false, mode: 'batch', adaptationScale: 1,
+  sampling: { maxTokens, temperature: 0, topP: 1, topK: 0, seed: 1, stop: [], logprobs: null, ignoreEos: true, minTokens: 0, stopTokenIds: [] }, n: 1, echo: false, mode: 'batch', adaptationScale: 1,
 });
 
 const noLibrary = { factors(): never { throw new Error('no library in these tests'); } };

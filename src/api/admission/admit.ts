@@ -132,6 +132,7 @@ function generationParams(body: CompletionRequest, maxTokens: number, adaptation
       minTokens: body.min_tokens ?? 0,
       stopTokenIds: body.stop_token_ids ?? [],
     },
+    n: body.n ?? 1,
     echo: body.echo ?? false,
     ...adaptation,
     adaptationScale: body.adaptation_scale ?? 1,
@@ -148,7 +149,8 @@ export async function admit(body: CompletionRequest, service: CompletionService,
   const tokenizer = service.tokenizer;
   if (tokenizer === null) throw unavailableError('loading', null)!;
   const sources = promptSources(body.prompt);
-  if (sources.length > options.prompts.max) throw tooManyPromptsError(sources.length, options.prompts);
+  const n = body.n ?? 1;
+  if (sources.length * n > options.prompts.max) throw tooManyPromptsError(sources.length, n, options.prompts);
   // MAX_MODEL_LEN: the KV cache's positions per slot, which may be fewer than the model's context
   const context = service.contextLength;
   checkPromptBytes(sources, context, tokenizer);

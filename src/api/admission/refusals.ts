@@ -44,9 +44,11 @@ export function queueRefusal(outcome: Exclude<QueueOutcome, 'queued'>, state: Se
   return unavailableError(state === 'ready' ? 'draining' : state, failure)!;
 }
 
-/** More prompts than one request may bring: a 400, since retrying never makes room for them. */
-export function tooManyPromptsError(got: number, limit: PromptLimit): ServiceError {
-  return new ServiceError('invalid_request', `At most ${limit.max} prompts per request (${limit.setting}); got ${got}.`, { param: 'prompt' });
+/** More choices (prompts times n) than one request may bring: a 400, since retrying never makes room for them. */
+export function tooManyPromptsError(prompts: number, n: number, limit: PromptLimit): ServiceError {
+  if (n === 1) return new ServiceError('invalid_request', `At most ${limit.max} prompts per request (${limit.setting}); got ${prompts}.`, { param: 'prompt' });
+  return new ServiceError('invalid_request',
+    `At most ${limit.max} choices per request (${limit.setting}): each of the ${prompts} prompt(s) times n = ${n} is ${prompts * n}.`, { param: 'n' });
 }
 
 /** "the prompt", or "prompt 3" in a request of several. */
@@ -91,7 +93,6 @@ function unsupported(param: string, message: string): ServiceError {
 
 /** The refusal of the first option the service does not implement that is set to anything but its neutral value. */
 export function unsupportedOptionError(body: CompletionRequest): ServiceError | null {
-  if (body.n != null && body.n !== 1) return unsupported('n', `n must be 1: this server returns one choice per prompt (got ${body.n}). Send an array of prompts for several choices.`);
   if (body.best_of != null && body.best_of !== 1) return unsupported('best_of', `best_of must be 1 (got ${body.best_of}).`);
   if (body.suffix != null && body.suffix !== '') return unsupported('suffix', 'suffix is not supported.');
   if (body.presence_penalty != null && body.presence_penalty !== 0) return unsupported('presence_penalty', 'presence_penalty is not supported (must be 0).');

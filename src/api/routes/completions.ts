@@ -71,8 +71,8 @@ export async function completionRoutes(app: FastifyInstance, options: Completion
 }
 
 async function collect(completion: Completion, head: ResponseHead) {
-  const { params, prompts } = completion;
-  const choices = prompts.map((p, i) => new ChoiceBuilder(i, p.text, params.echo, params.sampling.logprobs !== null));
+  const { params } = completion;
+  const choices = completion.choiceTexts().map((text, i) => new ChoiceBuilder(i, text, params.echo, params.sampling.logprobs !== null));
   let batch: BatchInfo | null = null;
   for await (const event of completion.events()) {
     switch (event.type) {
@@ -117,8 +117,9 @@ function openEventStream(request: FastifyRequest, reply: FastifyReply): (data: u
 
 async function stream(request: FastifyRequest, reply: FastifyReply, completion: Completion, head: ResponseHead, includeUsage: boolean): Promise<void> {
   const send = openEventStream(request, reply);
-  const { params, prompts } = completion;
-  const offsets = prompts.map((p) => new TextOffsets(params.echo ? 0 : charLength(p.text)));
+  const { params } = completion;
+  const prompts = completion.choiceTexts();
+  const offsets = prompts.map((text) => new TextOffsets(params.echo ? 0 : charLength(text)));
   let chameleon: ReturnType<typeof chameleonInfo> | null = null;
   let tokens = 0;
   const chunk = (choice: number, text: string, logprobs: ReturnType<typeof logprobsOf> | null, finish: 'stop' | 'length' | null) => ({
@@ -134,11 +135,11 @@ async function stream(request: FastifyRequest, reply: FastifyReply, completion: 
     switch (event.type) {
       case 'batched':
         chameleon = chameleonInfo(event.batch);
-        if (params.echo && params.sampling.logprobs === null) prompts.forEach((p, i) => send(chunk(i, p.text, null, null)));
+        if (params.echo && params.sampling.logprobs === null) prompts.forEach((text, i) => send(chunk(i, text, null, null)));
         break;
       case 'prompt':
-        offsets[event.choice] = TextOffsets.forEcho(prompts[event.choice].text, event.logprobs);
-        send(chunk(event.choice, prompts[event.choice].text, logprobsOf(event.logprobs, offsets[event.choice]!), null));
+        offsets[event.choice] = TextOffsets.forEcho(prompts[event.choice], event.logprobs);
+        send(chunk(event.choice, prompts[event.choice], logprobsOf(event.logprobs, offsets[event.choice]!), null));
         break;
       case 'text':
         send(chunk(event.choice, event.text, event.logprob === undefined ? null : logprobsOf([event.logprob], offsets[event.choice]), null));

@@ -45,7 +45,10 @@ export const CompletionRequest = Type.Object(
     stream_options: nullable(Type.Object({ include_usage: Type.Optional(Type.Boolean()) })),
     logprobs: nullable(Type.Integer({ minimum: 0, maximum: 5, description: 'Return token logprobs and this many top alternatives per token' })),
     echo: nullable(Type.Boolean({ description: 'Return the prompt before the completion (with logprobs: the prompt’s token logprobs)' })),
-    n: nullable(Type.Integer({ minimum: 1, description: 'Only 1 is supported' })),
+    n: nullable(Type.Integer({
+      minimum: 1,
+      description: 'Choices per prompt (default 1), each sampled in its own row: choice index = prompt index * n + sample. With a seed, sample j draws with seed + j, so it equals the request with that seed and n = 1',
+    })),
     best_of: nullable(Type.Integer({ minimum: 1, description: 'Only 1 is supported' })),
     suffix: nullable(Type.String({ description: 'Not supported (must be empty)' })),
     presence_penalty: nullable(Type.Number({ description: 'Not supported (must be 0)' })),
