@@ -17,6 +17,7 @@ function schemaOnlyService(modelName: string): CompletionService {
     modelName,
     contextLength: 0,
     tokenizer: null,
+    chatTemplate: null,
     created: 0,
     queueFull: false,
     adapters: new AdapterRegistry(0, { vocabSize: 0, dim: 0, maxRank: 0 }, modelName),

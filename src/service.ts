@@ -17,6 +17,7 @@ import type { LoraFactors } from './engine/protocol.js';
 import { ConfigError } from './errors.js';
 import { ADAPT_COMMAND } from './model/manifest.js';
 import { ModelPackage } from './model/package.js';
+import type { ChatTemplate } from './model/chat-template.js';
 import type { TextTokenizer } from './model/tokenizer.js';
 import type { Metrics } from './observability/metrics.js';
 
@@ -35,6 +36,8 @@ export interface CompletionService {
   /** Longest prompt + completion in tokens (BOS included): MAX_MODEL_LEN, the KV cache's positions per slot. */
   readonly contextLength: number;
   readonly tokenizer: TextTokenizer | null;
+  /** The package's chat template (null: it has none, and /v1/chat/completions refuses). */
+  readonly chatTemplate: ChatTemplate | null;
   readonly created: number;
   /** True when a new request would be refused with 429 anyway: checked before its body is even read. */
   readonly queueFull: boolean;
@@ -129,6 +132,10 @@ export class InferenceService implements CompletionService {
 
   get tokenizer(): TextTokenizer {
     return this.model.tokenizer;
+  }
+
+  get chatTemplate(): ChatTemplate | null {
+    return this.model.chatTemplate;
   }
 
   /** Starts the worker (sessions, signature checks, warm-up) and the scheduler; resolves when ready. */

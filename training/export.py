@@ -33,6 +33,16 @@ class DecoderGraph(torch.nn.Module):
                                         lora_scale, logits_index, self.scale)
 
 
+
+# The trained model's chat template (docs/chat.md): plain "User:" / "Assistant:" turns, a system message as a
+# leading paragraph, each earlier answer closed by the end-of-text token.
+CHAT_TEMPLATE = ("{{ bos_token }}{% for message in messages %}"
+                 "{% if message['role'] == 'system' %}{{ message['content'] }}\n\n"
+                 "{% elif message['role'] == 'user' %}User: {{ message['content'] }}\n"
+                 "{% elif message['role'] == 'assistant' %}Assistant: {{ message['content'] }}{{ eos_token }}\n"
+                 "{% endif %}{% endfor %}"
+                 "{% if add_generation_prompt %}Assistant:{% endif %}")
+
 def cache_input_names(n_layer):
     return [name for i in range(n_layer) for name in (f"past_key_{i}", f"past_value_{i}")]
 
@@ -293,7 +303,8 @@ def export_package(out, model, hypernet, static, tokenizer_path, cfg, eos_id, fi
         "name": cfg["name"],
         "dims": dims,
         "lora": sections["lora"],
-        "tokenizer": {"file": "tokenizer.json", "eos_token": "<|endoftext|>", "eos_token_id": eos_id, "bos_token_id": eos_id, "add_bos": True},
+        "tokenizer": {"file": "tokenizer.json", "eos_token": "<|endoftext|>", "eos_token_id": eos_id, "bos_token_id": eos_id, "add_bos": True,
+                      "chat_template": CHAT_TEMPLATE},
         "features": {"kind": "l2_normalised_mean_token_embedding", "exclude_token_ids": [eos_id]},
         "files": files,
         "sha256": {k: sha256(out / v) for k, v in files.items() if (out / v).exists() and k != "eval"},

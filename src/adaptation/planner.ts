@@ -24,8 +24,9 @@ import { MODES, isClustered, type AdaptationMode, type AdapterHandle, type Adapt
 /** One row (prompt) of the window, as the planner needs it. */
 export interface PlanRow {
   mode: AdaptationMode;
+  /** The ids its feature is the mean of: the prompt's, or a chat's message contents (without the template). */
   promptIds: number[];
-  /** Tokens of the prompt's text (its ids without an added BOS). */
+  /** The prompt tokens they count for (without an added BOS). */
   textTokens: number;
   /** The named adapter (mode `adapter`). */
   adapter?: AdapterRef;

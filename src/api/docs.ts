@@ -8,6 +8,7 @@ import swaggerUi from '@fastify/swagger-ui';
 import type { FastifyInstance } from 'fastify';
 import fp from 'fastify-plugin';
 import { ErrorResponse } from './schemas/common.js';
+import { chatSchemas } from './schemas/chat.js';
 import { completionSchemas } from './schemas/completions.js';
 import { Live, Ready } from './schemas/health.js';
 import { tokenizerSchemas } from './schemas/tokenizer.js';
@@ -39,7 +40,7 @@ export const apiDocs = fp(async (app: FastifyInstance) => {
     refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => (typeof json.$id === 'string' ? json.$id : `def-${i}`) },
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
-  for (const schema of [ErrorResponse, ...completionSchemas, ModelObject, ModelList, AdapterObject, AdapterList, AdapterDeleted, LoadAdapterRequest, ...tokenizerSchemas, Live, Ready]) {
+  for (const schema of [ErrorResponse, ...completionSchemas, ...chatSchemas, ModelObject, ModelList, AdapterObject, AdapterList, AdapterDeleted, LoadAdapterRequest, ...tokenizerSchemas, Live, Ready]) {
     app.addSchema(schema);
   }
 }, { name: 'chameleon-docs', fastify: '5.x' });

@@ -35,6 +35,11 @@ export interface PromptInput {
   ids: number[];
   /** Tokens of the text itself (ids without the added BOS). */
   textTokens: number;
+  /**
+   * What adaptation reads of it when that is not the prompt itself: a chat's message contents without its template
+   * (the ids its feature is the mean of, and how many prompt tokens they count for).
+   */
+  adaptation?: { ids: number[]; tokens: number };
 }
 
 export interface BatchInfo {
@@ -118,7 +123,8 @@ export class Completion implements Queued {
   /** The planner's view of one of its prompts. */
   planRow(promptIndex: number): PlanRow {
     const prompt = this.prompts[promptIndex];
-    return { mode: this.params.mode, promptIds: prompt.ids, textTokens: prompt.textTokens, adapter: this.params.adapter };
+    const { ids, tokens } = prompt.adaptation ?? { ids: prompt.ids, tokens: prompt.textTokens };
+    return { mode: this.params.mode, promptIds: ids, textTokens: tokens, adapter: this.params.adapter };
   }
 
   /**

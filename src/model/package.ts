@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { ModelPackageError } from '../errors.js';
 import { isAdaptive, loadManifest, type AdaptiveManifest, type LoadedManifest, type Manifest, type TensorKey } from './manifest.js';
+import { ChatTemplate } from './chat-template.js';
 import { TextTokenizer } from './tokenizer.js';
 
 export class ModelPackage {
@@ -12,12 +13,17 @@ export class ModelPackage {
   readonly manifest: Manifest;
   readonly paths: LoadedManifest['paths'];
   readonly tokenizer: TextTokenizer;
+  /** The checkpoint's chat template (null: the package has none, and serves no chat). */
+  readonly chatTemplate: ChatTemplate | null;
 
   private constructor(loaded: LoadedManifest, tokenizer: TextTokenizer) {
     this.dir = loaded.dir;
     this.manifest = loaded.manifest;
     this.paths = loaded.paths;
     this.tokenizer = tokenizer;
+    const { chat_template: template, bos_token: bos, eos_token: eos } = loaded.manifest.tokenizer;
+    const bosToken = bos ?? (tokenizer.bosId === null ? '' : tokenizer.piece(tokenizer.bosId));
+    this.chatTemplate = template === undefined ? null : ChatTemplate.parse(template, { bos_token: bosToken, eos_token: eos });
   }
 
   /** Opens and checks the package in `dir`; throws ModelPackageError naming the problem. */

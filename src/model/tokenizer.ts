@@ -184,8 +184,13 @@ export class TextTokenizer {
 
   /** encodePrompt off the event loop (libuv's thread pool): what the server uses for prompts. */
   async tokenizePrompt(text: string): Promise<number[]> {
+    return this.withBos(await this.tokenize(text));
+  }
+
+  /** encode off the event loop: the text's tokens, no BOS added (a chat template writes its own). */
+  async tokenize(text: string): Promise<number[]> {
     const encoding = await this.native.encode(text, null, { addSpecialTokens: false });
-    return this.withBos(encoding.getIds());
+    return encoding.getIds();
   }
 
   /**

@@ -3,7 +3,7 @@ import { ServiceError } from '../../src/errors.js';
 import type { CompletionService } from '../../src/service.js';
 
 /** The adapter side of a stub CompletionService: no adapters, no library (the hypernetwork and static modes only), admin actions refused. */
-export function noAdapters(modelName: string): Pick<CompletionService, 'adapters' | 'adaptationModes' | 'defaultAdaptation' | 'loadAdapter' | 'adapterFromExamples'> {
+export function noAdapters(modelName: string): Pick<CompletionService, 'adapters' | 'adaptationModes' | 'defaultAdaptation' | 'loadAdapter' | 'adapterFromExamples' | 'chatTemplate'> {
   const refuse = () => Promise.reject(new ServiceError('not_ready', 'stub service'));
   return {
     adapters: new AdapterRegistry(0, { vocabSize: 0, dim: 0, maxRank: 0 }, modelName),
@@ -11,5 +11,6 @@ export function noAdapters(modelName: string): Pick<CompletionService, 'adapters
     defaultAdaptation: 'batch',
     loadAdapter: refuse,
     adapterFromExamples: refuse,
+    chatTemplate: null,
   };
 }

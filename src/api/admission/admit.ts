@@ -18,8 +18,22 @@ import {
 
 export const DEFAULT_MAX_TOKENS = 16;
 
-/** One prompt as the request gives it: a text, or token ids. */
-type PromptSource = string | readonly number[];
+/** The fields admission reads besides the prompts: those of /v1/completions, which chat shares. */
+export type RequestFields = Omit<CompletionRequest, 'prompt'>;
+
+/**
+ * A chat's prompt: the conversation rendered with the chat template, and the text adaptation reads, which is the
+ * conversation's own words without the template's (see api/chat/prompt.ts).
+ */
+export interface ChatPrompt {
+  rendered: string;
+  adaptationText: string;
+}
+
+/** One prompt as the request gives it: a text, token ids, or a chat. */
+export type PromptSource = string | readonly number[] | ChatPrompt;
+
+const isTokenIds = (source: PromptSource): source is readonly number[] => Array.isArray(source);
 
 export interface AdmissionOptions {
   prompts: PromptLimit;
@@ -31,7 +45,7 @@ export interface AdmissionOptions {
  * The request's adaptation: the base model with its `adaptation` mode, or a named adapter chosen by `model` (vLLM's
  * convention), which brings its own low-rank update and so takes no other mode.
  */
-function chooseAdaptation(body: CompletionRequest, service: CompletionService): Pick<GenerationParams, 'mode' | 'adapter'> {
+function chooseAdaptation(body: RequestFields, service: CompletionService): Pick<GenerationParams, 'mode' | 'adapter'> {
   const served = service.adaptationModes;
   const baseOnly = !served.includes(DEFAULT_ADAPTATION_MODE);
   const byId = modeOfModelId(body.model, service.modelName);
@@ -58,7 +72,7 @@ function modeOfModelId(model: string, base: string): RequestAdaptationMode | nul
 }
 
 /** min_tokens within max_tokens, and stop_token_ids within the vocabulary. */
-function checkEndings(body: CompletionRequest, maxTokens: number, vocabSize: number): void {
+function checkEndings(body: RequestFields, maxTokens: number, vocabSize: number): void {
   if (body.min_tokens != null && body.min_tokens > maxTokens) throw minTokensOverMaxError(body.min_tokens, maxTokens);
   const outside = body.stop_token_ids?.find((id) => id >= vocabSize);
   if (outside !== undefined) throw tokenOutsideVocabularyError('stop_token_ids', outside, vocabSize, 'stop_token_ids');
@@ -67,9 +81,9 @@ function checkEndings(body: CompletionRequest, maxTokens: number, vocabSize: num
 /** Refuses any prompt over the most bytes a context's tokens can hold, before any of them is tokenised. */
 function checkPromptBytes(sources: readonly PromptSource[], context: number, tokenizer: TextTokenizer): void {
   const maxBytes = context * tokenizer.maxTokenBytes;
-  sources.forEach((text, i) => {
-    if (typeof text !== 'string') return;
-    const bytes = Buffer.byteLength(text);
+  sources.forEach((source, i) => {
+    if (isTokenIds(source)) return;
+    const bytes = Buffer.byteLength(typeof source === 'string' ? source : source.rendered);
     if (bytes > maxBytes) {
       throw promptTooLongError(context, promptName(i, sources.length), `${bytes} bytes, more than ${context} tokens can hold (${maxBytes} bytes)`);
     }
@@ -87,8 +101,12 @@ async function tokenizePrompts(sources: readonly PromptSource[], tokenizer: Text
   const prompts: PromptInput[] = [];
   for (const [i, source] of sources.entries()) {
     const prompt = promptName(i, sources.length);
-    if (typeof source !== 'string') {
+    if (isTokenIds(source)) {
       prompts.push(tokenIdPrompt(source, prompt, tokenizer, context, maxTokens));
+      continue;
+    }
+    if (typeof source !== 'string') {
+      prompts.push(await chatPrompt(source, tokenizer, context, maxTokens));
       continue;
     }
     // The lower bound costs a pass over the text: taken per prompt, so that a request refused at its first
@@ -110,14 +128,28 @@ function tokenIdPrompt(ids: readonly number[], prompt: string, tokenizer: TextTo
   return { text: tokenizer.decode(ids), ids: [...ids], textTokens: ids.length };
 }
 
-/** A request's prompts, each a text or token ids. */
-function promptSources(prompt: CompletionRequest['prompt']): PromptSource[] {
+/**
+ * The rendered conversation carries its own special tokens, so none is added (as vLLM and transformers tokenize a
+ * chat). Adaptation reads the conversation's words alone (PromptInput.adaptation).
+ */
+async function chatPrompt(chat: ChatPrompt, tokenizer: TextTokenizer, context: number, maxTokens: number): Promise<PromptInput> {
+  const prompt = promptName(0, 1);
+  checkFits(tokenizer.minPromptTokens(chat.rendered) - (tokenizer.addBos ? 1 : 0), true, context, maxTokens, prompt, '');
+  const ids = await tokenizer.tokenize(chat.rendered);
+  if (ids.length === 0) throw emptyPromptError(prompt);
+  checkFits(ids.length, false, context, maxTokens, prompt, '');
+  const words = await tokenizer.tokenize(chat.adaptationText);
+  return { text: chat.rendered, ids, textTokens: ids.length, adaptation: { ids: words, tokens: words.length } };
+}
+
+/** A completion request's prompts, each a text or token ids. */
+export function promptSources(prompt: CompletionRequest['prompt']): PromptSource[] {
   if (typeof prompt === 'string') return [prompt];
   if (prompt.every((p): p is number => typeof p === 'number')) return [prompt];
   return prompt as PromptSource[];
 }
 
-function generationParams(body: CompletionRequest, maxTokens: number, adaptation: Pick<GenerationParams, 'mode' | 'adapter'>): GenerationParams {
+function generationParams(body: RequestFields, maxTokens: number, adaptation: Pick<GenerationParams, 'mode' | 'adapter'>): GenerationParams {
   const stop = body.stop == null ? [] : (typeof body.stop === 'string' ? [body.stop] : body.stop).filter((s) => s !== '');
   return {
     sampling: {
@@ -139,8 +171,14 @@ function generationParams(body: CompletionRequest, maxTokens: number, adaptation
   };
 }
 
-/** Admits the request and queues it; throws the refusal (a ServiceError) when it is not taken. */
-export async function admit(body: CompletionRequest, service: CompletionService, requestId: string, options: AdmissionOptions): Promise<Completion> {
+/**
+ * Admits the request and queues it; throws the refusal (a ServiceError) when it is not taken. Its prompts are taken
+ * from `promptsOf` once the model, the options and the service's state have passed, so that a chat's template is
+ * rendered only for a request that could be served.
+ */
+export async function admit(
+  body: RequestFields, promptsOf: () => readonly PromptSource[], service: CompletionService, requestId: string, options: AdmissionOptions,
+): Promise<Completion> {
   const adaptation = chooseAdaptation(body, service);
   const unsupported = unsupportedOptionError(body);
   if (unsupported !== null) throw unsupported;
@@ -148,7 +186,7 @@ export async function admit(body: CompletionRequest, service: CompletionService,
   if (unavailable !== null) throw unavailable;
   const tokenizer = service.tokenizer;
   if (tokenizer === null) throw unavailableError('loading', null)!;
-  const sources = promptSources(body.prompt);
+  const sources = promptsOf();
   const n = body.n ?? 1;
   if (sources.length * n > options.prompts.max) throw tooManyPromptsError(sources.length, n, options.prompts);
   // MAX_MODEL_LEN: the KV cache's positions per slot, which may be fewer than the model's context

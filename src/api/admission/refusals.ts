@@ -92,7 +92,7 @@ function unsupported(param: string, message: string): ServiceError {
 }
 
 /** The refusal of the first option the service does not implement that is set to anything but its neutral value. */
-export function unsupportedOptionError(body: CompletionRequest): ServiceError | null {
+export function unsupportedOptionError(body: Omit<CompletionRequest, 'prompt'>): ServiceError | null {
   if (body.best_of != null && body.best_of !== 1) return unsupported('best_of', `best_of must be 1 (got ${body.best_of}).`);
   if (body.suffix != null && body.suffix !== '') return unsupported('suffix', 'suffix is not supported.');
   if (body.presence_penalty != null && body.presence_penalty !== 0) return unsupported('presence_penalty', 'presence_penalty is not supported (must be 0).');
@@ -144,4 +144,16 @@ export function adapterWithModeError(adapter: string, baseModel: string): Servic
 export function modelNotFoundError(model: string, baseModel: string, adapters: readonly string[]): ServiceError {
   const served = adapters.length > 0 ? ` and the adapters ${adapters.map((a) => `'${a}'`).join(', ')}` : '';
   return new ServiceError('model_not_found', `The model '${model}' does not exist; this server serves '${baseModel}'${served} (GET /v1/models).`, { param: 'model' });
+}
+
+/** A chat request to a package without a chat template: refused as vLLM does, never rendered with a guessed one. */
+export function noChatTemplateError(model: string): ServiceError {
+  return new ServiceError('invalid_request',
+    `The model '${model}' has no chat template, so it serves /v1/completions only. A package imported from a checkpoint whose tokenizer_config.json ` +
+    '(or chat_template.jinja) has one keeps it (manifest tokenizer.chat_template).', { param: 'messages' });
+}
+
+/** The chat template refused the conversation (its raise_exception), or cannot be rendered. */
+export function chatTemplateRefusal(reason: string): ServiceError {
+  return new ServiceError('invalid_request', `The chat template cannot render these messages: ${reason}`, { param: 'messages' });
 }

@@ -8,9 +8,11 @@ import type { BatchInfo, Completion } from '../../batching/completion.js';
 import { ServiceError } from '../../errors.js';
 import type { Metrics } from '../../observability/metrics.js';
 import type { CompletionService } from '../../service.js';
-import { admit, type AdmissionOptions } from '../admission/admit.js';
+import { admit, promptSources, type AdmissionOptions } from '../admission/admit.js';
 import { refusalsBeforeBody } from '../admission/before-body.js';
 import { bodyLimit } from '../admission/limits.js';
+import { chatCompletionRoute } from './chat.js';
+import { openEventStream, recordStreamOutcome, streamOutcome } from '../completions/event-stream.js';
 import { ChoiceBuilder, TextOffsets, buildResponse, chameleonInfo, charLength, logprobsOf, publicFinish, usageOf, type ResponseHead } from '../completions/format.js';
 import { errorResponses } from '../schemas/common.js';
 import type { CompletionRequest } from '../schemas/completions.js';
@@ -21,15 +23,12 @@ export interface CompletionRouteOptions {
   admission: AdmissionOptions;
 }
 
-/** Status of a stream (sent as 200 before its outcome was known), for the request counter. */
-const streamOutcome = new WeakMap<FastifyRequest, number>();
-
 export async function completionRoutes(app: FastifyInstance, options: CompletionRouteOptions): Promise<void> {
   const { service, metrics, admission } = options;
 
   // Counted once per request: the status sent (a stream's outcome), or 499 when the client left before the end.
   app.addHook('onRequest', async (request, reply) => {
-    metrics.countRequest(reply.raw, () => streamOutcome.get(request) ?? reply.raw.statusCode);
+    metrics.countRequest(reply.raw, () => streamOutcome(request) ?? reply.raw.statusCode);
   });
   const limit = bodyLimit(service, admission.prompts);
   await app.register(refusalsBeforeBody, { service, bodyLimit: limit, retryAfterSeconds: admission.retryAfterSeconds });
@@ -60,7 +59,7 @@ export async function completionRoutes(app: FastifyInstance, options: Completion
     },
     async (request, reply) => {
       const body = request.body as CompletionRequest;
-      const completion = await admit(body, service, request.id, admission);
+      const completion = await admit(body, () => promptSources(body.prompt), service, request.id, admission);
       request.log.debug({ prompts: completion.rows, mode: completion.params.mode, user: body.user ?? undefined }, 'completion admitted');
       reply.raw.on('close', () => completion.cancel());
       const head: ResponseHead = { id: `cmpl-${randomUUID().replaceAll('-', '')}`, created: Math.floor(Date.now() / 1000), model: body.model };
@@ -68,6 +67,7 @@ export async function completionRoutes(app: FastifyInstance, options: Completion
       return collect(completion, head);
     },
   );
+  chatCompletionRoute(app, { service, admission, bodyLimit: limit });
 }
 
 async function collect(completion: Completion, head: ResponseHead) {
@@ -97,22 +97,6 @@ async function collect(completion: Completion, head: ResponseHead) {
   if (batch === null) throw new ServiceError('internal_error', 'The request ended without being batched.');
   const tokens = choices.reduce((sum, c) => sum + c.tokens, 0);
   return buildResponse(head, choices.map((c) => c.build()), usageOf(completion, tokens), batch);
-}
-
-/** Takes the response from fastify and starts the event stream; returns how to send one event. */
-function openEventStream(request: FastifyRequest, reply: FastifyReply): (data: unknown) => void {
-  reply.hijack();
-  const raw = reply.raw;
-  raw.writeHead(200, {
-    'content-type': 'text/event-stream; charset=utf-8',
-    'cache-control': 'no-cache',
-    connection: 'keep-alive',
-    'x-accel-buffering': 'no',
-    'x-request-id': request.id,
-  });
-  return (data) => {
-    if (!raw.destroyed) raw.write(`data: ${data === '[DONE]' ? data : JSON.stringify(data)}\n\n`);
-  };
 }
 
 async function stream(request: FastifyRequest, reply: FastifyReply, completion: Completion, head: ResponseHead, includeUsage: boolean): Promise<void> {
@@ -160,7 +144,7 @@ async function stream(request: FastifyRequest, reply: FastifyReply, completion: 
         break;
     }
   }
-  streamOutcome.set(request, status);
+  recordStreamOutcome(request, status);
   request.log.info({ statusCode: status, streamed: true, tokens }, 'stream completed');
   reply.raw.end();
 }
