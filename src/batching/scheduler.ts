@@ -60,6 +60,7 @@ export class Scheduler {
   submit(completion: Completion): QueueOutcome {
     const outcome = this.queue.push(completion);
     if (outcome !== 'queued') return outcome;
+    this.metrics.observeAdmitted(completion);
     const stop = (error: ServiceError) => {
       if (!this.queue.remove(completion) && completion.placement !== null) this.engine.cancel(completion.placement.batchId, completion.placement.rows);
       completion.emit({ type: 'error', error });
@@ -127,6 +128,7 @@ export class Scheduler {
       const indices = rows.flatMap((r, i) => (r.completion === completion ? [i] : []));
       completion.placement = { batchId, rows: indices };
       completion.emit({ type: 'batched', batch: batchInfoOf(batchId, completion.params, indices.map((i) => plan.rows[i])) });
+      this.metrics.observeRunning(completion);
     }
     const route = new BatchRoute(rows, this.metrics, (row) => {
       this.leavePool(row);
