@@ -60,6 +60,7 @@ describe('a service that cannot take work answers 503, with Retry-After only whi
       const expected = { status: 503, code: 'not_ready', type: 'server_error', retryAfter: '1' };
       assert.match(assertError(await completion(app), expected), /still loading/);
       assertError(await app.inject({ url: '/health/ready' }), expected);
+      assertError(await app.inject({ url: '/health' }), expected);
     });
   });
 
@@ -67,12 +68,14 @@ describe('a service that cannot take work answers 503, with Retry-After only whi
     await withApp(stubService({ state: 'failed', failure: new Error('the worker crashed') }), {}, async (app) => {
       const message = assertError(await completion(app), { status: 503, code: 'not_ready', type: 'server_error', retryAfter: '1' });
       assert.match(message, /the worker crashed/);
+      assertError(await app.inject({ url: '/health' }), { status: 503, code: 'not_ready', type: 'server_error', retryAfter: '1' });
     });
   });
 
   test('while draining: shutting_down, without Retry-After; so too a queue that closed after the request was admitted', async () => {
     await withApp(stubService({ state: 'draining' }), {}, async (app) => {
       assertError(await completion(app), { status: 503, code: 'shutting_down', type: 'server_error' });
+      assertError(await app.inject({ url: '/health' }), { status: 503, code: 'shutting_down', type: 'server_error' });
     });
     await withApp(stubService({ submit: () => 'closed' }), {}, async (app) => {
       assertError(await completion(app), { status: 503, code: 'shutting_down', type: 'server_error' });

@@ -48,7 +48,7 @@ function openService(app: FastifyInstance, config: Config, metrics: Metrics): Om
 
 export const inference = fp(async (app: FastifyInstance, options: InferenceOptions) => {
   const { config, fastRefusal, newRequestId } = options;
-  const metrics = options.metrics ?? new Metrics();
+  const metrics = options.metrics ?? new Metrics({ modelName: config.modelName, slots: config.maxBatchSize });
   const handle = options.service === undefined
     ? openService(app, config, metrics)
     : { service: options.service, started: Promise.resolve(), onFailure: () => {} };

@@ -18,6 +18,8 @@ export class BatchRoute implements BatchSink {
   private readonly rowsLeft = new Map<Completion, number>();
   private readonly finishedRows = new Set<number>();
   private readonly streaming = new Set<Completion>();
+  /** performance.now() at each row's latest token. */
+  private readonly lastTokenAt = new Map<number, number>();
 
   constructor(
     private readonly rows: readonly Row[],
@@ -40,7 +42,7 @@ export class BatchRoute implements BatchSink {
   onEvents(events: RowEvent[]): void {
     for (const event of events) {
       const { completion, choice } = this.rows[event.row];
-      if (event.token !== undefined) this.countToken(completion);
+      if (event.token !== undefined) this.countToken(event.row, completion);
       if (event.token !== undefined || event.text !== '') {
         completion.emit({ type: 'text', choice, text: event.text, ...(event.logprob ? { logprob: event.logprob } : {}) });
       }
@@ -69,10 +71,12 @@ export class BatchRoute implements BatchSink {
     for (const completion of this.rowsLeft.keys()) completion.emit({ type: 'done' });
   }
 
-  private countToken(completion: Completion): void {
-    this.metrics.tokensGenerated.inc();
-    if (this.streaming.has(completion)) return;
+  private countToken(row: number, completion: Completion): void {
+    const now = performance.now();
+    const previous = this.lastTokenAt.get(row);
+    this.lastTokenAt.set(row, now);
+    const first = !this.streaming.has(completion);
     this.streaming.add(completion);
-    this.metrics.timeToFirstToken.observe((performance.now() - completion.arrivedAt) / 1000);
+    this.metrics.observeToken(completion, first, previous === undefined ? null : (now - previous) / 1000);
   }
 }

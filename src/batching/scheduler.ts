@@ -66,6 +66,7 @@ export class Scheduler {
   submit(completion: Completion): QueueOutcome {
     const outcome = this.queue.push(completion);
     if (outcome !== 'queued') return outcome;
+    this.metrics.observeAdmitted(completion);
     const stop = (error: ServiceError) => {
       if (!this.queue.remove(completion) && completion.placement !== null) this.engine.cancel(completion.placement.batchId, completion.placement.rows);
       completion.emit({ type: 'error', error });
@@ -144,6 +145,7 @@ export class Scheduler {
       const indices = rows.flatMap((r, i) => (r.completion === completion ? [i] : []));
       completion.placement = { batchId, rows: indices };
       completion.emit({ type: 'batched', batch: batchInfoOf(batchId, completion.params, indices.map((i) => rowPlans[i])) });
+      this.metrics.observeRunning(completion);
     }
     // a prompt leaves its mode's pool once the last of its choices has finished
     const rowFinished = (row: number) => {

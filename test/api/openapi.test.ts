@@ -10,7 +10,7 @@ test('openapi/openapi.json is in sync with the routes (npm run openapi regenerat
   const generated = serialise(await openApiDocument());
   assert.equal(committed, generated, 'openapi/openapi.json is stale: run npm run openapi');
   const doc = JSON.parse(generated);
-  for (const path of ['/v1/completions', '/v1/models', '/health/live', '/health/ready', '/metrics']) assert.ok(doc.paths[path], path);
+  for (const path of ['/v1/completions', '/v1/models', '/health', '/health/live', '/health/ready', '/metrics']) assert.ok(doc.paths[path], path);
   const request = doc.components.schemas.CompletionRequest.properties;
   for (const field of ['model', 'prompt', 'max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop', 'stream', 'logprobs', 'echo', 'n', 'user', 'adaptation']) {
     assert.ok(request[field], `request field ${field}`);

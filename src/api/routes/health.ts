@@ -9,15 +9,17 @@ export async function healthRoutes(app: FastifyInstance, options: { service: Com
   app.get('/health/live', {
     schema: { summary: 'Liveness: the process answers', tags: ['health'], response: { 200: { description: 'OK', content: { 'application/json': { schema: Type.Ref('Live') } } } } },
   }, async () => ({ status: 'ok' as const }));
-  app.get('/health/ready', {
-    schema: {
-      summary: 'Readiness: 200 once the model is loaded and the warm-up run passed',
-      tags: ['health'],
-      response: { 200: { description: 'OK', content: { 'application/json': { schema: Type.Ref('Ready') } } }, ...errorResponses(503) },
-    },
-  }, async () => {
+  const ready = async () => {
     const unavailable = unavailableError(service.state, service.failure);
     if (unavailable !== null) throw unavailable;
     return { status: 'ready' as const, model: service.modelName, execution_provider: service.provider ?? 'unknown' };
+  };
+  const readySchema = (summary: string) => ({
+    summary,
+    tags: ['health'],
+    response: { 200: { description: 'OK', content: { 'application/json': { schema: Type.Ref('Ready') } } }, ...errorResponses(503) },
   });
+  app.get('/health/ready', { schema: readySchema('Readiness: 200 once the model is loaded and the warm-up run passed') }, ready);
+  // vLLM's probe path, which routers and its deployment charts poll: 200 when it serves, 503 otherwise
+  app.get('/health', { schema: readySchema("vLLM's health check: the same answer as /health/ready (200 when ready, 503 while loading, failed or draining)") }, ready);
 }
