@@ -2,7 +2,8 @@
  * The benchmark as users run the service: the server is its own process (`node dist/server.js`, what `npm start`
  * runs), this process is the client. Traffic: uniform (short prompts, 32 greedy tokens), mixed (short prompts,
  * max_tokens 8..56), long_prompts (prompts of about 10 to 200 tokens, max_tokens 8..56) and top_p (temperature 1,
- * top_p 0.9, 32 tokens), at 1, 8 and 32 concurrent clients, every request streamed. Reports what `vllm bench serve` and GuideLLM report (requests/s, output tokens/s, TTFT,
+ * top_p 0.9, 32 tokens), at 1, 8 and 32 concurrent clients, every request streamed; on request also penalties (mixed,
+ * every other request with presence, frequency and repetition penalties and a logit_bias). Reports what `vllm bench serve` and GuideLLM report (requests/s, output tokens/s, TTFT,
  * inter-token latency, TPOT, end-to-end latency), the batch window and cluster sizes the responses carry,
  * /health/live latency under load, the ratios the engine is held to, a raw ONNX Runtime loop on the service's
  * batch shapes, and the physical limit (model FLOPs over ONNX Runtime's own MatMul throughput).
@@ -11,6 +12,9 @@
  *   BENCH_SECONDS=8 BENCH_CONCURRENCY=1,8,32 BENCH_TRAFFIC=uniform,mixed,long_prompts,top_p BENCH_THREADS=1,2 BENCH_RATIO_ROUNDS=3 npm run bench
  *
  * BENCH_THREADS lists THREADS settings to compare on the 32-client uniform traffic (the server's default first).
+ * BENCH_TRAFFIC=...,penalties also puts penalties in the alternating rounds, for its ratio to mixed:
+ *
+ *   BENCH_SECONDS=5 BENCH_CONCURRENCY=32 BENCH_TRAFFIC=mixed,penalties BENCH_RATIO_ROUNDS=2 npm run bench
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
@@ -22,7 +26,7 @@ import { clientAgent, mean, quantile, type Sample, startServer, stopServer, stre
 import { matmulGflops, RawLoop } from './raw-loop.js';
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 8);
-/** Rounds of uniform, mixed and top_p at 32 clients, interleaved, for the ratios between them (BENCH_RATIO_ROUNDS). */
+/** Rounds of uniform, mixed and top_p (and penalties, when asked for) at 32 clients, interleaved, for the ratios between them (BENCH_RATIO_ROUNDS). */
 const ratioRounds = Number(process.env.BENCH_RATIO_ROUNDS ?? 3);
 const levels = (process.env.BENCH_CONCURRENCY ?? '1,8,32').split(',').map(Number);
 const traffics = (process.env.BENCH_TRAFFIC ?? 'uniform,mixed,long_prompts,top_p').split(',') as Traffic[];
@@ -30,8 +34,18 @@ const threadSettings = (process.env.BENCH_THREADS ?? '').split(',').filter((t) =
 const modelDir = process.env.MODEL_DIR ?? 'models/default';
 const config = loadConfig();
 
-type Traffic = 'uniform' | 'mixed' | 'long_prompts' | 'top_p';
+type Traffic = 'uniform' | 'mixed' | 'long_prompts' | 'top_p' | 'penalties';
+/** The traffics of the alternating rounds. */
+const ratioTraffics: Traffic[] = ['uniform', 'mixed', 'top_p', ...(traffics.includes('penalties') ? ['penalties' as const] : [])];
 
+/**
+ * What the penalised half of the penalties traffic adds: every penalty, and a logit_bias of 16 ids (one of them
+ * banned), so that their cost shows against mixed traffic, which is the same work without them.
+ */
+const PENALTIES = {
+  presence_penalty: 0.5, frequency_penalty: 0.5, repetition_penalty: 1.2,
+  logit_bias: Object.fromEntries(Array.from({ length: 16 }, (_, j) => [String(100 + j * 97), j === 0 ? -100 : (j % 5) - 2])),
+};
 
 /** Request i of a traffic kind: its body and the tokens it asks for. */
 function requestBody(traffic: Traffic, i: number, model: string): Record<string, unknown> {
@@ -49,6 +63,8 @@ function requestBody(traffic: Traffic, i: number, model: string): Record<string,
     }
     case 'top_p':
       return { ...base, prompt: short, max_tokens: 32, temperature: 1, top_p: 0.9, seed: i };
+    case 'penalties':
+      return i % 2 === 0 ? requestBody('mixed', i, model) : { ...requestBody('mixed', i, model), ...PENALTIES };
   }
 }
 
@@ -259,7 +275,7 @@ async function main(): Promise<void> {
     // This machine's speed drifts over minutes (shared cores), and the table's runs are minutes apart: the ratios
     // between traffics come from short runs that alternate, so that drift hits every traffic alike.
     for (let round = 0; round < ratioRounds; round++) {
-      for (const traffic of ['uniform', 'mixed', 'top_p'] as const) {
+      for (const traffic of ratioTraffics) {
         const result = await scenario(server.base, model, traffic, 32, Math.max(3, seconds / 2));
         interleaved.set(traffic, [...(interleaved.get(traffic) ?? []), outputRate(result)]);
       }
@@ -329,7 +345,11 @@ async function main(): Promise<void> {
   goal(`mixed / uniform (32 clients, tok/s, ${ratioRounds} alternating rounds)`, mixed, '>= 0.9', mixed >= 0.9);
   const topP = alternating('top_p') / alternating('uniform');
   goal(`top_p 0.9 / greedy (32 clients, tok/s, ${ratioRounds} alternating rounds)`, topP, '>= 0.9', topP >= 0.9);
-  console.log(`  (tok/s per round: ${(['uniform', 'mixed', 'top_p'] as const).map((t) => `${t} ${(interleaved.get(t) ?? []).map((r) => r.toFixed(0)).join(' / ')}`).join('; ')}; ` +
+  if (interleaved.has('penalties')) {
+    const penalties = alternating('penalties') / alternating('mixed');
+    goal(`penalties / mixed (32 clients, tok/s, ${ratioRounds} alternating rounds)`, penalties, '>= 0.9', penalties >= 0.9);
+  }
+  console.log(`  (tok/s per round: ${ratioTraffics.map((t) => `${t} ${(interleaved.get(t) ?? []).map((r) => r.toFixed(0)).join(' / ')}`).join('; ')}; ` +
     `from the table above, minutes apart: mixed / uniform ${f(rate('mixed', 32) / rate('uniform', 32), 2)}, top_p / greedy ${f(rate('top_p', 32) / rate('uniform', 32), 2)})`);
   const growth = step200 / step8;
   goal('decode step, 32 rows: past 200 / past 8', growth, '<= 1.5', growth <= 1.5);

@@ -26,6 +26,7 @@ import {
   FIRST_BATCH_ADAPTER, type Batch, type BatchStats, type EngineSettings, type FinishReason, type ForwardListener, type RowEvent, type RowSpec,
   type TokenLogprob, type Waiter,
 } from './protocol.js';
+import { RowPenalties } from './penalties.js';
 import { argmax, isGreedy, Random, SamplingScratch, sampleFromProbs, tokenLogprobs } from './sampling.js';
 import { TextTracker } from './stopping.js';
 
@@ -140,6 +141,8 @@ interface Row {
   lastToken: number;
   generated: number;
   rng: Random;
+  /** Its logit_bias and penalties with the tokens they count; null when it has none (it then pays nothing for them). */
+  penalties: RowPenalties | null;
   text: TextTracker;
   promptLogprobs: TokenLogprob[];
   done: boolean;
@@ -239,6 +242,7 @@ export class DecodeLoop {
     for (const [row, spec] of batch.rows.entries()) {
       this.waiting.push({
         batch: active, row, spec, cacheSlot: -1, length: 0, lastToken: 0, generated: 0, rng: new Random(spec.sampling.seed),
+        penalties: spec.sampling.penalties === undefined ? null : new RowPenalties(spec.sampling.penalties, spec.promptIds),
         text: new TextTracker((id) => this.codec.bytes(id), spec.sampling.stop), promptLogprobs: [], done: false,
       });
     }
@@ -462,6 +466,7 @@ export class DecodeLoop {
   private async advanceAll(rows: ReadonlyArray<{ row: Row; at: number }>, logits: Float32Array, events: Map<ActiveBatch, RowEvent[]>): Promise<void> {
     const V = this.runtime.vocabSize;
     this.banEarlyEnds(rows, logits);
+    this.penalize(rows, logits);
     const sampling = rows.filter(({ row }) => !isGreedy(row.spec.sampling.temperature));
     const probs = sampling.length === 0 ? null : await this.runtime.softmax(logits, sampling.map((s) => s.at), sampling.map((s) => s.row.spec.sampling.temperature));
     const probRow = new Map(sampling.map((s, j) => [s.row, j]));
@@ -485,6 +490,16 @@ export class DecodeLoop {
     }
   }
 
+  /**
+   * logit_bias and the penalties of the rows that have them, after the min_tokens ban and before temperature and the
+   * cuts, as vLLM v1 orders them (penalties.ts). Like the ban, they change the logits in place, so a row's logprobs
+   * are those of the logits its token is chosen from.
+   */
+  private penalize(rows: ReadonlyArray<{ row: Row; at: number }>, logits: Float32Array): void {
+    const V = this.runtime.vocabSize;
+    for (const { row, at } of rows) row.penalties?.apply(logits, at * V);
+  }
+
   /** Turns the row's chosen token into an event (or its end). */
   private advance(r: Row, token: number, logits: Float32Array, offset: number, out: RowEvent[]): void {
     const V = this.runtime.vocabSize;
@@ -493,6 +508,7 @@ export class DecodeLoop {
       return;
     }
     r.generated++;
+    r.penalties?.record(token);
     r.batch.stats.tokens++;
     r.lastToken = token;
     const event: RowEvent = { row: r.row, token, text: '', completionTokens: r.generated };

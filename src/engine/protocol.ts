@@ -45,6 +45,20 @@ export interface SamplingParams {
   minTokens: number;
   /** Ids that end the row as end of text does, and are not part of its text (stop_token_ids). */
   stopTokenIds: number[];
+  /** logit_bias and the presence, frequency and repetition penalties; absent when the request sets none, so its rows pay nothing for them. */
+  penalties?: Penalties;
+}
+
+/** OpenAI's and vLLM's adjustments of a row's logits before its token is chosen (penalties.ts applies them). */
+export interface Penalties {
+  /** logit_bias as [token id, bias] pairs (ids checked against the vocabulary at admission). */
+  logitBias: Array<[number, number]>;
+  /** Subtracted once from the logit of every token the row has generated (0 = none). */
+  presencePenalty: number;
+  /** Subtracted from a token's logit once per time the row has generated it (0 = none). */
+  frequencyPenalty: number;
+  /** Divides the positive logits, and multiplies the others, of every token in the prompt or generated (1 = none). */
+  repetitionPenalty: number;
 }
 
 /** One row (prompt) of a batch, as the worker needs it. */

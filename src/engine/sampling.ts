@@ -18,7 +18,9 @@
  *   walked from the top to the one where the cut falls, and only that bin is sorted (most likely first, ties to the
  *   lower id, the order a full sort gives). The kept set and each member's probability are those of the textbook
  *   sorted cut, so the distribution is the same, in O(vocabulary) time.
- * - log-probabilities are those of the model's raw distribution (log-softmax of the logits, as OpenAI reports).
+ * - log-probabilities are the log-softmax of the logits the token is chosen from, not temperature-scaled (as OpenAI
+ *   reports): the model's own, but for the rows whose min_tokens ban, logit_bias or penalties changed them in place
+ *   before (decode-loop.ts, penalties.ts). Prompt logprobs (echo) are always the model's own.
  */
 import type { SamplingParams } from './protocol.js';
 /** A small, fast, seedable generator (sfc32 seeded through splitmix32); one per request. */
@@ -270,7 +272,7 @@ export interface TokenChoiceLogprobs {
   top: Array<[number, number]>;
 }
 
-/** Log-probability of `token` and the top `n` alternatives under the raw logits of one row. */
+/** Log-probability of `token` and the top `n` alternatives under one row of logits (not temperature-scaled). */
 export function tokenLogprobs(logits: Float32Array, offset: number, size: number, token: number, n: number): TokenChoiceLogprobs {
   const lse = logSumExp(logits, offset, size);
   return {

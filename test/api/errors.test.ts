@@ -48,8 +48,8 @@ describe('400, 404 on the real app', () => {
     ['n of 0', { prompt: 'a', n: 0 }, 'invalid_request', 'n'],
     ['best_of other than 1', { prompt: 'a', best_of: 3 }, 'unsupported_parameter', 'best_of'],
     ['a suffix', { prompt: 'a', suffix: 'x' }, 'unsupported_parameter', 'suffix'],
-    ['a presence penalty', { prompt: 'a', presence_penalty: 0.5 }, 'unsupported_parameter', 'presence_penalty'],
-    ['a logit bias', { prompt: 'a', logit_bias: { '50256': -100 } }, 'unsupported_parameter', 'logit_bias'],
+    ['a presence penalty above 2', { prompt: 'a', presence_penalty: 2.5 }, 'invalid_request', 'presence_penalty'],
+    ['a logit bias outside the vocabulary', { prompt: 'a', logit_bias: { '50256': -100 } }, 'invalid_request', 'logit_bias'],
   ];
   for (const [what, body, code, param] of cases) {
     test(`400 for ${what}`, async () => {

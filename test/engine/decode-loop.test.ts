@@ -200,6 +200,65 @@ test('min_tokens holds end of text and stop ids back; stop_token_ids end a row a
   assert.ok(c.texts[2].startsWith('<1>'), `the stop id is held back for the first token: ${c.texts[2]}`);
 });
 
+/** Every logits row is the same: 5 first (3), then 6 (2.5), then 7 (2), every other token 0; so repeats are what penalties change. */
+class FixedLogitsRuntime extends FakeRuntime {
+  override async step(f: StepFeeds): Promise<Float32Array> {
+    const logits = (await super.step(f)).fill(0);
+    for (let n = 0; n < f.logitsIndex.length; n++) {
+      logits[n * V + 5] = 3;
+      logits[n * V + 6] = 2.5;
+      logits[n * V + 7] = 2;
+    }
+    return logits;
+  }
+}
+
+const noPenalties = { logitBias: [], presencePenalty: 0, frequencyPenalty: 0, repetitionPenalty: 1 };
+
+test('logit_bias steers greedy and sampled rows alike; +100 picks a token, -100 bans it; rows without it are untouched', async () => {
+  // [3, 4] predicts 9 first (see above); with 9 banned every other logit is 0 and the lowest id, 0, wins
+  const plain = spec([3, 4], 0, 5);
+  const pick7 = { penalties: { ...noPenalties, logitBias: [[7, 100]] as Array<[number, number]> } };
+  const ban = (ids: number[]) => ({ penalties: { ...noPenalties, logitBias: ids.map((id): [number, number] => [id, -100]) } });
+  const expected = (await alone({ batchId: 10, rows: [plain], contexts: new Float32Array(1), contextCount: 0, contextWeights: new Float32Array(0), factors: [] })).texts[0];
+  const c = collector();
+  await new DecodeLoop(new FakeRuntime(), codec, settings, immediate).submit({
+    batchId: 11,
+    rows: [plain, spec([3, 4], 0, 5, pick7), spec([3, 4], 0, 5, { ...pick7, temperature: 1, seed: 3 }), spec([3, 4], 0, 5, ban([9])), spec([3, 4], 0, 5, { ...ban([9]), temperature: 1, seed: 3 })],
+    contexts: new Float32Array(1), contextCount: 0, contextWeights: new Float32Array(0), factors: [],
+  }, c.hooks);
+  assert.ok(expected.startsWith('<9>'));
+  assert.equal(c.texts[0], expected, 'a row without logit_bias gets what it gets alone');
+  assert.equal(c.texts[1], '<7><7><7><7><7>', 'greedy');
+  assert.equal(c.texts[2], '<7><7><7><7><7>', 'sampled: the softmax runs on the biased logits');
+  assert.ok(c.texts[3].startsWith('<0>') && !c.texts[3].includes('<9>'), `greedy: ${c.texts[3]}`);
+  assert.ok(!c.texts[4].includes('<9>'), `sampled: ${c.texts[4]}`);
+});
+
+test('presence, frequency and repetition penalties change repeats for greedy and sampled rows; a row without them repeats', async () => {
+  const penalised = (penalties: Partial<typeof noPenalties>, over: Partial<SamplingParams> = {}, prompt = [1]) => spec(prompt, 0, 5, { penalties: { ...noPenalties, ...penalties }, ...over });
+  const c = collector();
+  await new DecodeLoop(new FixedLogitsRuntime(), codec, settings, immediate).submit({
+    batchId: 12,
+    rows: [
+      spec([1], 0, 5),
+      penalised({ presencePenalty: 1 }),
+      penalised({ frequencyPenalty: 1 }),
+      penalised({ repetitionPenalty: 2 }, {}, [5]),
+      // temperature 0.01 is sampled, not greedy, yet differences of 0.5 in the logits leave it no real choice
+      penalised({ frequencyPenalty: 2 }, { temperature: 0.01, seed: 1 }),
+      spec([1], 0, 5, { temperature: 0.01, seed: 1 }),
+    ],
+    contexts: new Float32Array(1), contextCount: 0, contextWeights: new Float32Array(0), factors: [],
+  }, c.hooks);
+  assert.equal(c.texts[0], '<5><5><5><5><5>');
+  assert.equal(c.texts[1], '<5><6><5><5><5>', 'presence: 5 loses 1 once it has come, whatever how often (ties go to the lower id)');
+  assert.equal(c.texts[2], '<5><6><5><7><6>', 'frequency: 1 per time a token came');
+  assert.equal(c.texts[3], '<6><7><5><5><5>', 'repetition: the prompt\'s 5 is halved from the start, then each token once it has come');
+  assert.equal(c.texts[4], '<5><6><7><5><6>', 'sampled rows are penalised before their softmax');
+  assert.equal(c.texts[5], '<5><5><5><5><5>');
+});
+
 test('slots are reused: more rows than slots all get what they get alone, each run within the cache', async () => {
   const batches = [batchA, batchB, batchC];
   const expected = await Promise.all(batches.map((batch) => alone(batch)));

@@ -15,6 +15,7 @@ import {
   adapterWithModeError, adaptationUnavailableError, conflictingModesError, minTokensOverMaxError, completionTooLongError, emptyPromptError, tokenOutsideVocabularyError, modelNotFoundError, noLibraryError,
   promptName, promptTooLongError, queueRefusal, tooManyPromptsError, unavailableError, unsupportedOptionError,
 } from './refusals.js';
+import { checkLogitBias, requestPenalties } from './penalties.js';
 
 export const DEFAULT_MAX_TOKENS = 16;
 
@@ -163,6 +164,7 @@ function generationParams(body: RequestFields, maxTokens: number, adaptation: Pi
       ignoreEos: body.ignore_eos ?? false,
       minTokens: body.min_tokens ?? 0,
       stopTokenIds: body.stop_token_ids ?? [],
+      penalties: requestPenalties(body),
     },
     n: body.n ?? 1,
     echo: body.echo ?? false,
@@ -194,6 +196,7 @@ export async function admit(
   checkPromptBytes(sources, context, tokenizer);
   const maxTokens = body.max_tokens ?? DEFAULT_MAX_TOKENS;
   checkEndings(body, maxTokens, tokenizer.vocabSize);
+  checkLogitBias(body, tokenizer.vocabSize);
   const prompts = await tokenizePrompts(sources, tokenizer, context, maxTokens);
   const completion = new Completion(requestId, prompts, generationParams(body, maxTokens, adaptation));
   const outcome = service.submit(completion);

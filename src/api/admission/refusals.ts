@@ -74,6 +74,11 @@ export function tokenOutsideVocabularyError(where: string, id: number, vocabSize
   return new ServiceError('invalid_request', `Token id ${id} in ${where} is outside the vocabulary (0 to ${vocabSize - 1}).`, { param });
 }
 
+/** A logit_bias key that is not a token id. */
+export function logitBiasKeyError(key: string): ServiceError {
+  return new ServiceError('invalid_request', `logit_bias key ${JSON.stringify(key)} is not a token id (a decimal integer such as "50256").`, { param: 'logit_bias' });
+}
+
 export function minTokensOverMaxError(minTokens: number, maxTokens: number): ServiceError {
   return new ServiceError('invalid_request', `min_tokens (${minTokens}) is more than max_tokens (${maxTokens}).`, { param: 'min_tokens' });
 }
@@ -95,9 +100,6 @@ function unsupported(param: string, message: string): ServiceError {
 export function unsupportedOptionError(body: Omit<CompletionRequest, 'prompt'>): ServiceError | null {
   if (body.best_of != null && body.best_of !== 1) return unsupported('best_of', `best_of must be 1 (got ${body.best_of}).`);
   if (body.suffix != null && body.suffix !== '') return unsupported('suffix', 'suffix is not supported.');
-  if (body.presence_penalty != null && body.presence_penalty !== 0) return unsupported('presence_penalty', 'presence_penalty is not supported (must be 0).');
-  if (body.frequency_penalty != null && body.frequency_penalty !== 0) return unsupported('frequency_penalty', 'frequency_penalty is not supported (must be 0).');
-  if (body.logit_bias != null && Object.keys(body.logit_bias).length > 0) return unsupported('logit_bias', 'logit_bias is not supported.');
   if (body.response_format != null && body.response_format.type !== 'text') {
     return unsupported('response_format', `response_format ${body.response_format.type} is not supported: this server does not constrain its output (only text).`);
   }

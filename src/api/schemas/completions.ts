@@ -51,9 +51,12 @@ export const CompletionRequest = Type.Object(
     })),
     best_of: nullable(Type.Integer({ minimum: 1, description: 'Only 1 is supported' })),
     suffix: nullable(Type.String({ description: 'Not supported (must be empty)' })),
-    presence_penalty: nullable(Type.Number({ description: 'Not supported (must be 0)' })),
-    frequency_penalty: nullable(Type.Number({ description: 'Not supported (must be 0)' })),
-    logit_bias: nullable(Type.Record(Type.String(), Type.Number(), { description: 'Not supported (must be empty)' })),
+    presence_penalty: nullable(Type.Number({ minimum: -2, maximum: 2, description: 'Subtracted from the logit of every token the choice has generated so far (default 0)' })),
+    frequency_penalty: nullable(Type.Number({ minimum: -2, maximum: 2, description: 'Subtracted from a token\'s logit once per time the choice has generated it (default 0)' })),
+    logit_bias: nullable(Type.Record(Type.String(), Type.Number({ minimum: -100, maximum: 100 }), {
+      maxProperties: 1024,
+      description: 'Token id (a decimal string, within the vocabulary) to a bias from -100 to 100 added to its logit before sampling; -100 bans the token',
+    })),
     user: nullable(Type.String({ description: 'End-user id (logged only)' })),
     adaptation: Type.Optional(AdaptationMode),
     adaptation_scale: nullable(Type.Number({
@@ -62,6 +65,10 @@ export const CompletionRequest = Type.Object(
     })),
     ignore_eos: nullable(Type.Boolean({ description: 'Extension: keep generating past the end-of-text token (benchmarks)' })),
     min_tokens: nullable(Type.Integer({ minimum: 0, description: 'Extension (vLLM): tokens generated before an end-of-text or stop token may be' })),
+    repetition_penalty: nullable(Type.Number({
+      exclusiveMinimum: 0,
+      description: 'Extension (vLLM): divides the positive logits, and multiplies the others, of every token in the prompt or generated so far (default 1 = none; above 1 discourages repeats)',
+    })),
     stop_token_ids: nullable(Type.Array(Type.Integer({ minimum: 0 }), { maxItems: 64, description: 'Extension (vLLM): token ids that end a choice as end of text does (not part of its text)' })),
     response_format: nullable(Type.Object({
       type: Type.Union([Type.Literal('text'), Type.Literal('json_object'), Type.Literal('json_schema')]),
