@@ -10,7 +10,7 @@ import { logitBiasKeyError, tokenOutsideVocabularyError } from './refusals.js';
 const TOKEN_ID_KEY = /^(0|[1-9][0-9]*)$/;
 
 /** Refuses a logit_bias key that is not a token id of the vocabulary. */
-export function checkLogitBias(body: CompletionRequest, vocabSize: number): void {
+export function checkLogitBias(body: Omit<CompletionRequest, 'prompt'>, vocabSize: number): void {
   for (const key of Object.keys(body.logit_bias ?? {})) {
     if (!TOKEN_ID_KEY.test(key)) throw logitBiasKeyError(key);
     const id = Number(key);
@@ -19,7 +19,7 @@ export function checkLogitBias(body: CompletionRequest, vocabSize: number): void
 }
 
 /** The request's penalties, or undefined when every one is neutral: its rows then skip them altogether. */
-export function requestPenalties(body: CompletionRequest): Penalties | undefined {
+export function requestPenalties(body: Omit<CompletionRequest, 'prompt'>): Penalties | undefined {
   const logitBias = Object.entries(body.logit_bias ?? {}).filter(([, bias]) => bias !== 0).map(([key, bias]): [number, number] => [Number(key), bias]);
   const presencePenalty = body.presence_penalty ?? 0;
   const frequencyPenalty = body.frequency_penalty ?? 0;
