@@ -59,8 +59,19 @@ describe('tokenizer routes', () => {
     const outside = await post('/detokenize', { tokens: [1, vocab] });
     assert.equal(outside.statusCode, 400);
     assert.equal(outside.json().error.param, 'tokens');
-    const chat = await post('/tokenize', { messages: [{ role: 'user', content: 'hi' }] });
-    assert.equal(chat.statusCode, 400);
-    assert.equal(chat.json().error.type, 'invalid_request_error');
+    const both = await post('/tokenize', { prompt: 'x', messages: [{ role: 'user', content: 'hi' }] });
+    assert.equal(both.statusCode, 400);
+    assert.equal(both.json().error.type, 'invalid_request_error');
+  });
+
+  test('messages are tokenized as a chat completion feeds them: count is its prompt_tokens', async () => {
+    const messages = [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'The whale rose from the sea.' }];
+    const counted = await post('/tokenize', { messages, return_token_strs: true });
+    assert.equal(counted.statusCode, 200, counted.body);
+    const answered = await app.inject({ method: 'POST', url: '/v1/chat/completions', payload: { model: MODEL, messages, max_tokens: 1 } });
+    assert.equal(counted.json().count, answered.json().usage.prompt_tokens);
+    assert.equal(counted.json().token_strs.at(-1), ':', 'the generation prompt ends the conversation ("Assistant:")');
+    const open = await post('/tokenize', { messages, add_generation_prompt: false });
+    assert.ok(open.json().count < counted.json().count);
   });
 });

@@ -31,11 +31,11 @@ export function adaptationText(messages: readonly TemplateMessage[]): string {
   return (turns.length > 0 ? turns : messages).map((m) => m.content).join('\n');
 }
 
-export function chatPrompt(messages: readonly ChatMessage[], template: ChatTemplate | null, model: string): ChatPrompt {
+export function chatPrompt(messages: readonly ChatMessage[], template: ChatTemplate | null, model: string, addGenerationPrompt = true): ChatPrompt {
   if (template === null) throw noChatTemplateError(model);
   const normalised = templateMessages(messages);
   try {
-    return { rendered: template.render(normalised, true), adaptationText: adaptationText(normalised) };
+    return { rendered: template.render(normalised, addGenerationPrompt), adaptationText: adaptationText(normalised) };
   } catch (error) {
     if (error instanceof ChatTemplateError) throw chatTemplateRefusal(error.message);
     throw error;

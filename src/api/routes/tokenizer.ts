@@ -1,14 +1,32 @@
 /**
  * POST /tokenize, POST /detokenize, GET /tokenizer_info: the served model's tokenizer, in vLLM's shapes. A text is
- * tokenized as a completion prompt is (off the event loop), so `count` is what a prompt of that text costs.
+ * tokenized as a completion prompt is (off the event loop), and messages as a chat completion feeds them, so `count` is
+ * what that prompt costs.
  */
 import type { FastifyInstance } from 'fastify';
 import Type from 'typebox';
 import type { TextTokenizer } from '../../model/tokenizer.js';
 import type { CompletionService } from '../../service.js';
+import { ServiceError } from '../../errors.js';
+import { chatPrompt } from '../chat/prompt.js';
 import { modelNotFoundError, tokenOutsideVocabularyError, unavailableError } from '../admission/refusals.js';
 import { errorResponses } from '../schemas/common.js';
 import type { DetokenizeRequest, TokenizeRequest } from '../schemas/tokenizer.js';
+
+/**
+ * A prompt's ids (BOS as a completion prompt gets it, unless add_special_tokens is false), or a conversation's as chat
+ * completions feed it (rendered by the template, nothing added unless add_special_tokens is true).
+ */
+async function tokensOf(body: TokenizeRequest, tokenizer: TextTokenizer, service: CompletionService): Promise<number[]> {
+  if ((body.prompt === undefined) === (body.messages === undefined)) {
+    throw new ServiceError('invalid_request', 'Send either prompt (a text) or messages (a conversation).', { param: body.prompt === undefined ? 'prompt' : 'messages' });
+  }
+  if (body.messages !== undefined) {
+    const { rendered } = chatPrompt(body.messages, service.chatTemplate, body.model ?? service.modelName, body.add_generation_prompt ?? true);
+    return body.add_special_tokens === true ? tokenizer.tokenizePrompt(rendered) : tokenizer.tokenize(rendered);
+  }
+  return body.add_special_tokens === false ? tokenizer.tokenize(body.prompt!) : tokenizer.tokenizePrompt(body.prompt!);
+}
 
 const json = (ref: string) => ({ description: 'OK', content: { 'application/json': { schema: Type.Ref(ref) } } });
 
@@ -24,12 +42,11 @@ export async function tokenizerRoutes(app: FastifyInstance, options: { service: 
   };
 
   app.post('/tokenize', {
-    schema: { summary: 'Tokenize a text as a prompt is tokenized (vLLM)', tags: ['tokenizer'], body: Type.Ref('TokenizeRequest'), response: { 200: json('TokenizeResponse'), ...errorResponses(400, 404, 503) } },
+    schema: { summary: 'Tokenize a text as a prompt is tokenized, or messages as a chat is (vLLM)', tags: ['tokenizer'], body: Type.Ref('TokenizeRequest'), response: { 200: json('TokenizeResponse'), ...errorResponses(400, 404, 503) } },
   }, async (request) => {
     const body = request.body as TokenizeRequest;
     const tokenizer = tokenizerFor(body.model);
-    const ids = await tokenizer.tokenizePrompt(body.prompt);
-    const tokens = body.add_special_tokens === false ? ids.slice(ids.length - tokenizer.textTokenCount(ids)) : ids;
+    const tokens = await tokensOf(body, tokenizer, service);
     return {
       count: tokens.length, max_model_len: service.contextLength, tokens,
       token_strs: body.return_token_strs === true ? tokens.map((id) => tokenizer.piece(id)) : null,

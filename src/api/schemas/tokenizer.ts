@@ -3,19 +3,25 @@
  * clients call them to count and split text with the served model's own tokenizer.
  */
 import Type, { type Static } from 'typebox';
+import type { ChatMessage } from './chat.js';
 
 const model = Type.Optional(Type.String({ description: 'The base model or one of its named adapters (they share its tokenizer); default the base model' }));
 
 export const TokenizeRequest = Type.Object(
   {
     model,
-    prompt: Type.String({ description: 'The text to tokenize' }),
-    add_special_tokens: Type.Optional(Type.Boolean({ description: 'Add the special tokens a prompt gets (the beginning-of-text token, when the package adds one); default true' })),
+    prompt: Type.Optional(Type.String({ description: 'The text to tokenize (or messages)' })),
+    messages: Type.Optional(Type.Array(Type.Ref('ChatMessage'), { minItems: 1, description: 'A conversation to tokenize as /v1/chat/completions feeds it: rendered with the chat template (or prompt)' })),
+    add_generation_prompt: Type.Optional(Type.Boolean({ description: 'With messages: open the assistant\'s turn, as chat completions do; default true' })),
+    add_special_tokens: Type.Optional(Type.Boolean({
+      description: 'Add the special tokens a prompt gets (the beginning-of-text token, when the package adds one); default true for a prompt, false for messages (the template writes its own)',
+    })),
     return_token_strs: Type.Optional(Type.Boolean({ description: 'Also return each token\'s text, as logprobs write it; default false' })),
   },
   { $id: 'TokenizeRequest', additionalProperties: false },
 );
-export type TokenizeRequest = Static<typeof TokenizeRequest>;
+// a Ref's static type is unknown: the messages are typed by their own schema
+export type TokenizeRequest = Omit<Static<typeof TokenizeRequest>, 'messages'> & { messages?: ChatMessage[] };
 
 export const TokenizeResponse = Type.Object(
   {
