@@ -111,6 +111,18 @@ for (const target of targets) {
       assert.equal(streamed, expected);
     });
 
+    test('a conversation continued with the answer the clients returned (their own message objects) is accepted', async () => {
+      const first = await openai.chat.completions.create({ model: MODEL, messages: MESSAGES, max_tokens: 4, temperature: 0 });
+      const next = await openai.chat.completions.create({
+        model: MODEL, messages: [...MESSAGES, first.choices[0].message, { role: 'user', content: 'And then?' }], max_tokens: 4, temperature: 0,
+      });
+      assert.equal(next.choices[0].message.role, 'assistant');
+      const chat = langchain({ temperature: 0, maxTokens: 4 });
+      const answer = await chat.invoke([['human', MESSAGES[1].content]]);
+      const followUp = await chat.invoke([['human', MESSAGES[1].content], answer, ['human', 'And then?']]);
+      assert.equal(typeof followUp.content, 'string');
+    });
+
     test('LangChain ChatOpenAI: n generations, and logprobs in the response metadata', async () => {
       const many = await langchain({ temperature: 1, maxTokens: 6, n: 2 }).generate([[['human', MESSAGES[1].content]]]);
       assert.equal(many.generations[0].length, 2);

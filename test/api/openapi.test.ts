@@ -10,10 +10,17 @@ test('openapi/openapi.json is in sync with the routes (npm run openapi regenerat
   const generated = serialise(await openApiDocument());
   assert.equal(committed, generated, 'openapi/openapi.json is stale: run npm run openapi');
   const doc = JSON.parse(generated);
-  for (const path of ['/v1/completions', '/v1/models', '/health', '/health/live', '/health/ready', '/metrics']) assert.ok(doc.paths[path], path);
-  const request = doc.components.schemas.CompletionRequest.properties;
-  for (const field of ['model', 'prompt', 'max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop', 'stream', 'logprobs', 'echo', 'n', 'user', 'adaptation']) {
-    assert.ok(request[field], `request field ${field}`);
+  const paths = ['/v1/completions', '/v1/chat/completions', '/v1/models', '/tokenize', '/detokenize', '/tokenizer_info', '/health', '/health/live', '/health/ready', '/metrics'];
+  for (const path of paths) assert.ok(doc.paths[path], path);
+  const sampling = ['model', 'max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stop', 'stream', 'n', 'user', 'adaptation', 'presence_penalty', 'frequency_penalty',
+    'repetition_penalty', 'logit_bias', 'min_tokens', 'stop_token_ids', 'response_format'];
+  const fields = {
+    CompletionRequest: [...sampling, 'prompt', 'logprobs', 'echo'],
+    ChatCompletionRequest: [...sampling, 'messages', 'max_completion_tokens', 'logprobs', 'top_logprobs'],
+    TokenizeRequest: ['prompt', 'messages', 'add_generation_prompt', 'add_special_tokens'],
+  };
+  for (const [schema, names] of Object.entries(fields)) {
+    for (const field of names) assert.ok(doc.components.schemas[schema].properties[field], `${schema} field ${field}`);
   }
 });
 
