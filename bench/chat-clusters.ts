@@ -35,14 +35,13 @@
  * IDLE_DISPATCH=0 (so the first request does not leave alone) and CLUSTER_IN_FLIGHT=0; a round that did not land in
  * one window is counted under "split rounds". Exits 1 on any HTTP error. docs/chat.md has the result.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { FeatureExtractor } from '../src/adaptation/features.js';
 import { ModelPackage } from '../src/model/package.js';
-import { clientAgent, stopServer } from './http.js';
+import { clientAgent, startServer, stopServer } from './http.js';
 
 const rounds = Number(process.env.CHAT_CLUSTERS_ROUNDS ?? 20);
 const perDomain = Number(process.env.CHAT_CLUSTERS_PER_DOMAIN ?? 8);
@@ -216,36 +215,11 @@ function body(way: Way, text: string): { path: string; body: Record<string, unkn
   return { path: '/v1/completions', body: { ...common, prompt: templateIds(text) } };
 }
 
-/** bench/http.ts's startServer, but a server that does not become ready is stopped before the error is thrown. */
-async function startServer(env: Record<string, string>): Promise<{ base: string; child: ChildProcess }> {
-  const port = await new Promise<number>((resolve) => {
-    const probe = createServer().listen(0, '127.0.0.1', () => {
-      const { port: free } = probe.address() as { port: number };
-      probe.close(() => resolve(free));
-    });
-  });
-  const child = spawn(process.execPath, ['dist/server.js'], {
-    env: { ...process.env, HOST: '127.0.0.1', PORT: String(port), LOG_LEVEL: 'warn', MODEL_DIR: modelDir, ...env },
-    stdio: ['ignore', 'inherit', 'inherit'],
-  });
-  const base = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 120; i++) {
-    if (child.exitCode !== null) throw new Error(`the server exited with code ${child.exitCode}`);
-    if (await fetch(`${base}/health/ready`).then((r) => r.ok, () => false)) return { base, child };
-    await new Promise((resolve) => setTimeout(resolve, 500));
-  }
-  await stop(child);
-  throw new Error('the server did not become ready within 60 s');
-}
-
-/** stopServer, unless the server has exited already (then its exit event has passed). */
-const stop = (child: ChildProcess) => (child.exitCode === null && child.signalCode === null ? stopServer(child) : Promise.resolve());
-
 const roundSize = domains.length * perDomain;
 console.log(`validation snippets (30-60 words) from ${dataDir}: ${pools.map((p, i) => `${domains[i]} ${p.length}`).join(', ')} ` +
   `(${cut.reduce((s, c) => s + c.length, 0) - pools.reduce((s, p) => s + p.length, 0)} over ${MAX_SNIPPET_TOKENS} tokens left out); ` +
   `${rounds} rounds x ${roundSize} requests per way`);
-const server = await startServer({
+const server = await startServer(modelDir, {
   MODEL_NAME: MODEL, MAX_BATCH_SIZE: String(roundSize), MAX_WAIT_MS: '200', IDLE_DISPATCH: '0', CLUSTER_IN_FLIGHT: '0',
 });
 
@@ -316,6 +290,6 @@ try {
   console.error((error as Error).message);
   process.exitCode = 1;
 } finally {
-  await stop(server.child);
+  await stopServer(server.child);
   clientAgent.destroy();
 }

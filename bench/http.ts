@@ -102,10 +102,13 @@ export async function startServer(modelDir: string, env: Record<string, string>)
     if (ready) return { base, child };
     await new Promise((resolve) => setTimeout(resolve, 500));
   }
+  await stopServer(child);
   throw new Error('the server did not become ready within 60 s');
 }
 
+/** Stops the server (a server that has exited already is left as it is: its exit event has passed). */
 export async function stopServer(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((resolve) => child.once('exit', resolve));
   child.kill('SIGTERM');
   await exited;

@@ -4,11 +4,11 @@
  * assistant message and its logprobs are in the chat shape (a list of tokens, each with its bytes and alternatives).
  */
 import type { BatchInfo } from '../../batching/completion.js';
-import type { FinishReason, TokenLogprob } from '../../engine/protocol.js';
+import type { TokenLogprob } from '../../engine/protocol.js';
 import { pieceBytes } from '../../model/tokenizer.js';
 import type { ChatCompletionChoice, ChatCompletionResponse, ChatLogprobs } from '../schemas/chat.js';
 import type { Usage } from '../schemas/completions.js';
-import { chameleonInfo, publicFinish, type ResponseHead } from './format.js';
+import { chameleonInfo, GeneratedText, type ResponseHead } from './format.js';
 
 /** OpenAI's floor for a log-probability too small to write. */
 const LOGPROB_FLOOR = -9999;
@@ -26,28 +26,15 @@ export function chatLogprobsOf(entries: readonly TokenLogprob[]): NonNullable<Ch
 }
 
 /** Accumulates one choice of a non-streamed chat response. */
-export class ChatChoiceBuilder {
-  private content = '';
-  private readonly entries: TokenLogprob[] = [];
-  private finish: 'stop' | 'length' | null = null;
-  tokens = 0;
-
-  constructor(readonly index: number, private readonly wantLogprobs: boolean) {}
-
-  append(text: string, logprob?: TokenLogprob): void {
-    this.content += text;
-    if (logprob !== undefined) this.entries.push(logprob);
-  }
-
-  finished(reason: FinishReason, tokens: number): void {
-    this.finish = publicFinish(reason);
-    this.tokens = tokens;
+export class ChatChoiceBuilder extends GeneratedText {
+  constructor(readonly index: number, private readonly wantLogprobs: boolean) {
+    super();
   }
 
   build(): ChatCompletionChoice {
     return {
       index: this.index,
-      message: { role: 'assistant', content: this.content },
+      message: { role: 'assistant', content: this.text },
       logprobs: this.wantLogprobs ? { content: chatLogprobsOf(this.entries) } : null,
       finish_reason: this.finish,
     };

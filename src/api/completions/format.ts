@@ -109,16 +109,12 @@ function topOf(top: ReadonlyArray<readonly [string, number]>): Record<string, nu
   return out;
 }
 
-/** Accumulates one choice of a non-streamed response. */
-export class ChoiceBuilder {
-  private text = '';
-  private readonly entries: TokenLogprob[] = [];
-  private finish: 'stop' | 'length' | null = null;
+/** The generated text of one choice of a non-streamed response, its tokens' logprobs and its finish. */
+export class GeneratedText {
+  protected text = '';
+  protected readonly entries: TokenLogprob[] = [];
+  protected finish: 'stop' | 'length' | null = null;
   tokens = 0;
-
-  constructor(readonly index: number, private readonly prompt: string, private readonly echo: boolean, private readonly wantLogprobs: boolean) {
-    if (echo) this.text = prompt;
-  }
 
   promptLogprobs(entries: readonly TokenLogprob[]): void {
     this.entries.unshift(...entries);
@@ -132,6 +128,14 @@ export class ChoiceBuilder {
   finished(reason: FinishReason, tokens: number): void {
     this.finish = publicFinish(reason);
     this.tokens = tokens;
+  }
+}
+
+/** Accumulates one choice of a non-streamed completion. */
+export class ChoiceBuilder extends GeneratedText {
+  constructor(readonly index: number, private readonly prompt: string, private readonly echo: boolean, private readonly wantLogprobs: boolean) {
+    super();
+    if (echo) this.text = prompt;
   }
 
   build(): CompletionChoice {

@@ -5,16 +5,16 @@
  * Registered by the completion routes, whose admission hooks and request counter it shares.
  */
 import { randomUUID } from 'node:crypto';
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyInstance } from 'fastify';
 import Type from 'typebox';
-import type { BatchInfo, Completion } from '../../batching/completion.js';
+import type { Completion } from '../../batching/completion.js';
 import { ServiceError } from '../../errors.js';
 import type { CompletionService } from '../../service.js';
 import { admit, type AdmissionOptions, type RequestFields } from '../admission/admit.js';
 import { chatPrompt } from '../chat/prompt.js';
 import { buildChatResponse, ChatChoiceBuilder, chatLogprobsOf, type ChatDelta } from '../completions/chat-format.js';
-import { openEventStream, recordStreamOutcome } from '../completions/event-stream.js';
-import { chameleonInfo, publicFinish, usageOf, type ResponseHead } from '../completions/format.js';
+import { gather, streamEvents, type StreamShape } from '../completions/event-stream.js';
+import type { ResponseHead } from '../completions/format.js';
 import type { ChatCompletionRequest } from '../schemas/chat.js';
 import { errorResponses } from '../schemas/common.js';
 
@@ -65,7 +65,7 @@ export function chatCompletionRoute(app: FastifyInstance, options: ChatRouteOpti
       request.log.debug({ messages: body.messages.length, mode: completion.params.mode, user: body.user ?? undefined }, 'chat completion admitted');
       reply.raw.on('close', () => completion.cancel());
       const head: ResponseHead = { id: `chatcmpl-${randomUUID().replaceAll('-', '')}`, created: Math.floor(Date.now() / 1000), model: body.model };
-      if (body.stream === true) return stream(request, reply, completion, head, body.stream_options?.include_usage === true);
+      if (body.stream === true) return streamEvents(request, reply, completion, body.stream_options?.include_usage === true, chatChunks(completion, head));
       return collect(completion, head);
     },
   );
@@ -73,68 +73,18 @@ export function chatCompletionRoute(app: FastifyInstance, options: ChatRouteOpti
 
 async function collect(completion: Completion, head: ResponseHead) {
   const choices = Array.from({ length: completion.rows }, (_, i) => new ChatChoiceBuilder(i, completion.params.sampling.logprobs !== null));
-  let batch: BatchInfo | null = null;
-  for await (const event of completion.events()) {
-    switch (event.type) {
-      case 'batched':
-        batch = event.batch;
-        break;
-      case 'text':
-        choices[event.choice].append(event.text, event.logprob);
-        break;
-      case 'finish':
-        choices[event.choice].finished(event.reason, event.completionTokens);
-        break;
-      case 'error':
-        throw event.error;
-      case 'prompt':
-      case 'done':
-        break;
-    }
-  }
-  if (batch === null) throw new ServiceError('internal_error', 'The request ended without being batched.');
-  const tokens = choices.reduce((sum, c) => sum + c.tokens, 0);
-  return buildChatResponse(head, choices.map((c) => c.build()), usageOf(completion, tokens), batch);
+  const { batch, usage } = await gather(completion, choices);
+  return buildChatResponse(head, choices.map((c) => c.build()), usage, batch);
 }
 
-async function stream(request: FastifyRequest, reply: FastifyReply, completion: Completion, head: ResponseHead, includeUsage: boolean): Promise<void> {
-  const send = openEventStream(request, reply);
-  let chameleon: ReturnType<typeof chameleonInfo> | null = null;
-  let tokens = 0;
-  const chunk = (choices: ChatDelta[], extra: object = {}) => ({
-    id: head.id, object: 'chat.completion.chunk', created: head.created, model: head.model, choices, ...extra, ...(chameleon ? { chameleon } : {}),
-  });
-  let status = 200;
-  for await (const event of completion.events()) {
-    switch (event.type) {
-      case 'batched':
-        chameleon = chameleonInfo(event.batch);
-        for (let index = 0; index < completion.rows; index++) send(chunk([{ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]));
-        break;
-      case 'text':
-        send(chunk([{
-          index: event.choice, delta: { content: event.text },
-          logprobs: event.logprob === undefined ? null : { content: chatLogprobsOf([event.logprob]) }, finish_reason: null,
-        }]));
-        break;
-      case 'finish':
-        tokens += event.completionTokens;
-        if (event.reason !== 'cancelled') send(chunk([{ index: event.choice, delta: {}, logprobs: null, finish_reason: publicFinish(event.reason) }]));
-        break;
-      case 'error':
-        status = event.error.status;
-        send(event.error.toJSON());
-        send('[DONE]');
-        break;
-      case 'prompt':
-        break;
-      case 'done':
-        if (includeUsage) send(chunk([], { usage: usageOf(completion, tokens) }));
-        send('[DONE]');
-        break;
-    }
-  }
-  recordStreamOutcome(request, status);
-  request.log.info({ statusCode: status, streamed: true, tokens }, 'stream completed');
-  reply.raw.end();
+/** The stream's chat.completion.chunk events: each choice's role first, then its content, then its finish. */
+function chatChunks(completion: Completion, head: ResponseHead): StreamShape {
+  const chunk = (choices: ChatDelta[], extra: object = {}) => ({ id: head.id, object: 'chat.completion.chunk', created: head.created, model: head.model, choices, ...extra });
+  return {
+    batched: () => Array.from({ length: completion.rows }, (_, index) => chunk([{ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }])),
+    prompt: () => [],
+    text: (index, content, logprob) => [chunk([{ index, delta: { content }, logprobs: logprob === undefined ? null : { content: chatLogprobsOf([logprob]) }, finish_reason: null }])],
+    finish: (index, reason) => [chunk([{ index, delta: {}, logprobs: null, finish_reason: reason }])],
+    usage: (usage) => chunk([], { usage }),
+  };
 }
