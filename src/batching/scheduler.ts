@@ -121,14 +121,20 @@ export class Scheduler {
 
   private async runBatch(window: Completion[]): Promise<void> {
     const live = window.filter((c) => !c.finished);
-    const rows: Row[] = live.flatMap((completion) => Array.from({ length: completion.rows }, (_, choice) => ({ completion, choice })));
+    // a prompt is planned once, and its n choices (rows) take its plan
+    const rows: Row[] = [];
+    const prompts: PoolKey[] = [];
+    const promptOfRow: number[] = [];
+    for (const completion of live) {
+      const first = prompts.length;
+      completion.prompts.forEach((_, index) => prompts.push({ completion, index }));
+      for (let choice = 0; choice < completion.rows; choice++) {
+        rows.push({ completion, choice });
+        promptOfRow.push(first + completion.promptOf(choice));
+      }
+    }
     if (rows.length === 0) return;
     const batchId = this.nextBatchId++;
-    // a prompt is planned once, and its n choices take its plan
-    const prompts = live.flatMap((completion) => completion.prompts.map((_, index) => ({ completion, index })));
-    const firstPrompt = new Map<Completion, number>();
-    prompts.forEach((p, i) => { if (p.index === 0) firstPrompt.set(p.completion, i); });
-    const promptOfRow = rows.map((r) => firstPrompt.get(r.completion)! + r.completion.promptOf(r.choice));
     const { targetClusterSize, maxClusters, kmeansSeed, clusterInFlight } = this.config;
     const plan = planBatch(prompts.map((p) => p.completion.planRow(p.index)), (mode) => (clusterInFlight ? this.pools.get(mode)!.entries() : []), this.planner,
       { targetClusterSize, maxClusters, seed: (kmeansSeed + batchId) % 2 ** 31 });
@@ -151,8 +157,13 @@ export class Scheduler {
     const rowFinished = (row: number) => {
       const key = prompts[promptOfRow[row]];
       const left = inPool.get(key);
-      if (left !== undefined && left <= 1) this.pools.get(key.completion.params.mode as ClusteredMode)!.remove(key);
-      if (left !== undefined) inPool.set(key, left - 1);
+      if (left === undefined) return;
+      if (left > 1) {
+        inPool.set(key, left - 1);
+        return;
+      }
+      inPool.delete(key);
+      this.pools.get(key.completion.params.mode as ClusteredMode)!.remove(key);
     };
     const route = new BatchRoute(rows, this.metrics, (row) => {
       rowFinished(row);

@@ -13,17 +13,23 @@ export class ModelPackage {
   readonly manifest: Manifest;
   readonly paths: LoadedManifest['paths'];
   readonly tokenizer: TextTokenizer;
-  /** The checkpoint's chat template (null: the package has none, and serves no chat). */
-  readonly chatTemplate: ChatTemplate | null;
+  private template: ChatTemplate | null | undefined;
 
   private constructor(loaded: LoadedManifest, tokenizer: TextTokenizer) {
     this.dir = loaded.dir;
     this.manifest = loaded.manifest;
     this.paths = loaded.paths;
     this.tokenizer = tokenizer;
-    const { chat_template: template, bos_token: bos, eos_token: eos } = loaded.manifest.tokenizer;
-    const bosToken = bos ?? (tokenizer.bosId === null ? '' : tokenizer.piece(tokenizer.bosId));
-    this.chatTemplate = template === undefined ? null : ChatTemplate.parse(template, { bos_token: bosToken, eos_token: eos });
+  }
+
+  /** The checkpoint's chat template (null: the package has none, and serves no chat); parsed on first use, so the worker never parses it. */
+  get chatTemplate(): ChatTemplate | null {
+    if (this.template === undefined) {
+      const { chat_template: source, bos_token: bos, eos_token: eos } = this.manifest.tokenizer;
+      const bosToken = bos ?? (this.tokenizer.bosId === null ? '' : this.tokenizer.piece(this.tokenizer.bosId));
+      this.template = source === undefined ? null : ChatTemplate.parse(source, { bos_token: bosToken, eos_token: eos });
+    }
+    return this.template;
   }
 
   /** Opens and checks the package in `dir`; throws ModelPackageError naming the problem. */

@@ -199,9 +199,10 @@ export class TextTokenizer {
    * stands for) in tokens of at most maxTokenBytes bytes each. With GPT-2's pre-tokenizer the bound is taken per
    * pre-token (every pre-token becomes at least one token), which is tighter. (A SentencePiece vocabulary is assumed
    * to have byte fallback, as Llama's and Mistral's do: without it, one unknown-token id could stand for any text.)
+   * `withBos: false` bounds a text fed without a BOS (a rendered chat, which writes its own).
    */
-  minPromptTokens(text: string): number {
-    let count = this.addBos ? 1 : 0;
+  minPromptTokens(text: string, withBos = this.addBos): number {
+    let count = withBos ? 1 : 0;
     const segments = this.specials.reduce<string[]>((parts, special) => parts.flatMap((part) => {
       const pieces = part.split(special);
       count += pieces.length - 1;

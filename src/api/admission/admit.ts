@@ -135,7 +135,7 @@ function tokenIdPrompt(ids: readonly number[], prompt: string, tokenizer: TextTo
  */
 async function chatPrompt(chat: ChatPrompt, tokenizer: TextTokenizer, context: number, maxTokens: number): Promise<PromptInput> {
   const prompt = promptName(0, 1);
-  checkFits(tokenizer.minPromptTokens(chat.rendered) - (tokenizer.addBos ? 1 : 0), true, context, maxTokens, prompt, '');
+  checkFits(tokenizer.minPromptTokens(chat.rendered, false), true, context, maxTokens, prompt, '');
   const ids = await tokenizer.tokenize(chat.rendered);
   if (ids.length === 0) throw emptyPromptError(prompt);
   checkFits(ids.length, false, context, maxTokens, prompt, '');

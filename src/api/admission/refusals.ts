@@ -79,6 +79,10 @@ export function logitBiasKeyError(key: string): ServiceError {
   return new ServiceError('invalid_request', `logit_bias key ${JSON.stringify(key)} is not a token id (a decimal integer such as "50256").`, { param: 'logit_bias' });
 }
 
+export function topLogprobsWithoutLogprobsError(): ServiceError {
+  return new ServiceError('invalid_request', 'top_logprobs needs logprobs: true.', { param: 'top_logprobs' });
+}
+
 export function minTokensOverMaxError(minTokens: number, maxTokens: number): ServiceError {
   return new ServiceError('invalid_request', `min_tokens (${minTokens}) is more than max_tokens (${maxTokens}).`, { param: 'min_tokens' });
 }

@@ -8,9 +8,9 @@ import { randomUUID } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import Type from 'typebox';
 import type { Completion } from '../../batching/completion.js';
-import { ServiceError } from '../../errors.js';
 import type { CompletionService } from '../../service.js';
 import { admit, type AdmissionOptions, type RequestFields } from '../admission/admit.js';
+import { topLogprobsWithoutLogprobsError } from '../admission/refusals.js';
 import { chatPrompt } from '../chat/prompt.js';
 import { buildChatResponse, ChatChoiceBuilder, chatLogprobsOf, type ChatDelta } from '../completions/chat-format.js';
 import { gather, streamEvents, type StreamShape } from '../completions/event-stream.js';
@@ -27,7 +27,7 @@ export interface ChatRouteOptions {
 /** The completions fields of a chat request: max_completion_tokens over max_tokens, logprobs as a count of alternatives. */
 function requestFields(body: ChatCompletionRequest): RequestFields {
   const { messages: _messages, max_completion_tokens: maxCompletion, logprobs, top_logprobs: top, ...shared } = body;
-  if (top != null && logprobs !== true) throw new ServiceError('invalid_request', 'top_logprobs needs logprobs: true.', { param: 'top_logprobs' });
+  if (top != null && logprobs !== true) throw topLogprobsWithoutLogprobsError();
   return { ...shared, max_tokens: maxCompletion ?? shared.max_tokens, logprobs: logprobs === true ? (top ?? 0) : null };
 }
 

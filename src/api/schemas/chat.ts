@@ -4,9 +4,7 @@
  * with the package's chat template), the logprobs (a flag and top_logprobs) and the answer (a message per choice).
  */
 import Type, { type Static } from 'typebox';
-import { CompletionRequest } from './completions.js';
-
-const nullable = <T extends Type.TSchema>(schema: T) => Type.Optional(Type.Union([schema, Type.Null()]));
+import { CompletionRequest, nullable } from './completions.js';
 
 // the completions fields that chat takes as they are: everything but the prompt and what chat spells otherwise
 const { prompt: _prompt, echo: _echo, logprobs: _logprobs, suffix: _suffix, best_of: _bestOf, ...shared } = CompletionRequest.properties;

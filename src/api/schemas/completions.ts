@@ -5,7 +5,8 @@
 import Type, { type Static } from 'typebox';
 import { DEFAULT_ADAPTATION_MODE, MODES, REQUEST_ADAPTATION_MODES, type RequestAdaptationMode } from '../../adaptation/modes.js';
 
-const nullable = <T extends Type.TSchema>(schema: T) => Type.Optional(Type.Union([schema, Type.Null()]));
+/** An optional field that may also be null (OpenAI's clients send null for unset fields). */
+export const nullable = <T extends Type.TSchema>(schema: T) => Type.Optional(Type.Union([schema, Type.Null()]));
 
 // one literal per mode; typed as a one-element tuple so that the static type is the union of the modes
 const requestModes = () => REQUEST_ADAPTATION_MODES.map((mode) => Type.Literal(mode)) as [Type.TLiteral<RequestAdaptationMode>];
