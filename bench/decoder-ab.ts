@@ -17,21 +17,12 @@ const rounds = Number(process.env.BENCH_ROUNDS ?? 4);
 const past = Number(process.env.BENCH_PAST ?? 24);
 const loops = await Promise.all(dirs.map((dir) => RawLoop.open(dir, { threads: 0, spinning: false }, 32)));
 
-async function measure(loop: RawLoop, batch: number): Promise<{ ms: number; cpuMs: number }> {
-  const cpu = process.cpuUsage();
-  const started = performance.now();
-  const ms = await loop.decodeStepMs(batch, past);
-  const used = process.cpuUsage(cpu);
-  const steps = (performance.now() - started) / ms;
-  return { ms, cpuMs: (used.user + used.system) / 1000 / steps };
-}
-
 const sums = dirs.map(() => ({ b1: 0, b32: 0, cpu32: 0 }));
 for (let round = 1; round <= rounds; round++) {
   const cells: string[] = [];
   for (const [i, loop] of loops.entries()) {
-    const one = await measure(loop, 1);
-    const full = await measure(loop, 32);
+    const one = await loop.decodeStep(1, past);
+    const full = await loop.decodeStep(32, past);
     sums[i].b1 += one.ms;
     sums[i].b32 += full.ms;
     sums[i].cpu32 += full.cpuMs;

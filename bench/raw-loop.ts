@@ -10,7 +10,13 @@ import { KvSlots } from '../src/engine/kv-slots.js';
 import { cacheInputNames } from '../src/model/manifest.js';
 import { matmulModel } from './matmul-model.js';
 
-interface Dims { vocab_size: number; d_model: number; n_layer: number; n_head: number; head_dim: number; context: number }
+interface Dims { vocab_size: number; d_model: number; n_layer: number; n_head: number; n_kv_head?: number; head_dim: number; context: number }
+
+/** A timed run: wall ms and this process's CPU ms (every thread: ONNX Runtime's pool works off the main thread). */
+export interface Timing {
+  ms: number;
+  cpuMs: number;
+}
 
 export interface SessionSettings {
   threads: number;
@@ -27,15 +33,17 @@ function sessionOptions(settings: SessionSettings): ort.InferenceSession.Session
   };
 }
 
-async function timeRuns(run: () => Promise<unknown>, minMs = 400): Promise<number> {
+async function timeRuns(run: () => Promise<unknown>, minMs = 400): Promise<Timing> {
   for (let i = 0; i < 3; i++) await run();
   let n = 0;
+  const cpu = process.cpuUsage();
   const started = performance.now();
   while (performance.now() - started < minMs || n < 5) {
     await run();
     n++;
   }
-  return (performance.now() - started) / n;
+  const used = process.cpuUsage(cpu);
+  return { ms: (performance.now() - started) / n, cpuMs: (used.user + used.system) / 1000 / n };
 }
 
 export class RawLoop {
@@ -44,24 +52,27 @@ export class RawLoop {
   private readonly loraA: ort.Tensor;
   private readonly loraB: ort.Tensor;
 
-  private constructor(private readonly decoder: ort.InferenceSession, readonly dims: Dims, rank: number, slots: number) {
-    this.cache = new KvSlots({ layers: dims.n_layer, heads: dims.n_head, headDim: dims.head_dim, capacity: dims.context, slots });
+  private constructor(private readonly decoder: ort.InferenceSession, readonly dims: Dims, rank: number, private readonly adapters: number, slots: number, capacity: number) {
+    this.cache = new KvSlots({ layers: dims.n_layer, heads: dims.n_kv_head ?? dims.n_head, headDim: dims.head_dim, capacity, slots });
     this.names = cacheInputNames(dims.n_layer);
-    const adapters = 3;
     this.loraA = new ort.Tensor('float32', new Float32Array(adapters * rank * dims.d_model).fill(0.01), [adapters, rank, dims.d_model]);
     this.loraB = new ort.Tensor('float32', new Float32Array(adapters * dims.vocab_size * rank).fill(0.01), [adapters, dims.vocab_size, rank]);
   }
 
-  static async open(modelDir: string, settings: SessionSettings, slots: number): Promise<RawLoop> {
+  /** `capacity`: positions per cache slot (the server's MAX_MODEL_LEN; the package's context when not given). */
+  static async open(modelDir: string, settings: SessionSettings, slots: number, capacity?: number): Promise<RawLoop> {
     const manifest = JSON.parse(readFileSync(join(modelDir, 'manifest.json'), 'utf8'));
     const decoder = await ort.InferenceSession.create(join(modelDir, manifest.files.decoder), sessionOptions(settings));
-    // the rank the service stacks for batch rows: the hypernetwork's
-    return new RawLoop(decoder, manifest.dims, manifest.hypernet.rank, slots);
+    // what the service stacks for batch rows: three adapters of the hypernetwork's rank (zero, static, a window's);
+    // a base-only package has only the zero adapter, of rank 1
+    const adaptive = manifest.hypernet !== undefined;
+    return new RawLoop(decoder, manifest.dims, adaptive ? manifest.hypernet.rank : 1, adaptive ? 3 : 1, slots, capacity ?? manifest.dims.context);
   }
 
   /** One decoder run: `batch` rows of `seq` new tokens after `past` cached ones, logits for each row's last position. */
   private run(batch: number, seq: number, past: number): Promise<ort.InferenceSession.ReturnType> {
-    const { n_head: H, head_dim: HD } = this.dims;
+    const { head_dim: HD } = this.dims;
+    const H = this.dims.n_kv_head ?? this.dims.n_head;
     const int64 = (values: number[], dims: number[]) => new ort.Tensor('int64', BigInt64Array.from(values, BigInt), dims);
     const feeds: Record<string, ort.Tensor> = {
       input_ids: int64(Array.from({ length: batch * seq }, (_, i) => 1 + (i % 1000)), [batch, seq]),
@@ -69,7 +80,7 @@ export class RawLoop {
       past_length: int64(new Array(batch).fill(past), [batch]),
       lora_a: this.loraA,
       lora_b: this.loraB,
-      cluster_index: int64(Array.from({ length: batch }, (_, i) => i % 3), [batch]),
+      cluster_index: int64(Array.from({ length: batch }, (_, i) => i % this.adapters), [batch]),
       lora_scale: new ort.Tensor('float32', new Float32Array(batch).fill(1), [batch]),
       logits_index: int64(Array.from({ length: batch }, (_, b) => b * seq + seq - 1), [batch]),
     };
@@ -87,13 +98,13 @@ export class RawLoop {
     return this.cache.stride;
   }
 
-  /** Mean ms of one decode step over `batch` rows with `past` cached positions each. */
-  decodeStepMs(batch: number, past: number): Promise<number> {
+  /** Mean wall and CPU ms of one decode step over `batch` rows with `past` cached positions each. */
+  decodeStep(batch: number, past: number): Promise<Timing> {
     return timeRuns(() => this.run(batch, 1, past));
   }
 
-  /** Mean ms of one prefill run of `batch` prompts of `seq` tokens. */
-  prefillMs(batch: number, seq: number): Promise<number> {
+  /** Mean wall and CPU ms of one prefill run of `batch` prompts of `seq` tokens. */
+  prefill(batch: number, seq: number): Promise<Timing> {
     return timeRuns(() => this.run(batch, seq, 0));
   }
 
@@ -113,7 +124,7 @@ export async function matmulGflops(settings: SessionSettings, rows: number, inne
   const session = await ort.InferenceSession.create(matmulModel(inner, outer), sessionOptions(settings));
   try {
     const x = new ort.Tensor('float32', new Float32Array(rows * inner).fill(0.5), [rows, inner]);
-    const ms = await timeRuns(() => session.run({ x }));
+    const { ms } = await timeRuns(() => session.run({ x }));
     return (2 * rows * inner * outer) / (ms / 1000) / 1e9;
   } finally {
     await session.release();

@@ -311,15 +311,15 @@ async function main(): Promise<void> {
     const r = find('uniform', clients);
     if (r === undefined) continue;
     const batch = Math.max(1, Math.round(r.decodeRows));
-    const step = await raw.decodeStepMs(batch, 24);
+    const { ms: step } = await raw.decodeStep(batch, 24);
     rawRows.push([String(clients), String(batch), f(step, 2), f((batch * 1000) / step), f(outputRate(r)), f(outputRate(r) / ((batch * 1000) / step), 2)]);
   }
-  const step8 = await raw.decodeStepMs(32, 8);
-  const step200 = await raw.decodeStepMs(32, 200);
-  const step1 = await raw.decodeStepMs(1, 24);
-  const step32 = await raw.decodeStepMs(32, 24);
+  const { ms: step8 } = await raw.decodeStep(32, 8);
+  const { ms: step200 } = await raw.decodeStep(32, 200);
+  const { ms: step1 } = await raw.decodeStep(1, 24);
+  const { ms: step32 } = await raw.decodeStep(32, 24);
   const attended = raw.cacheStride;
-  const prefill = await raw.prefillMs(1, 240);
+  const { ms: prefill } = await raw.prefill(1, 240);
   const { d_model: d, vocab_size: V } = raw.dims;
   const mm1 = await matmulGflops(settings, 1, d, V);
   const mm32 = await matmulGflops(settings, 32, d, V);
