@@ -1,6 +1,6 @@
 """Turns a Hugging Face model folder into a base-only model package that the service serves at once.
 
-    npm run model:import -- HF_DIR OUT_DIR [--dtype float32|float16] [--context N] [--name NAME]
+    npm run model:import -- HF_DIR OUT_DIR [--dtype float32|float16|int8] [--context N] [--name NAME]
 
 The package holds `decoder.onnx` (the checkpoint's decoder under the package's graph contract: slot KV cache,
 logits where asked, per-row LM-head LoRA inputs), the token-embedding table for the feature step, the checkpoint's
@@ -24,6 +24,7 @@ from export import FORMAT, OPSET, DecoderGraph, decoder_signature, equivalence_f
 from hf_model import CheckpointError, load_checkpoint, read_config  # noqa: E402
 from onnx_files import consolidate  # noqa: E402
 from onnx_float16 import convert_to_float16  # noqa: E402
+from onnx_int8 import convert_to_int8  # noqa: E402
 
 PROBE_TEXT = "Hello world"
 # transformers rebuilds these tokenizers' post-processor from add_bos_token / add_eos_token when it loads them
@@ -34,6 +35,7 @@ SMALLEST_CONTEXT = 16  # the server's smallest MAX_MODEL_LEN
 FIXTURE_CONTEXT = 64
 # Its about 30 rows of logits are written in base64: past this vocabulary it would take over 64 MB.
 FIXTURE_MAX_VOCAB = 400_000
+DTYPES = ("float32", "float16", "int8")
 
 
 def token_text(token):
@@ -210,10 +212,10 @@ def import_checkpoint(hf_dir, out, context=None, name=None, dtype="float32"):
     signature = export_decoder(model, out)
     write_tensor(model.embeddings, out / "embeddings.bin")
     files = {"decoder": "decoder.onnx", "tokenizer": "tokenizer.json", "embeddings": "embeddings.bin"}
-    if dtype == "float16" or dims["vocab_size"] > FIXTURE_MAX_VOCAB:
+    if dtype != "float32" or dims["vocab_size"] > FIXTURE_MAX_VOCAB:
         (out / "equivalence.json").unlink(missing_ok=True)
     else:
-        # the fixture is float32 PyTorch's logits: a float16 graph differs from it by more than the replay allows
+        # the fixture is float32 PyTorch's logits: a float16 or int8 graph differs from it by more than the replay allows
         log("writing the equivalence fixture")
         write_equivalence(model, tokenizer, out)
         files["equivalence"] = "equivalence.json"
@@ -221,6 +223,9 @@ def import_checkpoint(hf_dir, out, context=None, name=None, dtype="float32"):
     if dtype == "float16":
         log("storing the weights in float16")
         decoder_files = convert_to_float16(out / "decoder.onnx")
+    elif dtype == "int8":
+        log("quantizing the weight matrices' products to int8 (DynamicQuantizeMatMul)")
+        decoder_files = convert_to_int8(out / "decoder.onnx")
     else:
         decoder_files = consolidate(out / "decoder.onnx")
     if len(decoder_files) > 1:
@@ -256,8 +261,9 @@ def main():
     parser.add_argument("out_dir", help="package folder to write")
     parser.add_argument("--context", type=int, default=None, help="positions to export (default: the checkpoint's own)")
     parser.add_argument("--name", default=None, help="package name (default: the output folder's name)")
-    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
-                        help="weights of decoder.onnx: float16 halves their memory and runs the matrix products in half precision (for CUDA)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                        help="weights of decoder.onnx: float16 halves their memory and runs the matrix products in half precision (for CUDA); "
+                             "int8 quarters the weight matrices and runs their products in int8 on the CPU (ONNX Runtime's DynamicQuantizeMatMul)")
     args = parser.parse_args()
     try:
         import_checkpoint(args.hf_dir, args.out_dir, args.context, args.name, args.dtype)
