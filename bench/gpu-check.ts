@@ -51,6 +51,7 @@ interface LoadResult {
 }
 
 const f = (x: number, digits = 0) => (Number.isFinite(x) ? x.toFixed(digits) : '-');
+const count = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`;
 
 function args(list: string[]): Record<string, string> {
   const out: Record<string, string> = {};
@@ -315,7 +316,7 @@ async function run(opts: Record<string, string>): Promise<number> {
         startupS,
       };
       appendFileSync(out, `${JSON.stringify(result)}\n`);
-      console.log(`  ${String(clients).padStart(2)} clients: ${f(result.tokPerS, 1)} tok/s (${tokens} tokens in ${f(elapsed, 1)} s, ${result.requests} requests ended in it), ` +
+      console.log(`  ${count(clients, 'client').padStart(10)}: ${f(result.tokPerS, 1)} tok/s (${tokens} tokens in ${f(elapsed, 1)} s, ${count(result.requests, 'request')} ended in it), ` +
         `TTFT p50 ${f(result.ttftP50)} ms, ITL p50 ${f(result.itlP50, 1)} ms, decode step ${f(result.decodeStepMs, 2)} ms x ${steps} (${f(result.rowsPerStep, 1)} rows), ` +
         `prefill run ${f(result.prefillMs, 2)} ms x ${prefillRuns}, engine busy ${f(result.busy * 100)} %` +
         (device === 'cuda' ? `, GPU util ${f(util)} %, GPU memory ${f(memMiB)} MiB` : '') + `, errors ${result.errors}`);
@@ -371,7 +372,7 @@ function report(file: string): number {
         const half = pick(label, device, clients);
         const full = pick(base, device, clients);
         if (half && full) {
-          console.log(`${label} / ${base} on ${device} at ${clients} clients: ${f(half.tokPerS / full.tokPerS, 2)}x tok/s, step ${f(half.decodeStepMs, 2)} vs ${f(full.decodeStepMs, 2)} ms`);
+          console.log(`${label} / ${base} on ${device} at ${count(clients, 'client')}: ${f(half.tokPerS / full.tokPerS, 2)}x tok/s, step ${f(half.decodeStepMs, 2)} vs ${f(full.decodeStepMs, 2)} ms`);
         }
       }
     }
