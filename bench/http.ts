@@ -80,31 +80,33 @@ export function streamed(base: string, body: Record<string, unknown>): Promise<S
   });
 }
 
-/** One non-streamed request: the whole request's time and its usage (a Sample without first-token or gap times). */
-export function completed(base: string, body: Record<string, unknown>): Promise<Sample> {
-  const started = performance.now();
-  const payload = JSON.stringify({ ...body, stream: false, stream_options: undefined });
+/** A non-streamed completion request: the parsed answer (an HTTP status other than 200 rejects with the body). */
+export function postCompletion(base: string, body: unknown): Promise<any> {
+  const payload = JSON.stringify(body);
   return new Promise((resolve, reject) => {
     const request = httpRequest(`${base}/v1/completions`, { method: 'POST', agent: clientAgent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } }, (res) => {
       res.setEncoding('utf8');
       let text = '';
       res.on('data', (chunk: string) => { text += chunk; });
       res.on('end', () => {
-        if (res.statusCode !== 200) {
-          reject(new Error(`HTTP ${res.statusCode}: ${text}`));
-          return;
-        }
-        const answer = JSON.parse(text);
-        resolve({
-          ttft: NaN, gaps: [], e2e: performance.now() - started, tokens: answer.usage.completion_tokens, promptTokens: answer.usage.prompt_tokens,
-          window: answer.chameleon?.batch_size ?? NaN, cluster: answer.chameleon?.cluster_size ?? NaN,
-        });
+        if (res.statusCode !== 200) reject(new Error(`HTTP ${res.statusCode}: ${text.slice(0, 400)}`));
+        else resolve(JSON.parse(text));
       });
       res.on('error', reject);
     });
     request.on('error', reject);
     request.end(payload);
   });
+}
+
+/** One non-streamed request: the whole request's time and its usage (a Sample without first-token or gap times). */
+export async function completed(base: string, body: Record<string, unknown>): Promise<Sample> {
+  const started = performance.now();
+  const answer = await postCompletion(base, { ...body, stream: false, stream_options: undefined });
+  return {
+    ttft: NaN, gaps: [], e2e: performance.now() - started, tokens: answer.usage.completion_tokens, promptTokens: answer.usage.prompt_tokens,
+    window: answer.chameleon?.batch_size ?? NaN, cluster: answer.chameleon?.cluster_size ?? NaN,
+  };
 }
 
 async function freePort(): Promise<number> {

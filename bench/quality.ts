@@ -23,10 +23,9 @@
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { request as httpRequest } from 'node:http';
 import { basename, join, resolve } from 'node:path';
 import { ModelPackage } from '../src/model/package.js';
-import { clientAgent, startServer, stopServer } from './http.js';
+import { postCompletion, startServer, stopServer } from './http.js';
 
 const python = process.env.PYTHON ?? '/usr/bin/python3';
 const MODEL = 'chameleon-quality';
@@ -113,22 +112,9 @@ function chunk(pkg: ModelPackage, docs: Doc[], window: number, maxTexts: number)
     : Array.from({ length: maxTexts }, (_, i) => texts[Math.floor((i * texts.length) / maxTexts)]!)));
 }
 
-function post(base: string, body: unknown): Promise<Array<number | null>> {
-  const payload = JSON.stringify(body);
-  return new Promise((resolvePost, reject) => {
-    const req = httpRequest(`${base}/v1/completions`, { method: 'POST', agent: clientAgent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } }, (res) => {
-      res.setEncoding('utf8');
-      let text = '';
-      res.on('data', (chunk: string) => { text += chunk; });
-      res.on('end', () => {
-        if (res.statusCode !== 200) return reject(new Error(`HTTP ${res.statusCode}: ${text.slice(0, 400)}`));
-        resolvePost((JSON.parse(text) as { choices: Array<{ logprobs: { token_logprobs: Array<number | null> } }> }).choices[0]!.logprobs.token_logprobs);
-      });
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end(payload);
-  });
+async function post(base: string, body: unknown): Promise<Array<number | null>> {
+  const answer = (await postCompletion(base, body)) as { choices: Array<{ logprobs: { token_logprobs: Array<number | null> } }> };
+  return answer.choices[0]!.logprobs.token_logprobs;
 }
 
 /** Every text's scored log-probabilities (the first id, BOS or leading token, has none), IN_FLIGHT requests at a time. */

@@ -172,7 +172,7 @@ const peers = await Promise.all(ggufFiles.map(async ({ type, file }) => {
 
 function llamaRun(peer: (typeof peers)[number], clients: number): Promise<Result> {
   const cpu = process.cpuUsage();
-  let free = peer.sequences.slice(0, clients);
+  const free = peer.sequences.slice(0, clients);
   return drive(clients, async (r) => {
     const sequence = free.pop()!;
     try {
@@ -182,7 +182,6 @@ function llamaRun(peer: (typeof peers)[number], clients: number): Promise<Result
     }
   }).then((result) => {
     const used = process.cpuUsage(cpu);
-    free = [];
     return { ...result, engine: `llama.cpp ${peer.type}`, cpuMs: (used.user + used.system) / 1000, forwardShare: NaN };
   });
 }
