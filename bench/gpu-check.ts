@@ -377,9 +377,14 @@ function report(file: string): number {
       }
     }
   }
+  const missing = labels.flatMap((label) => ['cuda', 'cpu'].flatMap((device) => [1, 32]
+    .filter((clients) => pick(label, device, clients) === undefined).map((clients) => `${label} on ${device} at ${count(clients, 'client')}`)));
+  if (missing.length > 0) console.log(`loads that did not run (see the log above for why): ${missing.join('; ')}`);
+  const onCuda = lines.filter((l) => l.device === 'cuda');
+  if (onCuda.length === 0) console.log('FAILED: no load ran on CUDA, so this check shows nothing of the CUDA provider');
   const errors = lines.reduce((s, l) => s + l.errors, 0);
   if (errors > 0) console.log(`requests that failed: ${errors} (see the first error of each load above)`);
-  return errors > 0 ? 1 : 0;
+  return errors > 0 || onCuda.length === 0 ? 1 : 0;
 }
 
 const [command, ...rest] = process.argv.slice(2);
