@@ -85,6 +85,7 @@ export const SETTINGS = [
     expect: `empty or one of ${REQUEST_ADAPTATION_MODES.join(', ')}`,
   }),
   setting({ key: 'adminToken', env: 'ADMIN_TOKEN', default: '', describe: 'bearer token of POST/DELETE /v1/adapters (unset: those routes answer 403)', parse: (raw) => raw.trim(), expect: 'a token' }),
+  setting({ key: 'adapterDirs', env: 'ADAPTER_DIRS', default: '', describe: 'folders POST /v1/adapters may load adapter files and folders (`path`) from, separated by `,` or `:`; a path is checked after its links are resolved, and one outside them, missing or not a valid adapter gets the same 400 (the log says which). Empty: loading by `path` is off (403)', parse: (raw) => raw.split(/[,:]/).map((dir) => dir.trim()).filter((dir) => dir !== ''), expect: 'folders separated by , or :' }),
   setting({ key: 'maxAdapters', env: 'MAX_ADAPTERS', default: '16', describe: 'most adapters loaded at run time with POST /v1/adapters (the package\'s library does not count); one more is refused with 409', parse: integer(0, 1024), expect: 'an integer from 0 to 1024' }),
 ] as const;
 

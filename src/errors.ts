@@ -11,6 +11,10 @@ export type ErrorCode =
   | 'invalid_adapter'
   | 'adapter_exists'
   | 'adapter_limit'
+  | 'adapter_read_only'
+  | 'adapter_name_reserved'
+  | 'adapter_files_disabled'
+  | 'adapter_busy'
   | 'unauthorized'
   | 'admin_disabled'
   | 'not_found'
@@ -42,6 +46,10 @@ const MAPPINGS: Record<ErrorCode, Mapping> = {
   invalid_adapter: { status: 400, type: 'invalid_request_error' },
   adapter_exists: { status: 409, type: 'invalid_request_error' },
   adapter_limit: { status: 409, type: 'invalid_request_error' },
+  adapter_read_only: { status: 409, type: 'invalid_request_error' },
+  adapter_name_reserved: { status: 409, type: 'invalid_request_error' },
+  adapter_files_disabled: { status: 403, type: 'permission_error' },
+  adapter_busy: { status: 429, type: 'rate_limit_error' },
   unauthorized: { status: 401, type: 'authentication_error' },
   admin_disabled: { status: 403, type: 'permission_error' },
   not_found: { status: 404, type: 'invalid_request_error' },

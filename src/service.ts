@@ -2,7 +2,8 @@
  * The inference service behind the HTTP API: opens the model package, starts the engine worker, runs the
  * scheduler, and reports its state (loading -> ready -> draining -> closed, or failed).
  */
-import { AdapterRegistry, loadAdapterFile, type NamedAdapter } from './adaptation/adapters.js';
+import { AdapterFiles, type AdapterFileLogger } from './adaptation/adapter-files.js';
+import { AdapterRegistry, PACKAGE_ADAPTER_PREFIX, type NamedAdapter } from './adaptation/adapters.js';
 import { DomainAdapters } from './adaptation/domains.js';
 import { FeatureExtractor } from './adaptation/features.js';
 import { ContextGate, gateOutcome } from './adaptation/gate.js';
@@ -52,8 +53,8 @@ export interface CompletionService {
   readonly defaultAdaptation: RequestAdaptationMode;
   /** Queues an admitted request (the caller has checked the state): 'full' or 'closed' when it could not be. */
   submit(completion: Completion): QueueOutcome;
-  /** Loads a named adapter from a file or folder on the server (see adapters.ts). */
-  loadAdapter(name: string, path: string): Promise<NamedAdapter>;
+  /** Loads a named adapter from a file or folder under ADAPTER_DIRS (see adapter-files.ts); `log` gets why one is refused. */
+  loadAdapter(name: string, path: string, log: AdapterFileLogger): Promise<{ adapter: NamedAdapter; path: string }>;
   /** Makes a named adapter from example texts: the hypernetwork on their mean feature (a cluster of them); the caller checks that the service is ready and has a hypernetwork. */
   adapterFromExamples(name: string, examples: readonly string[]): Promise<NamedAdapter>;
 }
@@ -63,11 +64,6 @@ function defaultAdaptationOf(setting: RequestAdaptationMode | '', served: readon
   if (setting === '') return served.includes(DEFAULT_ADAPTATION_MODE) ? DEFAULT_ADAPTATION_MODE : 'none';
   if (!served.includes(setting)) throw new ConfigError(`DEFAULT_ADAPTATION=${setting}, but this model package serves only ${served.join(', ')}`);
   return setting;
-}
-
-/** Name of a package library entry as a named adapter. */
-function libraryAdapterName(domain: string): string {
-  return `library:${domain}`;
 }
 
 export class InferenceService implements CompletionService {
@@ -85,6 +81,7 @@ export class InferenceService implements CompletionService {
   /** The package's static LoRA as factors (what a gated context gets), read on first use. */
   private staticLora: LoraFactors | null = null;
   readonly adapters: AdapterRegistry;
+  private readonly adapterFiles: AdapterFiles;
   readonly adaptationModes: readonly RequestAdaptationMode[];
   readonly defaultAdaptation: RequestAdaptationMode;
   /** The KV cache's shape and size (MAX_MODEL_LEN, MAX_BATCH_SIZE), checked against the memory limit. */
@@ -107,7 +104,8 @@ export class InferenceService implements CompletionService {
     this.defaultAdaptation = defaultAdaptationOf(config.defaultAdaptation, this.adaptationModes);
     const maxRank = Math.max(64, m.hypernet?.rank ?? 0);
     this.adapters = new AdapterRegistry(config.maxAdapters, { vocabSize: m.dims.vocab_size, dim: m.dims.d_model, maxRank }, config.modelName);
-    for (const [domain, factors] of this.domains.libraryEntries()) this.adapters.add(libraryAdapterName(domain), factors, 'package');
+    for (const [domain, factors] of this.domains.libraryEntries()) this.adapters.add(`${PACKAGE_ADAPTER_PREFIX}${domain}`, factors, 'package');
+    this.adapterFiles = new AdapterFiles(config.adapterDirs, config.retryAfterSeconds);
   }
 
   /** Opens and checks the model package (synchronously: a bad package stops the start here). */
@@ -184,10 +182,10 @@ export class InferenceService implements CompletionService {
     return this.scheduler.submit(completion);
   }
 
-  async loadAdapter(name: string, path: string): Promise<NamedAdapter> {
+  async loadAdapter(name: string, path: string, log: AdapterFileLogger): Promise<{ adapter: NamedAdapter; path: string }> {
     this.adapters.checkName(name);
-    const factors = await loadAdapterFile(path, this.model, this.adapters.shape);
-    return this.adapters.add(name, factors, 'file');
+    const loaded = await this.adapterFiles.load(path, this.model, this.adapters.shape, log);
+    return { adapter: this.adapters.add(name, loaded.factors, 'file'), path: loaded.path };
   }
 
   async adapterFromExamples(name: string, examples: readonly string[]): Promise<NamedAdapter> {

@@ -1,19 +1,26 @@
 /**
  * Reads a `.safetensors` file (8-byte little-endian header length, a JSON header of name -> {dtype, shape,
  * data_offsets}, then the raw bytes). Hand-written because the format is this small and npm has no maintained reader
- * for Node. The header is parsed and checked first (offsets inside the data, no overlaps); tensor values are converted
- * to float32 only for the tensors asked for, so a file with other large tensors costs no conversion.
+ * for Node. Bytes come from a ByteSource (a file handle), never as a whole file: the 8-byte length is checked before
+ * the header is read, the header is parsed and checked (offsets inside the data, no overlaps) before any tensor, and
+ * a tensor's bytes are read only when it is asked for, so a bad or oversized file costs at most its header.
  */
 const BYTES: Record<string, number> = { F32: 4, F16: 2, BF16: 2 };
 
 export class SafetensorsError extends Error {}
 
+/** Random access to a file's bytes: `read` gives exactly `length` bytes at `position`, or throws. */
+export interface ByteSource {
+  readonly size: number;
+  read(position: number, length: number): Promise<Buffer>;
+}
+
 export interface TensorEntry {
   name: string;
   dtype: string;
   shape: number[];
-  /** The values as float32 (F32, F16 and BF16 only). */
-  read(): Float32Array;
+  /** Reads its bytes from the source and gives the values as float32 (F32, F16 and BF16 only). */
+  read(): Promise<Float32Array>;
 }
 
 function half(bits: number): number {
@@ -25,20 +32,31 @@ function half(bits: number): number {
   return sign * 2 ** (exponent - 15) * (1 + fraction / 1024);
 }
 
-/** The tensors of a safetensors file held in `bytes`; the header may be at most `maxHeaderBytes`. */
-export function parseSafetensors(bytes: Buffer, maxHeaderBytes: number): TensorEntry[] {
-  if (bytes.byteLength < 8) throw new SafetensorsError('the file is shorter than its 8-byte header length');
-  const headerLength = Number(bytes.readBigUInt64LE(0));
+function decode(bytes: Buffer, dtype: string, count: number, size: number): Float32Array {
+  const data = new Float32Array(count);
+  for (let i = 0; i < count; i++) {
+    const at = i * size;
+    data[i] = dtype === 'F32' ? bytes.readFloatLE(at) : dtype === 'F16' ? half(bytes.readUInt16LE(at)) : new Float32Array(Uint32Array.of(bytes.readUInt16LE(at) << 16).buffer)[0];
+  }
+  return data;
+}
+
+/** The tensors of the safetensors file behind `source`, reading only its header (at most `maxHeaderBytes`). */
+export async function readSafetensors(source: ByteSource, maxHeaderBytes: number): Promise<TensorEntry[]> {
+  if (source.size < 8) throw new SafetensorsError('the file is shorter than its 8-byte header length');
+  const headerLength = Number((await source.read(0, 8)).readBigUInt64LE(0));
   if (headerLength > maxHeaderBytes) throw new SafetensorsError(`its header is ${headerLength} bytes, more than the ${maxHeaderBytes} accepted`);
-  if (8 + headerLength > bytes.byteLength) throw new SafetensorsError(`header length ${headerLength} does not fit the file`);
+  if (8 + headerLength > source.size) throw new SafetensorsError(`header length ${headerLength} does not fit the file`);
   let header: unknown;
   try {
-    header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString('utf8'));
-  } catch {
+    header = JSON.parse((await source.read(8, headerLength)).toString('utf8'));
+  } catch (error) {
+    if (!(error instanceof SyntaxError)) throw error;
     throw new SafetensorsError('the header is not JSON');
   }
   if (header === null || typeof header !== 'object' || Array.isArray(header)) throw new SafetensorsError('the header is not a JSON object');
-  const body = bytes.subarray(8 + headerLength);
+  const bodyStart = 8 + headerLength;
+  const bodyLength = source.size - bodyStart;
   const entries: Array<TensorEntry & { begin: number; end: number }> = [];
   for (const [name, value] of Object.entries(header)) {
     if (name === '__metadata__') continue;
@@ -51,17 +69,12 @@ export function parseSafetensors(bytes: Buffer, maxHeaderBytes: number): TensorE
     const [begin, end] = offsets as [number, number];
     const count = (shape as number[]).reduce((a, b) => a * b, 1);
     const size = BYTES[dtype];
-    if (end < begin || end > body.byteLength || (size !== undefined && end - begin !== count * size)) {
+    if (end < begin || end > bodyLength || (size !== undefined && end - begin !== count * size)) {
       throw new SafetensorsError(`tensor ${name}: data_offsets [${begin}, ${end}] do not hold its ${count} ${dtype} values inside the file`);
     }
-    const read = (): Float32Array => {
+    const read = async (): Promise<Float32Array> => {
       if (size === undefined) throw new SafetensorsError(`tensor ${name} has dtype ${dtype}; only F32, F16 and BF16 are read`);
-      const data = new Float32Array(count);
-      for (let i = 0; i < count; i++) {
-        const at = begin + i * size;
-        data[i] = dtype === 'F32' ? body.readFloatLE(at) : dtype === 'F16' ? half(body.readUInt16LE(at)) : new Float32Array(Uint32Array.of(body.readUInt16LE(at) << 16).buffer)[0];
-      }
-      return data;
+      return decode(await source.read(bodyStart + begin, end - begin), dtype, count, size);
     };
     entries.push({ name, dtype, shape: shape as number[], read, begin, end });
   }
@@ -69,5 +82,5 @@ export function parseSafetensors(bytes: Buffer, maxHeaderBytes: number): TensorE
   for (let i = 1; i < ordered.length; i++) {
     if (ordered[i].begin < ordered[i - 1].end) throw new SafetensorsError(`tensors ${ordered[i - 1].name} and ${ordered[i].name} overlap`);
   }
-  return entries;
+  return entries.map(({ name, dtype, shape, read }) => ({ name, dtype, shape, read }));
 }

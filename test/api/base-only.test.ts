@@ -20,7 +20,7 @@ let full: FastifyInstance;
 before(async () => {
   copy = copyBaseOnlyPackage();
   const serial = { maxWaitMs: 0, idleDispatch: true, clusterInFlight: false, maxBatchSize: 4 };
-  base = await startApp({ ...serial, modelDir: copy.dir, adminToken: TOKEN, maxModelLen: 64 });
+  base = await startApp({ ...serial, modelDir: copy.dir, adminToken: TOKEN, maxModelLen: 64, adapterDirs: [MODEL_DIR] });
   full = await startApp(serial);
 });
 after(async () => {

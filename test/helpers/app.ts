@@ -1,6 +1,6 @@
 /** Starts the real app on the real default model package (models/default), for tests. */
 import type { FastifyInstance } from 'fastify';
-import { buildApp } from '../../src/app.js';
+import { buildApp, type AppOptions } from '../../src/app.js';
 import { configWith, type Config } from '../../src/config.js';
 
 export const MODEL_DIR = process.env.TEST_MODEL_DIR ?? 'models/default';
@@ -11,8 +11,8 @@ export function testConfig(overrides: Partial<Config> = {}): Config {
 }
 
 /** Builds the app and waits until the model is loaded and warmed up. */
-export async function startApp(overrides: Partial<Config> = {}): Promise<FastifyInstance> {
-  const app = await buildApp(testConfig(overrides));
+export async function startApp(overrides: Partial<Config> = {}, options: AppOptions = {}): Promise<FastifyInstance> {
+  const app = await buildApp(testConfig(overrides), options);
   await app.chameleon.started;
   await app.ready();
   return app;

@@ -1,7 +1,8 @@
 /**
  * Named adapters at run time (vLLM's load/unload, LoRAX's adapter library): list them, load one from a file or
  * make one from example texts, unload one. Loading and unloading are admin actions, allowed with
- * `Authorization: Bearer <ADMIN_TOKEN>`; without ADMIN_TOKEN they are disabled (403).
+ * `Authorization: Bearer <ADMIN_TOKEN>`; without ADMIN_TOKEN they are disabled (403). The package's own adapters
+ * cannot be unloaded, and files load only from ADAPTER_DIRS (adapter-files.ts).
  */
 import { timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
@@ -51,11 +52,11 @@ export async function adapterRoutes(app: FastifyInstance, options: AdapterRouteO
     onRequest: admin,
     schema: {
       summary: 'Load a named adapter from a file, or make one from example texts',
-      description: 'Admin route (Authorization: Bearer <ADMIN_TOKEN>). The adapter is usable at once as `model` in completions.',
+      description: 'Admin route (Authorization: Bearer <ADMIN_TOKEN>). The adapter is usable at once as `model` in completions. A `path` must lie inside ADAPTER_DIRS (unset: 403); any file that cannot be loaded gets the same 400, its reason in the server log. One file load runs at a time and one more waits; more get 429.',
       tags: ['adapters'],
       security: [{ adminToken: [] }],
       body: Type.Ref('LoadAdapterRequest'),
-      response: { 201: { description: 'Loaded', content: json('Adapter') }, ...errorResponses(400, 401, 403, 409, 503) },
+      response: { 201: { description: 'Loaded', content: json('Adapter') }, ...errorResponses(400, 401, 403, 409, 429, 503) },
     },
   }, async (request, reply) => {
     const body = request.body as { name: string; path?: string; examples?: string[] };
@@ -67,8 +68,11 @@ export async function adapterRoutes(app: FastifyInstance, options: AdapterRouteO
       const unavailable = unavailableError(service.state, service.failure);
       if (unavailable !== null) throw unavailable;
     }
-    const adapter = body.path !== undefined ? await service.loadAdapter(body.name, body.path) : await service.adapterFromExamples(body.name, body.examples!);
-    request.log.info({ adapter: adapter.id, source: adapter.source, rank: adapter.factors.rank }, 'adapter loaded');
+    // the path as asked and as resolved: the log is where an operator sees which file an adapter came from
+    const { adapter, path } = body.path !== undefined
+      ? await service.loadAdapter(body.name, body.path, request.log)
+      : { adapter: await service.adapterFromExamples(body.name, body.examples!), path: undefined };
+    request.log.info({ adapter: adapter.id, source: adapter.source, rank: adapter.factors.rank, path: body.path, resolvedPath: path }, 'adapter loaded');
     reply.code(201);
     return describe(adapter);
   });
@@ -77,11 +81,11 @@ export async function adapterRoutes(app: FastifyInstance, options: AdapterRouteO
     onRequest: admin,
     schema: {
       summary: 'Unload a named adapter',
-      description: 'Admin route (Authorization: Bearer <ADMIN_TOKEN>). Requests already running with it finish with it.',
+      description: 'Admin route (Authorization: Bearer <ADMIN_TOKEN>). Requests already running with it finish with it. The model package\'s own adapters cannot be unloaded (409).',
       tags: ['adapters'],
       security: [{ adminToken: [] }],
       params: Type.Object({ name: Type.String() }),
-      response: { 200: { description: 'Unloaded', content: json('AdapterDeleted') }, ...errorResponses(401, 403, 404) },
+      response: { 200: { description: 'Unloaded', content: json('AdapterDeleted') }, ...errorResponses(401, 403, 404, 409) },
     },
   }, async (request) => {
     const { name } = request.params as { name: string };

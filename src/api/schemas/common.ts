@@ -15,10 +15,10 @@ export const ErrorResponse = Type.Object(
 const ERROR_DESCRIPTIONS: Record<number, string> = {
   400: 'Invalid input (including a prompt longer than the context allows, or an unsupported option)',
   401: 'Missing or wrong admin token (Authorization: Bearer <ADMIN_TOKEN>)',
-  403: 'Admin routes are disabled (ADMIN_TOKEN is not set)',
+  403: 'Admin routes are disabled (ADMIN_TOKEN is not set), or loading adapters from files is (ADAPTER_DIRS is not set)',
   404: 'Unknown model, adapter or route',
-  409: 'Adapter name taken, or MAX_ADAPTERS adapters already loaded',
-  429: 'Queue full: retry after the Retry-After header',
+  409: 'Adapter name taken or reserved for the model package, MAX_ADAPTERS adapters already loaded, or a package adapter (which cannot be unloaded)',
+  429: 'Queue full, or another adapter file load already waiting: retry after the Retry-After header',
   500: 'Inference failed',
   503: 'Not ready (model loading or failed) or shutting down',
   504: 'Deadline exceeded (REQUEST_TIMEOUT_MS)',

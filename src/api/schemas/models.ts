@@ -55,7 +55,7 @@ export const LoadAdapterRequest = Type.Object({
   name: Type.String({ description: 'Name to serve it under (then `model` in completions)' }),
   path: Type.Optional(Type.String({
     minLength: 1,
-    description: 'Either this, on the server: a .safetensors LoRA of the LM head (lora_A [r, d_model], lora_B [vocab, r]), a PEFT adapter folder, or a model package of the same base model (its static LoRA)',
+    description: 'Either this, on the server inside one of ADAPTER_DIRS (no `..`; links resolved, and linked files inside a folder refused): a .safetensors LoRA of the LM head (lora_A [r, d_model], lora_B [vocab, r]), a PEFT adapter folder, or a model package of the same base model (its static LoRA)',
   })),
   examples: Type.Optional(Type.Array(Type.String({ minLength: 1 }), {
     minItems: 1, maxItems: MAX_EXAMPLES,
