@@ -195,19 +195,21 @@ console.log(`${shape}: random weights, service ${dtype} at MAX_MODEL_LEN=${maxMo
   `${ggufTypes.join(', ')}; ${seconds} s per run; ${cores} cores`);
 
 const llama = await getLlama({ gpu: false, build: 'never', maxThreads: cores, logLevel: LlamaLogLevel.error });
-const peers = await Promise.all(ggufFiles.map(async ({ type, file }) => {
-  const weights = await llama.loadModel({ modelPath: file });
-  const most = Math.max(...levels);
-  const context = await weights.createContext({ sequences: most, contextSize: most * maxModelLen, threads: cores, flashAttention: false });
-  const sequences = Array.from({ length: most }, () => context.getSequence());
-  return { type, weights, context, sequences };
-}));
-
-async function llamaRun(peer: (typeof peers)[number], clients: number): Promise<Result> {
-  const cpu = process.cpuUsage();
-  const result = await llamaLockstep(peer.weights, peer.sequences, clients);
-  const used = process.cpuUsage(cpu);
-  return { ...result, engine: `llama.cpp ${peer.type}`, cpuMs: (used.user + used.system) / 1000, forwardShare: NaN };
+// One llama.cpp model and context at a time, made for the run and disposed after it: with the contexts of two GGUF
+// files alive in one process, the second one's evaluations never returned.
+async function llamaRun(file: { type: string; file: string }, clients: number): Promise<Result> {
+  const weights = await llama.loadModel({ modelPath: file.file });
+  const context = await weights.createContext({ sequences: clients, contextSize: clients * maxModelLen, threads: cores, flashAttention: false });
+  try {
+    const sequences = Array.from({ length: clients }, () => context.getSequence());
+    const cpu = process.cpuUsage();
+    const result = await llamaLockstep(weights, sequences, clients);
+    const used = process.cpuUsage(cpu);
+    return { ...result, engine: `llama.cpp ${file.type}`, cpuMs: (used.user + used.system) / 1000, forwardShare: NaN };
+  } finally {
+    await context.dispose();
+    await weights.dispose();
+  }
 }
 
 const tokensOf = (r: Result) => r.samples.reduce((s, x) => s + x.tokens, 0);
@@ -225,14 +227,14 @@ function line(r: Result, against?: Result): string {
 const results: Result[] = [];
 try {
   await drive(4, (r) => streamed(server.base, body(r, model))); // warm-up, not reported
-  for (const peer of peers) await llamaRun(peer, 4);
+  for (const file of ggufFiles) await llamaRun(file, 4);
   for (const clients of levels) {
     console.log(`${clients} client${clients === 1 ? '' : 's'}:`);
     const first = await serviceRun(server.base, pid, model, clients, true);
     console.log(line(first));
     const theirs: Result[] = [];
-    for (const peer of peers) {
-      theirs.push(await llamaRun(peer, clients));
+    for (const file of ggufFiles) {
+      theirs.push(await llamaRun(file, clients));
       console.log(line(theirs.at(-1)!));
     }
     const second = await serviceRun(server.base, pid, model, clients, false);
@@ -244,7 +246,6 @@ try {
 } finally {
   await stopServer(server.child);
   clientAgent.destroy();
-  await Promise.all(peers.map(async (p) => { await p.context.dispose(); await p.weights.dispose(); }));
   await llama.dispose();
 }
 
