@@ -10,32 +10,39 @@ import { MODEL, sseData, startApp } from '../helpers/app.js';
 
 let app: FastifyInstance;
 let base: string;
+// A deadline far below what the longest stream the context allows can take, even on a fast machine.
+let hurriedApp: FastifyInstance;
+let hurriedBase: string;
 before(async () => {
-  app = await startApp({ maxWaitMs: 5, requestTimeoutMs: 300 });
+  app = await startApp({ maxWaitMs: 5 });
+  hurriedApp = await startApp({ maxWaitMs: 5, requestTimeoutMs: 40 });
   await app.listen({ host: '127.0.0.1', port: 0 });
+  await hurriedApp.listen({ host: '127.0.0.1', port: 0 });
   base = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
+  hurriedBase = `http://127.0.0.1:${(hurriedApp.server.address() as AddressInfo).port}`;
 });
 after(async () => {
   await app.close();
+  await hurriedApp.close();
 });
 
 const body = (extra: Record<string, unknown>) => JSON.stringify({ model: MODEL, prompt: 'The whale', temperature: 0, ignore_eos: true, ...extra });
 
-async function counter(status: number): Promise<number> {
-  const text = await (await fetch(`${base}/metrics`)).text();
+async function counter(status: number, server = base): Promise<number> {
+  const text = await (await fetch(`${server}/metrics`)).text();
   return Number(new RegExp(`chameleon_requests_total\\{status="${status}"\\} (\\d+)`).exec(text)?.[1] ?? 0);
 }
 
 test('a deadline inside a stream: an error event, then data: [DONE]; counted as 504', async () => {
-  const before504 = await counter(504);
-  const res = await fetch(`${base}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: body({ max_tokens: 200, stream: true }) });
+  const before504 = await counter(504, hurriedBase);
+  const res = await fetch(`${hurriedBase}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: body({ max_tokens: 250, stream: true }) });
   assert.equal(res.status, 200);
   const events = sseData(await res.text());
   assert.equal(events.at(-1), '[DONE]');
   const error = events.at(-2) as { error: Record<string, unknown> };
   assert.equal(error.error.code, 'timeout');
   assert.deepEqual(Object.keys(error.error).sort(), ['code', 'message', 'param', 'type']);
-  assert.equal(await counter(504), before504 + 1);
+  assert.equal(await counter(504, hurriedBase), before504 + 1);
 });
 
 test('a client that hangs up mid-stream is counted as 499', async () => {
