@@ -11,6 +11,7 @@ export type ErrorCode =
   | 'invalid_adapter'
   | 'adapter_exists'
   | 'adapter_limit'
+  | 'invalid_api_key'
   | 'unauthorized'
   | 'admin_disabled'
   | 'not_found'
@@ -23,6 +24,7 @@ export type ErrorCode =
   | 'headers_too_large'
   | 'client_closed'
   | 'queue_full'
+  | 'too_many_auth_failures'
   | 'not_ready'
   | 'shutting_down'
   | 'timeout'
@@ -42,6 +44,8 @@ const MAPPINGS: Record<ErrorCode, Mapping> = {
   invalid_adapter: { status: 400, type: 'invalid_request_error' },
   adapter_exists: { status: 409, type: 'invalid_request_error' },
   adapter_limit: { status: 409, type: 'invalid_request_error' },
+  // OpenAI's own answer to a missing or wrong API key: 401, invalid_request_error, invalid_api_key.
+  invalid_api_key: { status: 401, type: 'invalid_request_error' },
   unauthorized: { status: 401, type: 'authentication_error' },
   admin_disabled: { status: 403, type: 'permission_error' },
   not_found: { status: 404, type: 'invalid_request_error' },
@@ -55,6 +59,7 @@ const MAPPINGS: Record<ErrorCode, Mapping> = {
   // nginx's 499: the client closed the connection before the answer was complete (logged and counted, never sent).
   client_closed: { status: 499, type: 'invalid_request_error' },
   queue_full: { status: 429, type: 'rate_limit_error' },
+  too_many_auth_failures: { status: 429, type: 'rate_limit_error' },
   not_ready: { status: 503, type: 'server_error' },
   shutting_down: { status: 503, type: 'server_error' },
   timeout: { status: 504, type: 'timeout_error' },

@@ -15,6 +15,7 @@ import type { Socket } from 'node:net';
 import type { FastifyInstance, FastifyServerFactory } from 'fastify';
 import fp from 'fastify-plugin';
 import type { Config } from '../config.js';
+import { MAX_HEADER_FIELDS } from './header-checks.js';
 
 /** How long a closed connection may take to say goodbye (FIN) before it is destroyed. */
 const LINGER_MS = 1000;
@@ -39,10 +40,17 @@ export function serverWithTimeouts(
   refusedFirst: (request: IncomingMessage, response: ServerResponse) => boolean,
 ): FastifyServerFactory {
   return (handler) => {
-    // Node checks both timeouts on this interval (30 s by default, which would let a half-open socket live that long).
-    const server = createServer({ headersTimeout: Math.min(config.headersTimeoutMs, config.receiveTimeoutMs), connectionsCheckingInterval: 1000 }, (request, response) => {
+    const server = createServer({
+      headersTimeout: Math.min(config.headersTimeoutMs, config.receiveTimeoutMs),
+      // Node checks both timeouts on this interval (30 s by default, which would let a half-open socket live that long).
+      connectionsCheckingInterval: 1000,
+      // Node's own answer to a missing Host has an empty body; api/header-checks.ts answers it in OpenAI's shape.
+      requireHostHeader: false,
+    }, (request, response) => {
       if (!refusedFirst(request, response)) handler(request, response);
     });
+    // One field more than allowed, so that a request with too many is seen (and refused) rather than cut short.
+    server.maxHeadersCount = MAX_HEADER_FIELDS + 1;
     server.keepAliveTimeout = config.keepAliveTimeoutMs;
     server.requestTimeout = config.receiveTimeoutMs;
     return server;
