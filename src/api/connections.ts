@@ -15,7 +15,6 @@ import type { Socket } from 'node:net';
 import type { FastifyInstance, FastifyServerFactory } from 'fastify';
 import fp from 'fastify-plugin';
 import type { Config } from '../config.js';
-import { MAX_HEADER_FIELDS } from './header-checks.js';
 
 /** How long a closed connection may take to say goodbye (FIN) before it is destroyed. */
 const LINGER_MS = 1000;
@@ -49,8 +48,6 @@ export function serverWithTimeouts(
     }, (request, response) => {
       if (!refusedFirst(request, response)) handler(request, response);
     });
-    // One field more than allowed, so that a request with too many is seen (and refused) rather than cut short.
-    server.maxHeadersCount = MAX_HEADER_FIELDS + 1;
     server.keepAliveTimeout = config.keepAliveTimeoutMs;
     server.requestTimeout = config.receiveTimeoutMs;
     return server;
