@@ -4,9 +4,8 @@
  * - an HTTP/1.1 request without Host, and any request with more than one (RFC 9112 §3.2; Node's own check,
  *   `requireHostHeader`, answers with an empty body, so it is off and this one answers in OpenAI's shape);
  * - more than one Authorization: which credential counts would depend on who reads the request (a proxy, this server);
- * - more than MAX_HEADER_FIELDS fields (Apache's default limit), which no client needs: Node takes up to 2,000 as long
- *   as they fit in 16 KiB and silently drops the fields past its `maxHeadersCount` (2,000), which would hide a second
- *   Host or Authorization.
+ * - more than MAX_HEADER_FIELDS fields (Apache's default limit), which no client needs: Node keeps the first 2,000
+ *   (`maxHeadersCount`) and silently drops the rest, which would hide a second Host or Authorization.
  */
 import type { IncomingMessage } from 'node:http';
 import type { FastifyInstance } from 'fastify';
