@@ -73,7 +73,9 @@ RUN --mount=type=bind,from=node,source=/usr/local/bin/node,target=/tmp/node-from
 WORKDIR /app
 # Configuration is the service's own environment variables (see README, "Configuration"); the image sets only
 # what differs from the service defaults or what it depends on. Override any of them with -e / env.
+# ORT_DISABLE_TELEMETRY is ONNX Runtime's own switch: no telemetry, whatever a build of it would collect.
 ENV NODE_ENV=production \
+    ORT_DISABLE_TELEMETRY=1 \
     HOST=0.0.0.0 \
     PORT=8080 \
     MODEL_DIR=/app/models/default \

@@ -2,7 +2,9 @@
 # Container smoke test (npm run test:container).
 #
 # Builds the CPU variant of the Dockerfile with podman from a locally made base image (no image registry),
-# runs it on 127.0.0.1, waits for /health/ready, sends a completion, checks the answer, checks the image's
+# runs it on 127.0.0.1 hardened as docker/compose.yaml runs it (read-only root with a /tmp tmpfs, no capabilities,
+# no-new-privileges) with an API key from a mounted file (API_KEY_FILE), waits for /health/ready, checks that the
+# API refuses a request without the key, sends a completion with it, checks the answer, checks the image's
 # HEALTHCHECK and a graceful stop on SIGTERM (a completion in flight finishes), and removes the container.
 # It never skips: when podman cannot be installed or cannot run, it fails with the reason.
 #
@@ -176,12 +178,19 @@ SIZE=$(podman image inspect "$IMAGE" --format '{{.Size}}')
 info "image $IMAGE: $(( SIZE / 1000 / 1000 )) MB"
 
 # ---------------------------------------------------------------------------------------------------------------
-step "6/9 run the container on 127.0.0.1 and wait for /health/ready"
+step "6/9 run the container on 127.0.0.1 (hardened, with an API key) and wait for /health/ready"
 PORT=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
+# The key as a mounted secret file, readable by the image's user (uid 10001).
+KEY=$(node -e 'console.log(require("crypto").randomBytes(32).toString("base64url"))')
+printf '%s\n' "$KEY" >"$STATE/api-key"
+chmod 0644 "$STATE/api-key"
+AUTH="authorization: Bearer $KEY"
 # --health-interval=disable: no periodic health checks (podman schedules them with systemd); step 8 runs one.
 # MAX_WAIT_MS=1500: a request waits up to 1.5 s in the batch window, so that step 9 can send SIGTERM while one is
 # admitted and not yet answered, whatever the speed of the model.
-pod run -d --name "$NAME" -p "127.0.0.1:$PORT:8080" --health-interval=disable -e MAX_WAIT_MS=1500 "$IMAGE" >/dev/null
+pod run -d --name "$NAME" -p "127.0.0.1:$PORT:8080" --health-interval=disable -e MAX_WAIT_MS=1500 \
+  --read-only --tmpfs /tmp:size=64m --cap-drop=ALL --security-opt=no-new-privileges \
+  -v "$STATE/api-key:/run/secrets/api-key:ro" -e API_KEY_FILE=/run/secrets/api-key "$IMAGE" >/dev/null
 info "container $NAME on 127.0.0.1:$PORT"
 URL="http://127.0.0.1:$PORT"
 deadline=$(( $(date +%s) + READY_TIMEOUT ))
@@ -201,7 +210,10 @@ while :; do
 done
 info "ready: $ready"
 info "live: $(curl -fsS -m 3 "$URL/health/live")"
-MODELS=$(curl -fsS -m 3 "$URL/v1/models") || fail "GET /v1/models failed"
+CODE=$(curl -sS -m 3 -o /dev/null -w '%{http_code}' "$URL/v1/models")
+[ "$CODE" = 401 ] || fail "GET /v1/models without the key answered HTTP $CODE (401 expected)"
+info "without the key: 401"
+MODELS=$(curl -fsS -m 3 -H "$AUTH" "$URL/v1/models") || fail "GET /v1/models failed"
 info "models: $MODELS"
 MODEL=$(printf '%s' "$MODELS" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const id=JSON.parse(s).data?.[0]?.id; if(typeof id!=="string"){console.log("no model id in /v1/models");process.exit(1)} console.log(id)})') \
   || fail "$MODEL"
@@ -209,7 +221,7 @@ MODEL=$(printf '%s' "$MODELS" | node -e 'let s="";process.stdin.on("data",d=>s+=
 # ---------------------------------------------------------------------------------------------------------------
 step "7/9 POST /v1/completions"
 BODY=$(printf '{"model":"%s","prompt":"The old ship sailed","max_tokens":16,"temperature":0.8,"seed":7}' "$MODEL")
-RESP=$(curl -sS -m 60 -w '\n%{http_code}' -H 'content-type: application/json' -d "$BODY" "$URL/v1/completions") \
+RESP=$(curl -sS -m 60 -w '\n%{http_code}' -H "$AUTH" -H 'content-type: application/json' -d "$BODY" "$URL/v1/completions") \
   || fail "request failed: $RESP"
 CODE=${RESP##*$'\n'}
 RESP=${RESP%$'\n'*}
@@ -240,12 +252,12 @@ step "9/9 graceful stop on SIGTERM with a completion in flight"
 CONTEXT=$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1],"utf8")).dims.context)' "$ROOT/models/default/manifest.json")
 LONG_TOKENS=$(( CONTEXT > 48 ? CONTEXT - 24 : 24 ))
 LONG=$(printf '{"model":"%s","prompt":"Once upon a time","max_tokens":%d,"temperature":1,"seed":11}' "$MODEL" "$LONG_TOKENS")
-curl -sS -m 120 -o "$STATE/inflight.json" -w '%{http_code}' -H 'content-type: application/json' -d "$LONG" \
+curl -sS -m 120 -o "$STATE/inflight.json" -w '%{http_code}' -H "$AUTH" -H 'content-type: application/json' -d "$LONG" \
   "$URL/v1/completions" >"$STATE/inflight.code" 2>"$STATE/inflight.err" &
 CURL_PID=$!
 inflight=0
 for _ in $(seq 1 300); do
-  if curl -fsS -m 2 "$URL/metrics" 2>/dev/null | grep -qE '^chameleon_(queue_depth|batch_rows_in_flight) [1-9]'; then inflight=1; break; fi
+  if curl -fsS -m 2 -H "$AUTH" "$URL/metrics" 2>/dev/null | grep -qE '^chameleon_(queue_depth|batch_rows_in_flight) [1-9]'; then inflight=1; break; fi
   kill -0 "$CURL_PID" 2>/dev/null || break
   sleep 0.02
 done

@@ -1,17 +1,19 @@
 /**
- * Builds the fastify app from its parts: connection hygiene, the inference service, OpenAPI + Swagger UI with the
- * shared schemas, OpenAI-shaped errors, request ids, and the routes. `buildApp(config)` is what the server and the
- * tests use.
+ * Builds the fastify app from its parts: connection hygiene, the inference service, OpenAI-shaped errors, request
+ * ids, header checks and authentication, OpenAPI + Swagger UI with the shared schemas, and the routes.
+ * `buildApp(config)` is what the server and the tests use.
  */
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import { promptLimit } from './api/admission/limits.js';
+import { ApiKeys, authentication } from './api/auth.js';
 import { connectionHygiene, serverWithTimeouts } from './api/connections.js';
 import { apiDocs } from './api/docs.js';
 import { clientErrorHandler, errorHandling, frameworkErrors } from './api/error-handler.js';
 import { FastRefusal } from './api/fast-refusal.js';
+import { headerChecks, headerProblem } from './api/header-checks.js';
 import { inference } from './api/inference.js';
-import { newRequestId, requestIds } from './api/request-ids.js';
+import { requestIdOf, requestIds } from './api/request-ids.js';
 import { adapterRoutes } from './api/routes/adapters.js';
 import { completionRoutes } from './api/routes/completions.js';
 import { healthRoutes } from './api/routes/health.js';
@@ -31,12 +33,15 @@ export interface AppOptions {
 }
 
 export async function buildApp(config: Config, options: AppOptions = {}): Promise<FastifyInstance> {
+  const keys = new ApiKeys(config.apiKey, config.adminToken);
   // Made before fastify, for the server fastify makes; the inference plugin enables it once the service exists.
-  const fastRefusal = new FastRefusal();
+  const fastRefusal = new FastRefusal({
+    requestId: requestIdOf,
+    admissible: (request) => headerProblem(request) === null && keys.admit(request.headers.authorization),
+  });
   const app = Fastify({
     logger: options.logger ?? { level: config.logLevel },
-    requestIdHeader: 'x-request-id',
-    genReqId: newRequestId,
+    genReqId: requestIdOf,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
     serverFactory: serverWithTimeouts(config, fastRefusal.refused),
     clientErrorHandler,
@@ -49,10 +54,14 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
 
   await app.register(connectionHygiene);
   // The service opens (and checks) the model package before anything listens.
-  await app.register(inference, { config, service: options.service, metrics: options.metrics, fastRefusal, newRequestId });
-  await app.register(apiDocs);
+  await app.register(inference, { config, service: options.service, metrics: options.metrics, fastRefusal });
+  // Before every route, Swagger UI's included, so that each one answers errors in OpenAI's shape.
   await app.register(errorHandling);
   await app.register(requestIds);
+  // The first hooks of every request: malformed header fields, then the API key.
+  await app.register(headerChecks);
+  await app.register(authentication, { keys, protects: config.apiKeyProtects });
+  await app.register(apiDocs);
 
   const { service, metrics } = app.chameleon;
   const admission = { prompts: promptLimit(config), retryAfterSeconds: config.retryAfterSeconds };

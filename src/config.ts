@@ -1,8 +1,9 @@
 /**
  * Environment -> validated configuration. Every setting is declared and described once, in SETTINGS: the Config type
  * is derived from it and the README's "Configuration" table written from it. An invalid value stops the start with a
- * message naming the variable and the problem.
+ * message naming the variable and the problem (never the value of a secret: API_KEY, ADMIN_TOKEN).
  */
+import { readFileSync } from 'node:fs';
 import { REQUEST_ADAPTATION_MODES, type RequestAdaptationMode } from './adaptation/modes.js';
 import { ConfigError } from './errors.js';
 
@@ -10,6 +11,8 @@ export type Device = 'cpu' | 'cuda';
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 /** Scheduling of the inference threads: Linux's SCHED_IDLE class, or a nice value above the event loop's. */
 export type EnginePriority = 'idle' | number;
+/** The routes besides the API that API_KEY may cover (the health probes never need it). */
+export type KeyProtected = 'metrics' | 'docs';
 
 interface Setting<K extends string, T> {
   /** Its field in Config. */
@@ -21,6 +24,8 @@ interface Setting<K extends string, T> {
   parse: (raw: string) => T | undefined;
   /** What a valid value is, for the message naming an invalid one. */
   expect: string;
+  /** A key or token: a message about it never quotes its value. */
+  secret?: true;
 }
 
 /** One entry of SETTINGS, with its key and value type kept for Config. */
@@ -48,6 +53,30 @@ function nonEmpty(raw: string): string | undefined {
 
 function flag(raw: string): boolean | undefined {
   return raw.trim() === '1' ? true : raw.trim() === '0' ? false : undefined;
+}
+
+/** A file's content or an environment value without its trailing newline (as `echo` and editors leave one). */
+function withoutTrailingNewline(raw: string): string {
+  return raw.replace(/\r?\n$/, '');
+}
+
+const MIN_SECRET_LENGTH = 32;
+/** RFC 6750's b64token: what a Bearer credential may hold. */
+const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
+const SECRET_EXPECT = `empty or at least ${MIN_SECRET_LENGTH} characters of A-Z a-z 0-9 - . _ ~ + / (then = padding), e.g. \`openssl rand -base64 32\``;
+
+/** A bearer key or token: empty (unset), or long enough not to be guessed and sendable as RFC 6750 allows. */
+function secretToken(raw: string): string | undefined {
+  const value = withoutTrailingNewline(raw);
+  return value === '' || (value.length >= MIN_SECRET_LENGTH && B64TOKEN.test(value)) ? value : undefined;
+}
+
+const KEY_PROTECTED: readonly KeyProtected[] = ['metrics', 'docs'];
+
+function keyProtected(raw: string): readonly KeyProtected[] | undefined {
+  if (raw.trim() === 'none') return [];
+  const names = raw.split(',').map((name) => name.trim());
+  return names.every((name) => (KEY_PROTECTED as readonly string[]).includes(name)) ? [...new Set(names as KeyProtected[])] : undefined;
 }
 
 /** The table of settings: Config is derived from it and the README's configuration table written from it (`npm run docs:config`). */
@@ -84,7 +113,11 @@ export const SETTINGS = [
     parse: (raw): RequestAdaptationMode | '' | undefined => (raw.trim() === '' ? '' : oneOf(REQUEST_ADAPTATION_MODES)(raw)),
     expect: `empty or one of ${REQUEST_ADAPTATION_MODES.join(', ')}`,
   }),
-  setting({ key: 'adminToken', env: 'ADMIN_TOKEN', default: '', describe: 'bearer token of POST/DELETE /v1/adapters (unset: those routes answer 403)', parse: (raw) => raw.trim(), expect: 'a token' }),
+  setting({ key: 'apiKey', env: 'API_KEY', default: '', describe: 'the key every route but `/health*` needs as `Authorization: Bearer <API_KEY>` (and `/metrics`, `/docs` as `API_KEY_PROTECTS` says); `ADMIN_TOKEN` works too. Unset: no key is asked for. At least 32 characters of RFC 6750\'s b64token set (`openssl rand -base64 32`); otherwise the start stops', parse: secretToken, expect: SECRET_EXPECT, secret: true }),
+  setting({ key: 'apiKeyFile', env: 'API_KEY_FILE', default: '', describe: 'a file holding `API_KEY` (a mounted secret; one trailing newline is dropped); not together with `API_KEY`', parse: (raw) => raw.trim(), expect: 'a file path' }),
+  setting({ key: 'apiKeyProtects', env: 'API_KEY_PROTECTS', default: 'metrics,docs', describe: 'which of `/metrics` and `/docs` also need `API_KEY` when it is set: `metrics`, `docs`, both (comma-separated) or `none`', parse: keyProtected, expect: 'metrics, docs, metrics,docs or none' }),
+  setting({ key: 'adminToken', env: 'ADMIN_TOKEN', default: '', describe: 'bearer token of POST/DELETE /v1/adapters (unset: those routes answer 403); the same rules as `API_KEY`, and not equal to it', parse: secretToken, expect: SECRET_EXPECT, secret: true }),
+  setting({ key: 'adminTokenFile', env: 'ADMIN_TOKEN_FILE', default: '', describe: 'a file holding `ADMIN_TOKEN` (one trailing newline is dropped); not together with `ADMIN_TOKEN`', parse: (raw) => raw.trim(), expect: 'a file path' }),
   setting({ key: 'adapterDirs', env: 'ADAPTER_DIRS', default: '', describe: 'folders POST /v1/adapters may load adapter files and folders (`path`) from, separated by `,` or `:`; a path is checked after its links are resolved, and one outside them, missing or not a valid adapter gets the same 400 (the log says which). Empty: loading by `path` is off (403)', parse: (raw) => raw.split(/[,:]/).map((dir) => dir.trim()).filter((dir) => dir !== ''), expect: 'folders separated by , or :' }),
   setting({ key: 'maxAdapters', env: 'MAX_ADAPTERS', default: '16', describe: 'most adapters loaded at run time with POST /v1/adapters (the package\'s library does not count); one more is refused with 409', parse: integer(0, 1024), expect: 'an integer from 0 to 1024' }),
 ] as const;
@@ -120,11 +153,44 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     const given = env[entry.env];
     const raw = given === undefined || given === '' ? entry.default : given;
     const value = entry.parse(raw);
-    if (value === undefined) problems.push(`${entry.env} must be ${entry.expect} (got ${JSON.stringify(raw)})`);
+    const got = entry.secret === true ? `${raw.length} characters` : JSON.stringify(raw);
+    if (value === undefined) problems.push(`${entry.env} must be ${entry.expect} (got ${got})`);
     else config[entry.key] = value;
   }
+  readSecretFiles(config as Partial<Config>, problems);
   if (problems.length > 0) throw new ConfigError(`Invalid configuration: ${problems.join('; ')}`);
   return config as unknown as Config;
+}
+
+/** The secrets that may come from a file instead (a mounted Kubernetes or Compose secret keeps them out of the environment). */
+const SECRET_FILES = [
+  { key: 'apiKey', env: 'API_KEY', file: 'apiKeyFile', fileEnv: 'API_KEY_FILE' },
+  { key: 'adminToken', env: 'ADMIN_TOKEN', file: 'adminTokenFile', fileEnv: 'ADMIN_TOKEN_FILE' },
+] as const;
+
+/** Reads API_KEY_FILE and ADMIN_TOKEN_FILE into API_KEY and ADMIN_TOKEN, with the same checks; adds what is wrong to `problems`. */
+function readSecretFiles(config: Partial<Config>, problems: string[]): void {
+  for (const { key, env, file, fileEnv } of SECRET_FILES) {
+    const path = config[file];
+    if (path === undefined || path === '') continue;
+    if (config[key] !== '') {
+      problems.push(`set ${env} or ${fileEnv}, not both`);
+      continue;
+    }
+    let content: string;
+    try {
+      content = readFileSync(path, 'utf8');
+    } catch (error) {
+      problems.push(`${fileEnv}: cannot read ${path} (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`);
+      continue;
+    }
+    const value = secretToken(content);
+    if (value === undefined || value === '') problems.push(`${fileEnv} must name a file holding ${SECRET_EXPECT.replace(/^empty or /, '')} (${path} holds ${content.length} characters)`);
+    else config[key] = value;
+  }
+  if (config.apiKey !== undefined && config.apiKey !== '' && config.apiKey === config.adminToken) {
+    problems.push('ADMIN_TOKEN must differ from API_KEY (every client with the key would be an admin)');
+  }
 }
 
 /** The defaults, with overrides (tests and tools build configs this way). */

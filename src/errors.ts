@@ -15,6 +15,7 @@ export type ErrorCode =
   | 'adapter_name_reserved'
   | 'adapter_files_disabled'
   | 'adapter_busy'
+  | 'invalid_api_key'
   | 'unauthorized'
   | 'admin_disabled'
   | 'not_found'
@@ -27,6 +28,7 @@ export type ErrorCode =
   | 'headers_too_large'
   | 'client_closed'
   | 'queue_full'
+  | 'too_many_auth_failures'
   | 'not_ready'
   | 'shutting_down'
   | 'timeout'
@@ -50,6 +52,8 @@ const MAPPINGS: Record<ErrorCode, Mapping> = {
   adapter_name_reserved: { status: 409, type: 'invalid_request_error' },
   adapter_files_disabled: { status: 403, type: 'permission_error' },
   adapter_busy: { status: 429, type: 'rate_limit_error' },
+  // OpenAI's own answer to a missing or wrong API key: 401, invalid_request_error, invalid_api_key.
+  invalid_api_key: { status: 401, type: 'invalid_request_error' },
   unauthorized: { status: 401, type: 'authentication_error' },
   admin_disabled: { status: 403, type: 'permission_error' },
   not_found: { status: 404, type: 'invalid_request_error' },
@@ -63,6 +67,7 @@ const MAPPINGS: Record<ErrorCode, Mapping> = {
   // nginx's 499: the client closed the connection before the answer was complete (logged and counted, never sent).
   client_closed: { status: 499, type: 'invalid_request_error' },
   queue_full: { status: 429, type: 'rate_limit_error' },
+  too_many_auth_failures: { status: 429, type: 'rate_limit_error' },
   not_ready: { status: 503, type: 'server_error' },
   shutting_down: { status: 503, type: 'server_error' },
   timeout: { status: 504, type: 'timeout_error' },

@@ -41,6 +41,13 @@ describe('server process', () => {
     assert.match(run.output(), /chameleon-serve: Invalid configuration: MAX_BATCH_SIZE must be an integer from 1 to 4096 \(got "lots"\)/);
   });
 
+  test('a key too short to be safe stops the start, naming the variable and not the key', async () => {
+    const run = start({ API_KEY: 'hunter2-hunter2' });
+    assert.equal(await run.exit, 1);
+    assert.match(run.output(), /chameleon-serve: Invalid configuration: API_KEY must be empty or at least 32 characters of .* \(got 15 characters\)/);
+    assert.ok(!run.output().includes('hunter2'), 'the key is not printed');
+  });
+
   test('a MAX_MODEL_LEN above the model\'s context, or a KV cache over its memory limit, stops the start with the numbers', async () => {
     const long = start({ MAX_MODEL_LEN: '100000' });
     assert.equal(await long.exit, 1);

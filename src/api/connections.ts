@@ -39,8 +39,13 @@ export function serverWithTimeouts(
   refusedFirst: (request: IncomingMessage, response: ServerResponse) => boolean,
 ): FastifyServerFactory {
   return (handler) => {
-    // Node checks both timeouts on this interval (30 s by default, which would let a half-open socket live that long).
-    const server = createServer({ headersTimeout: Math.min(config.headersTimeoutMs, config.receiveTimeoutMs), connectionsCheckingInterval: 1000 }, (request, response) => {
+    const server = createServer({
+      headersTimeout: Math.min(config.headersTimeoutMs, config.receiveTimeoutMs),
+      // Node checks both timeouts on this interval (30 s by default, which would let a half-open socket live that long).
+      connectionsCheckingInterval: 1000,
+      // Node's own answer to a missing Host has an empty body; api/header-checks.ts answers it in OpenAI's shape.
+      requireHostHeader: false,
+    }, (request, response) => {
       if (!refusedFirst(request, response)) handler(request, response);
     });
     server.keepAliveTimeout = config.keepAliveTimeoutMs;

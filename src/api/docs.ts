@@ -27,7 +27,14 @@ export const apiDocs = fp(async (app: FastifyInstance) => {
     openapi: {
       openapi: '3.0.3',
       info: API_INFO,
-      components: { securitySchemes: { adminToken: { type: 'http', scheme: 'bearer', description: 'ADMIN_TOKEN' } } },
+      components: {
+        securitySchemes: {
+          apiKey: { type: 'http', scheme: 'bearer', description: 'API_KEY, on a server that sets one (ADMIN_TOKEN works too)' },
+          adminToken: { type: 'http', scheme: 'bearer', description: 'ADMIN_TOKEN' },
+        },
+      },
+      // Every route but the health probes (their own `security: []`); so Swagger UI's Authorize button sends the key.
+      security: [{ apiKey: [] }],
       tags: [
         { name: 'completions', description: 'OpenAI-compatible text completions' },
         { name: 'models', description: 'Served models: the base model and its named adapters' },

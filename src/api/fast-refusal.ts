@@ -6,7 +6,8 @@
  * server (`npm run load-check`). The server's request listener asks it first (api/connections.ts), so it is made
  * before fastify is, and refuses nothing until the inference plugin (api/inference.ts) enables it with the service;
  * the route's own check (api/admission/before-body.ts) still answers requests that do not come through the
- * server, such as `inject`.
+ * server, such as `inject`. A request that fastify's first hooks would refuse (malformed header fields, no valid
+ * API key) is left to them: without the key, a client learns nothing about the queue.
  *
  * These refusals are counted in /metrics (`chameleon_requests_total{status="429"}`, or 499 for a client that left
  * before the answer was sent) but not logged one by one.
@@ -16,12 +17,19 @@ import type { Metrics } from '../observability/metrics.js';
 import { LARGE_BODY_BYTES } from './admission/limits.js';
 import { queueFullError } from './admission/refusals.js';
 
+/** What is known before fastify is made. */
+export interface RequestChecks {
+  /** The request's id (fastify's genReqId). */
+  requestId: (request: IncomingMessage) => string;
+  /** Whether fastify's first hooks would let the request through (header fields, API key). */
+  admissible: (request: IncomingMessage) => boolean;
+}
+
+/** What the service brings. */
 export interface FastRefusalOptions {
   queueFull: () => boolean;
   retryAfterSeconds: number;
   metrics: Pick<Metrics, 'countRequest'>;
-  /** The id of a request that brings none (fastify's genReqId). */
-  newRequestId: () => string;
 }
 
 type Refuse = (request: IncomingMessage, response: ServerResponse) => boolean;
@@ -29,15 +37,17 @@ type Refuse = (request: IncomingMessage, response: ServerResponse) => boolean;
 export class FastRefusal {
   private refuse: Refuse = () => false;
 
+  constructor(private readonly checks: RequestChecks) {}
+
   /** Answers a completion request with 429 when the queue is full, and says whether it did. */
   readonly refused: Refuse = (request, response) => this.refuse(request, response);
 
   enable(options: FastRefusalOptions): void {
-    this.refuse = fullQueueRefusal(options);
+    this.refuse = fullQueueRefusal(options, this.checks);
   }
 }
 
-function fullQueueRefusal(options: FastRefusalOptions): Refuse {
+function fullQueueRefusal(options: FastRefusalOptions, checks: RequestChecks): Refuse {
   const refusal = queueFullError(options.retryAfterSeconds);
   const body = JSON.stringify(refusal.toJSON());
   const length = String(Buffer.byteLength(body));
@@ -45,19 +55,14 @@ function fullQueueRefusal(options: FastRefusalOptions): Refuse {
     if (request.method !== 'POST' || !options.queueFull()) return false;
     const url = request.url ?? '';
     const query = url.indexOf('?');
-    if ((query < 0 ? url : url.slice(0, query)) !== '/v1/completions') return false;
-    const incomingId = request.headers['x-request-id'];
-    try {
-      response.writeHead(refusal.status, {
-        'content-type': 'application/json; charset=utf-8',
-        'content-length': length,
-        'retry-after': String(options.retryAfterSeconds),
-        'x-request-id': typeof incomingId === 'string' && incomingId !== '' ? incomingId : options.newRequestId(),
-        ...(Number(request.headers['content-length']) > LARGE_BODY_BYTES ? { connection: 'close' } : {}),
-      });
-    } catch {
-      return false; // a header Node will not write (an odd x-request-id): fastify answers instead, with its own checks
-    }
+    if ((query < 0 ? url : url.slice(0, query)) !== '/v1/completions' || !checks.admissible(request)) return false;
+    response.writeHead(refusal.status, {
+      'content-type': 'application/json; charset=utf-8',
+      'content-length': length,
+      'retry-after': String(options.retryAfterSeconds),
+      'x-request-id': checks.requestId(request),
+      ...(Number(request.headers['content-length']) > LARGE_BODY_BYTES ? { connection: 'close' } : {}),
+    });
     options.metrics.countRequest(response, () => refusal.status);
     response.end(body);
     return true;

@@ -31,8 +31,6 @@ export interface InferenceOptions {
   service?: CompletionService;
   metrics?: Metrics;
   fastRefusal: FastRefusal;
-  /** The id of a request that brings none (fastify's genReqId). */
-  newRequestId: () => string;
 }
 
 function openService(app: FastifyInstance, config: Config, metrics: Metrics): Omit<ChameleonHandle, 'metrics'> {
@@ -47,12 +45,12 @@ function openService(app: FastifyInstance, config: Config, metrics: Metrics): Om
 }
 
 export const inference = fp(async (app: FastifyInstance, options: InferenceOptions) => {
-  const { config, fastRefusal, newRequestId } = options;
+  const { config, fastRefusal } = options;
   const metrics = options.metrics ?? new Metrics({ modelName: config.modelName, slots: config.maxBatchSize });
   const handle = options.service === undefined
     ? openService(app, config, metrics)
     : { service: options.service, started: Promise.resolve(), onFailure: () => {} };
   app.decorate('chameleon', { ...handle, metrics });
   const { service } = handle;
-  fastRefusal.enable({ queueFull: () => service.queueFull, retryAfterSeconds: config.retryAfterSeconds, metrics, newRequestId });
+  fastRefusal.enable({ queueFull: () => service.queueFull, retryAfterSeconds: config.retryAfterSeconds, metrics });
 }, { name: 'chameleon-inference', fastify: '5.x' });

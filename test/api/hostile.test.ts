@@ -73,11 +73,17 @@ function exchange(head: Array<string | Buffer>, deferred: string | Buffer | null
   });
 }
 
+/** `count` header lines of 6 bytes each. */
+const fields = (count: number) => 'a: b\r\n'.repeat(count);
+
 const post = (body: string | Buffer, headers = 'Content-Type: application/json\r\n') =>
   raw(`POST /v1/completions HTTP/1.1\r\nHost: x\r\n${headers}Content-Length: ${Buffer.byteLength(body)}\r\n\r\n`, body);
 
 function assertError(reply: RawReply, status: number, code: string): void {
   assert.equal(reply.status, status, reply.body);
+  if (reply.headers['content-length'] !== undefined) {
+    assert.equal(Number(reply.headers['content-length']), Buffer.byteLength(reply.body), 'Content-Length is the body\'s length');
+  }
   const body = JSON.parse(reply.body) as { error: Record<string, unknown> };
   assert.deepEqual(Object.keys(body), ['error']);
   assert.deepEqual(Object.keys(body.error).sort(), ['code', 'message', 'param', 'type']);
@@ -199,6 +205,11 @@ describe('hostile requests (routes, methods, the HTTP layer)', () => {
     ['bad percent-encoding', () => raw('GET /v1/models/%E0%A4%A HTTP/1.1\r\nHost: x\r\n\r\n'), 400, 'invalid_request', false],
     ['a path parameter that is too long', () => raw(`GET /v1/models/${'m'.repeat(500)} HTTP/1.1\r\nHost: x\r\n\r\n`), 414, 'uri_too_long', false],
     ['headers over 16 KiB', () => raw(`GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: ${'b'.repeat(20_000)}\r\n\r\n`), 431, 'headers_too_large', true],
+    ['1,900 header fields (under 16 KiB)', () => raw(`GET /health/live HTTP/1.1\r\nHost: x\r\n${fields(1_899)}\r\n`), 431, 'headers_too_large', true],
+    ['101 header fields', () => raw(`GET /health/live HTTP/1.1\r\nHost: x\r\n${fields(100)}\r\n`), 431, 'headers_too_large', true],
+    ['HTTP/1.1 without Host', () => raw('GET /health/live HTTP/1.1\r\n\r\n'), 400, 'invalid_request', false],
+    ['two Host headers', () => raw('GET /health/live HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n'), 400, 'invalid_request', false],
+    ['two Authorization headers', () => raw('GET /health/live HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n'), 400, 'invalid_request', false],
     ['bad chunking', () => raw('POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n'), 400, 'invalid_request', true],
     ['a duplicate Content-Length', () => raw('POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}'), 400, 'invalid_request', true],
     ['Expect: other than 100-continue', () => raw('POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}'), 417, 'expectation_failed', true],
@@ -213,6 +224,18 @@ describe('hostile requests (routes, methods, the HTTP layer)', () => {
       await assertAlive();
     });
   }
+
+  test('what the header checks allow: 100 header fields, HTTP/1.0 without Host; a refused Host names its param', async () => {
+    const many = await raw(`GET /health/live HTTP/1.1\r\nHost: x\r\n${fields(1_899)}\r\n`);
+    assert.match(JSON.parse(many.body).error.message, /more than 100 header fields/, 'refused for the count, not by Node\'s size limit');
+    const hundred = await raw(`GET /health/live HTTP/1.1\r\nHost: x\r\n${fields(99)}\r\n`);
+    assert.equal(hundred.status, 200, hundred.body);
+    const old = await raw('GET /health/live HTTP/1.0\r\n\r\n');
+    assert.equal(old.status, 200, old.body);
+    const hostless = await raw('POST /v1/completions HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}');
+    assertError(hostless, 400, 'invalid_request');
+    assert.equal(JSON.parse(hostless.body).error.param, 'host');
+  });
 
   test('the server keeps the configured timeouts (it is made by our serverFactory, not by fastify)', () => {
     assert.equal(app.server.headersTimeout, 1000);

@@ -14,11 +14,14 @@ import { Ajv2019 } from 'ajv/dist/2019.js';
 import { ConfigMap, Service } from 'kubernetes-models/v1';
 import { Deployment } from 'kubernetes-models/apps/v1';
 import { HorizontalPodAutoscaler } from 'kubernetes-models/autoscaling/v2';
+import { NetworkPolicy } from 'kubernetes-models/networking.k8s.io/v1';
 import { SETTINGS } from '../../src/config.js';
 
 const K8S_DIR = 'docker/k8s';
 const COMPOSE_FILE = 'docker/compose.yaml';
 const SERVICE_ENV = new Set(SETTINGS.map((s) => s.env));
+/** Read by a dependency, not by the service: ONNX Runtime's telemetry switch, set wherever the service runs. */
+const RUNTIME_ENV = new Set(['ORT_DISABLE_TELEMETRY']);
 const QUEUE_METRIC = 'chameleon_queue_depth';
 
 type Obj = Record<string, any>;
@@ -31,6 +34,7 @@ const MODELS: Record<string, new (data: Obj) => Model> = {
   'v1/Service': Service as unknown as new (data: Obj) => Model,
   'apps/v1/Deployment': Deployment as unknown as new (data: Obj) => Model,
   'autoscaling/v2/HorizontalPodAutoscaler': HorizontalPodAutoscaler as unknown as new (data: Obj) => Model,
+  'networking.k8s.io/v1/NetworkPolicy': NetworkPolicy as unknown as new (data: Obj) => Model,
 };
 
 function loadManifests(): Array<{ file: string; doc: Obj }> {
@@ -66,7 +70,7 @@ function validationError(doc: Obj): string {
 
 describe('Kubernetes manifests (docker/k8s)', () => {
   test('every document validates against the Kubernetes API schema of its kind', () => {
-    assert.ok(manifests.length >= 4, 'ConfigMap, Deployment, Service and HorizontalPodAutoscaler');
+    assert.ok(manifests.length >= 5, 'ConfigMap, Deployment, Service, HorizontalPodAutoscaler and NetworkPolicy');
     for (const { file, doc } of manifests) {
       assert.equal(validationError(doc), '', `${file}: ${doc.kind} ${doc.metadata?.name}`);
     }
@@ -118,26 +122,60 @@ describe('Kubernetes manifests (docker/k8s)', () => {
     assert.equal(deployment.spec.strategy.rollingUpdate.maxUnavailable, 0);
   });
 
-  test('Deployment configuration: the service\'s own variables, with valid values', () => {
+  test('Deployment hardening: no service account token, read-only root, no capabilities, an ephemeral-storage limit', () => {
+    const pod = byKind('Deployment').spec.template.spec;
+    const container = pod.containers[0];
+    assert.equal(pod.automountServiceAccountToken, false, 'the server never calls the Kubernetes API');
+    assert.equal(container.securityContext.readOnlyRootFilesystem, true);
+    assert.equal(container.securityContext.allowPrivilegeEscalation, false);
+    assert.deepEqual(container.securityContext.capabilities.drop, ['ALL']);
+    assert.equal(pod.securityContext.seccompProfile.type, 'RuntimeDefault');
+    assert.ok(container.resources.limits['ephemeral-storage'], 'ephemeral-storage limit');
+    assert.ok(container.resources.requests['ephemeral-storage'], 'ephemeral-storage request');
+    const tmp = pod.volumes.find((v: Obj) => v.name === container.volumeMounts.find((m: Obj) => m.mountPath === '/tmp')?.name);
+    assert.ok(tmp?.emptyDir?.sizeLimit, 'a writable /tmp of bounded size');
+  });
+
+  test('API_KEY comes from a Secret mounted as a file (API_KEY_FILE), not optional', () => {
+    const pod = byKind('Deployment').spec.template.spec;
+    const container = pod.containers[0];
+    const env = deploymentEnv();
+    assert.equal(env.API_KEY, undefined, 'no key in the environment');
+    assert.ok(env.API_KEY_FILE, 'API_KEY_FILE is set');
+    const mount = container.volumeMounts.find((m: Obj) => env.API_KEY_FILE!.startsWith(`${m.mountPath}/`));
+    assert.ok(mount, `a volume is mounted where ${env.API_KEY_FILE} lies`);
+    assert.equal(mount.readOnly, true);
+    const volume = pod.volumes.find((v: Obj) => v.name === mount.name);
+    assert.ok(volume?.secret?.secretName, 'the volume is a Secret');
+    assert.notEqual(volume.secret.optional, true, 'a pod without the Secret does not start (rather than serve without a key)');
+    const item = volume.secret.items?.find((i: Obj) => `${mount.mountPath}/${i.path}` === env.API_KEY_FILE);
+    assert.ok(item, 'the Secret\'s key is projected at API_KEY_FILE');
+    assert.equal(volume.secret.defaultMode & 0o007, 0, 'not readable by others');
+    const note = readFileSync(join(K8S_DIR, 'README.md'), 'utf8');
+    assert.ok(note.includes(`kubectl create secret generic ${volume.secret.secretName}`) && note.includes(`${item.key}=`), 'the README says how to create it');
+  });
+
+  test('NetworkPolicy: the Deployment\'s pods take traffic on the http port only, and send none', () => {
     const deployment = byKind('Deployment');
-    const container = deployment.spec.template.spec.containers[0];
-    const configMaps = new Map(manifests.filter((m) => m.doc.kind === 'ConfigMap').map((m) => [m.doc.metadata.name, m.doc]));
-    const env: Record<string, string> = {};
-    for (const source of container.envFrom ?? []) {
-      if (source.secretRef !== undefined) {
-        // the admin token lives in a Secret the operator creates; without it the pod must still start (admin routes: 403)
-        assert.equal(source.secretRef.optional, true, 'the admin-token Secret is optional');
-        continue;
-      }
-      const cm = configMaps.get(source.configMapRef?.name);
-      assert.ok(cm, `ConfigMap ${source.configMapRef?.name} is in ${K8S_DIR}`);
-      Object.assign(env, cm.data);
-    }
-    for (const e of container.env ?? []) env[e.name] = e.value;
-    assert.deepEqual(Object.keys(env).filter((k) => !SERVICE_ENV.has(k)), [], 'unknown configuration variables');
+    const policy = byKind('NetworkPolicy');
+    assert.deepEqual(policy.spec.podSelector.matchLabels, pick(deployment.spec.template.metadata.labels, policy.spec.podSelector.matchLabels));
+    assert.deepEqual([...policy.spec.policyTypes].sort(), ['Egress', 'Ingress']);
+    assert.deepEqual(policy.spec.egress ?? [], [], 'no egress rule: all egress denied');
+    assert.equal(policy.spec.ingress.length, 1);
+    const [rule] = policy.spec.ingress;
+    const port = deployment.spec.template.spec.containers[0].ports.find((p: Obj) => p.name === 'http');
+    assert.equal(rule.ports.length, 1, 'one port');
+    assert.equal(rule.ports[0].protocol, 'TCP');
+    assert.ok(rule.ports[0].port === port.name || rule.ports[0].port === port.containerPort, 'the container\'s http port');
+  });
+
+  test('Deployment configuration: the service\'s own variables, with valid values', () => {
+    const env = deploymentEnv();
+    assert.deepEqual(Object.keys(env).filter((k) => !SERVICE_ENV.has(k) && !RUNTIME_ENV.has(k)), [], 'unknown configuration variables');
     assertValidSettings(env, 'k8s');
     assert.equal(env.DEVICE, 'cuda');
     assert.equal(env.PORT ?? '8080', '8080');
+    assert.equal(env.ORT_DISABLE_TELEMETRY, '1');
   });
 
   test('Service selects the Deployment\'s pods on its http port', () => {
@@ -191,6 +229,13 @@ describe('Compose file (docker/compose.yaml)', () => {
     assert.match(cpu.build.args.BASE_IMAGE, /^node:\d+.*slim/);
     for (const [name, service] of [['gpu', gpu], ['cpu', cpu]] as const) {
       assert.ok(service.healthcheck.test.join(' ').includes('/health/ready'), `${name}: health check on /health/ready`);
+      assert.equal(service.read_only, true, `${name}: read-only root`);
+      assert.ok(service.tmpfs.some((t: string) => /^\/tmp(:|$)/.test(t)), `${name}: a tmpfs for /tmp`);
+      assert.deepEqual(service.cap_drop, ['ALL'], `${name}: no capabilities`);
+      assert.ok(service.security_opt.includes('no-new-privileges:true'), `${name}: no-new-privileges`);
+      for (const port of service.ports.map((p: string) => interpolateDefaults({ port: p }).port!)) {
+        assert.match(port, /^127\.0\.0\.1:\d+:8080$/, `${name}: published on 127.0.0.1 by default`);
+      }
       assert.equal(service.init, true, `${name}: init (tini)`);
       assert.ok(service.volumes.some((v: string) => v.startsWith('chameleon-models:')), `${name}: model volume`);
       const unknown = Object.keys(service.environment).filter((k) => !SERVICE_ENV.has(k));
@@ -219,8 +264,9 @@ describe('Dockerfile and .dockerignore', () => {
     const env = Object.fromEntries(
       [...(runtimeStage(dockerfile).match(/^ENV [\s\S]*?[^\\]\n/m)?.[0] ?? '').matchAll(/(\w+)=(\S+)/g)].map((m) => [m[1], m[2]]),
     );
-    const unknown = Object.keys(env).filter((k) => !SERVICE_ENV.has(k) && k !== 'NODE_ENV');
+    const unknown = Object.keys(env).filter((k) => !SERVICE_ENV.has(k) && !RUNTIME_ENV.has(k) && k !== 'NODE_ENV');
     assert.deepEqual(unknown, [], 'ENV sets only the service\'s variables');
+    assert.equal(env.ORT_DISABLE_TELEMETRY, '1', 'ONNX Runtime\'s telemetry off');
   });
 
   test('.dockerignore keeps node_modules, training, tests and build output out of the context', () => {
@@ -238,6 +284,25 @@ describe('Dockerfile and .dockerignore', () => {
 });
 
 // ---------------------------------------------------------------------------------------------------------------
+
+/** The Deployment container's environment: its ConfigMaps' data and its own env (the admin-token Secret is checked, not read). */
+function deploymentEnv(): Record<string, string> {
+  const container = byKind('Deployment').spec.template.spec.containers[0];
+  const configMaps = new Map(manifests.filter((m) => m.doc.kind === 'ConfigMap').map((m) => [m.doc.metadata.name, m.doc]));
+  const env: Record<string, string> = {};
+  for (const source of container.envFrom ?? []) {
+    if (source.secretRef !== undefined) {
+      // the admin token lives in a Secret the operator creates; without it the pod must still start (admin routes: 403)
+      assert.equal(source.secretRef.optional, true, 'the admin-token Secret is optional');
+      continue;
+    }
+    const cm = configMaps.get(source.configMapRef?.name);
+    assert.ok(cm, `ConfigMap ${source.configMapRef?.name} is in ${K8S_DIR}`);
+    Object.assign(env, cm.data);
+  }
+  for (const e of container.env ?? []) env[e.name] = e.value;
+  return env;
+}
 
 function pick(from: Obj, keysOf: Obj): Obj {
   return Object.fromEntries(Object.keys(keysOf).map((k) => [k, from[k]]));

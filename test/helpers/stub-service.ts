@@ -14,3 +14,13 @@ export function noAdapters(modelName: string): Pick<CompletionService, 'adapters
     chatTemplate: null,
   };
 }
+
+/** A ready service without an engine: enough for every route but a completion that is admitted (it is never answered). */
+export function readyStub(modelName: string, overrides: Partial<CompletionService> = {}): CompletionService {
+  return {
+    ...noAdapters(modelName),
+    state: 'ready', failure: null, provider: 'cpu', modelName, contextLength: 256, tokenizer: null, created: 0,
+    queueFull: false, submit: () => 'queued',
+    ...overrides,
+  };
+}

@@ -4,14 +4,14 @@
  * `Authorization: Bearer <ADMIN_TOKEN>`; without ADMIN_TOKEN they are disabled (403). The package's own adapters
  * cannot be unloaded, and files load only from ADAPTER_DIRS (adapter-files.ts).
  */
-import { timingSafeEqual } from 'node:crypto';
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyInstance } from 'fastify';
 import Type from 'typebox';
 import type { NamedAdapter } from '../../adaptation/adapters.js';
 import { DEFAULT_ADAPTATION_MODE } from '../../adaptation/modes.js';
 import { ServiceError } from '../../errors.js';
 import type { CompletionService } from '../../service.js';
 import { examplesNeedHypernetworkError, unavailableError } from '../admission/refusals.js';
+import { adminGuard } from '../auth.js';
 import { errorResponses } from '../schemas/common.js';
 
 export interface AdapterRouteOptions {
@@ -21,12 +21,6 @@ export interface AdapterRouteOptions {
 
 const json = (ref: string) => ({ 'application/json': { schema: Type.Ref(ref) } });
 
-function sameToken(given: string, expected: string): boolean {
-  const a = Buffer.from(given);
-  const b = Buffer.from(expected);
-  return a.length === b.length && timingSafeEqual(a, b);
-}
-
 export async function adapterRoutes(app: FastifyInstance, options: AdapterRouteOptions): Promise<void> {
   const { service, adminToken } = options;
   const describe = (a: NamedAdapter) => ({
@@ -34,15 +28,7 @@ export async function adapterRoutes(app: FastifyInstance, options: AdapterRouteO
     ...(a.examples === undefined ? {} : { examples: a.examples }),
     ...(a.contextSimilarity === undefined ? {} : { context_similarity: a.contextSimilarity, gated: a.gated ?? false, dynamic_weight: a.dynamicWeight ?? 1 }),
   });
-  const admin = async (request: FastifyRequest, reply: FastifyReply) => {
-    if (adminToken === '') throw new ServiceError('admin_disabled', 'Adapter administration is disabled on this server: set ADMIN_TOKEN to enable it.');
-    const header = request.headers.authorization ?? '';
-    const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
-    if (match === null || !sameToken(match[1], adminToken)) {
-      reply.header('www-authenticate', 'Bearer');
-      throw new ServiceError('unauthorized', match === null ? 'Send the admin token as Authorization: Bearer <ADMIN_TOKEN>.' : 'The admin token is wrong.');
-    }
-  };
+  const admin = adminGuard(adminToken);
 
   app.get('/v1/adapters', {
     schema: { summary: 'List the named adapters', tags: ['adapters'], response: { 200: { description: 'OK', content: json('AdapterList') } } },

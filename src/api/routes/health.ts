@@ -7,7 +7,7 @@ import { errorResponses } from '../schemas/common.js';
 export async function healthRoutes(app: FastifyInstance, options: { service: CompletionService }): Promise<void> {
   const { service } = options;
   app.get('/health/live', {
-    schema: { summary: 'Liveness: the process answers', tags: ['health'], response: { 200: { description: 'OK', content: { 'application/json': { schema: Type.Ref('Live') } } } } },
+    schema: { summary: 'Liveness: the process answers', tags: ['health'], security: [], response: { 200: { description: 'OK', content: { 'application/json': { schema: Type.Ref('Live') } } } } },
   }, async () => ({ status: 'ok' as const }));
   const ready = async () => {
     const unavailable = unavailableError(service.state, service.failure);
@@ -17,6 +17,7 @@ export async function healthRoutes(app: FastifyInstance, options: { service: Com
   const readySchema = (summary: string) => ({
     summary,
     tags: ['health'],
+    security: [],
     response: { 200: { description: 'OK', content: { 'application/json': { schema: Type.Ref('Ready') } } }, ...errorResponses(503) },
   });
   app.get('/health/ready', { schema: readySchema('Readiness: 200 once the model is loaded and the warm-up run passed') }, ready);

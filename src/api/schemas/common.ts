@@ -14,7 +14,7 @@ export const ErrorResponse = Type.Object(
 
 const ERROR_DESCRIPTIONS: Record<number, string> = {
   400: 'Invalid input (including a prompt longer than the context allows, or an unsupported option)',
-  401: 'Missing or wrong admin token (Authorization: Bearer <ADMIN_TOKEN>)',
+  401: 'Missing or wrong API key or admin token (Authorization: Bearer <API_KEY> or <ADMIN_TOKEN>)',
   403: 'Admin routes are disabled (ADMIN_TOKEN is not set), or loading adapters from files is (ADAPTER_DIRS is not set)',
   404: 'Unknown model, adapter or route',
   409: 'Adapter name taken or reserved for the model package, MAX_ADAPTERS adapters already loaded, or a package adapter (which cannot be unloaded)',
