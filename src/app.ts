@@ -64,7 +64,7 @@ export async function buildApp(config: Config, options: AppOptions = {}): Promis
   await app.register(apiDocs);
 
   const { service, metrics } = app.chameleon;
-  const admission = { prompts: promptLimit(config), retryAfterSeconds: config.retryAfterSeconds };
+  const admission = { prompts: promptLimit(config), retryAfterSeconds: config.retryAfterSeconds, queued: fastRefusal.queued };
   await app.register(completionRoutes, { service, metrics, admission });
   await app.register(modelRoutes, { service });
   await app.register(adapterRoutes, { service, adminToken: config.adminToken });

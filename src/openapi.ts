@@ -19,7 +19,7 @@ function schemaOnlyService(modelName: string): CompletionService {
     tokenizer: null,
     chatTemplate: null,
     created: 0,
-    queueFull: false,
+    queueRoom: 1,
     adapters: new AdapterRegistry(0, { vocabSize: 0, dim: 0, maxRank: 0 }, modelName),
     adaptationModes: ['batch', 'request', 'static', 'none'],
     defaultAdaptation: 'batch',

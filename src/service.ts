@@ -13,6 +13,7 @@ import type { Completion } from './batching/completion.js';
 import type { QueueOutcome } from './batching/queue.js';
 import type { Config } from './config.js';
 import { EngineClient, type EngineLogger } from './engine/client.js';
+import { CoreClaim } from './engine/core-claim.js';
 import { describeShape, formatBytes, planKvCache, type KvPlan } from './engine/kv-memory.js';
 import type { LoraFactors } from './engine/protocol.js';
 import { ConfigError } from './errors.js';
@@ -40,8 +41,8 @@ export interface CompletionService {
   /** The package's chat template (null: it has none, and /v1/chat/completions refuses). */
   readonly chatTemplate: ChatTemplate | null;
   readonly created: number;
-  /** True when a new request would be refused with 429 anyway: checked before its body is even read. */
-  readonly queueFull: boolean;
+  /** Prompts the queue would take now (0: a new request would be refused with 429 anyway, checked before its body is even read). */
+  readonly queueRoom: number;
   /** Named adapters, each served as its own model. */
   readonly adapters: AdapterRegistry;
   /**
@@ -57,6 +58,8 @@ export interface CompletionService {
   loadAdapter(name: string, path: string, log: AdapterFileLogger): Promise<{ adapter: NamedAdapter; path: string }>;
   /** Makes a named adapter from example texts: the hypernetwork on their mean feature (a cluster of them); the caller checks that the service is ready and has a hypernetwork. */
   adapterFromExamples(name: string, examples: readonly string[]): Promise<NamedAdapter>;
+  /** A request was refused in a burst: the engine gives the event loop the cores for a moment (BURST_YIELD_MS). */
+  claimCores?(): void;
 }
 
 /** DEFAULT_ADAPTATION resolved against what the package serves; a mode it does not serve stops the start. */
@@ -86,6 +89,7 @@ export class InferenceService implements CompletionService {
   readonly defaultAdaptation: RequestAdaptationMode;
   /** The KV cache's shape and size (MAX_MODEL_LEN, MAX_BATCH_SIZE), checked against the memory limit. */
   readonly kvCache: KvPlan;
+  private readonly coreClaim: CoreClaim | null;
 
   private constructor(
     private readonly config: Config,
@@ -106,6 +110,12 @@ export class InferenceService implements CompletionService {
     this.adapters = new AdapterRegistry(config.maxAdapters, { vocabSize: m.dims.vocab_size, dim: m.dims.d_model, maxRank }, config.modelName);
     for (const [domain, factors] of this.domains.libraryEntries()) this.adapters.add(`${PACKAGE_ADAPTER_PREFIX}${domain}`, factors, 'package');
     this.adapterFiles = new AdapterFiles(config.adapterDirs, config.retryAfterSeconds);
+    this.coreClaim = config.burstYieldMs > 0 ? new CoreClaim() : null;
+    metrics.watchEngineYield(() => this.coreClaim?.pausedSeconds ?? 0);
+  }
+
+  claimCores(): void {
+    this.coreClaim?.claim(this.config.burstYieldMs);
   }
 
   /** Opens and checks the model package (synchronously: a bad package stops the start here). */
@@ -146,7 +156,7 @@ export class InferenceService implements CompletionService {
     try {
       this.engine = await EngineClient.start({
         modelDir: this.model.dir, device: this.config.device, threads: this.config.threads, spinning: this.config.ortSpinning,
-        slots: this.config.maxBatchSize, maxModelLen: this.kvCache.shape.capacity, prefillChunkTokens: this.config.prefillChunkTokens, priority: this.config.engineNice, logger: this.logger,
+        slots: this.config.maxBatchSize, maxModelLen: this.kvCache.shape.capacity, prefillChunkTokens: this.config.prefillChunkTokens, priority: this.config.engineNice, coreClaim: this.coreClaim?.buffer ?? null, logger: this.logger,
       });
     } catch (error) {
       this.state = 'failed';
@@ -173,8 +183,8 @@ export class InferenceService implements CompletionService {
     this.failureListeners.push(listener);
   }
 
-  get queueFull(): boolean {
-    return this.scheduler?.queueFull ?? false;
+  get queueRoom(): number {
+    return this.scheduler?.queueRoom ?? this.config.queueSize;
   }
 
   submit(completion: Completion): QueueOutcome {

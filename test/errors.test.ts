@@ -21,7 +21,7 @@ function stubService(overrides: Partial<CompletionService> = {}): CompletionServ
   return {
     ...noAdapters(MODEL),
     state: 'ready', failure: null, provider: 'cpu', modelName: MODEL, contextLength: model.dims.context,
-    tokenizer: model.tokenizer, created: 0, queueFull: false, submit: () => 'queued',
+    tokenizer: model.tokenizer, created: 0, queueRoom: 16, submit: () => 'queued',
     ...overrides,
   };
 }
@@ -86,7 +86,7 @@ describe('a service that cannot take work answers 503, with Retry-After only whi
 describe('a full queue answers 429 with RETRY_AFTER_SECONDS', () => {
   test('before the body is read, and when the queue fills while the request is admitted', async () => {
     const expected = { status: 429, code: 'queue_full', type: 'rate_limit_error', retryAfter: '7' };
-    await withApp(stubService({ queueFull: true }), { retryAfterSeconds: 7 }, async (app) => {
+    await withApp(stubService({ queueRoom: 0 }), { retryAfterSeconds: 7 }, async (app) => {
       const early = assertError(await completion(app), expected);
       await withApp(stubService({ submit: () => 'full' }), { retryAfterSeconds: 7 }, async (late) => {
         assert.equal(assertError(await completion(late), expected), early, 'one refusal, one message');

@@ -1,5 +1,6 @@
 /**
- * A completion that arrives while the queue is full is refused before fastify sees it. A 429 costs nothing to
+ * A completion that arrives while the queue is full, counting the requests still arriving (api/admission/arriving.ts),
+ * is refused before fastify sees it. A 429 costs nothing to
  * decide, but going through fastify (routing, request and reply objects, hooks, the error handler, two log lines)
  * costs about as much again as everything Node does for the request; under a burst the refusals wait on each
  * other for the event loop, and the last of 240 got its answer about twice as late as from a bare node:http
@@ -15,6 +16,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Metrics } from '../observability/metrics.js';
 import { LARGE_BODY_BYTES } from './admission/limits.js';
+import { ArrivingRequests } from './admission/arriving.js';
 import { queueFullError } from './admission/refusals.js';
 
 /** What is known before fastify is made. */
@@ -27,7 +29,10 @@ export interface RequestChecks {
 
 /** What the service brings. */
 export interface FastRefusalOptions {
-  queueFull: () => boolean;
+  /** Prompts the queue would take now. */
+  queueRoom: () => number;
+  /** Called for each refusal: the rest of a burst is coming, and the event loop wants the cores for it. */
+  onRefused: () => void;
   retryAfterSeconds: number;
   metrics: Pick<Metrics, 'countRequest'>;
 }
@@ -36,6 +41,7 @@ type Refuse = (request: IncomingMessage, response: ServerResponse) => boolean;
 
 export class FastRefusal {
   private refuse: Refuse = () => false;
+  private readonly arriving = new ArrivingRequests();
 
   constructor(private readonly checks: RequestChecks) {}
 
@@ -43,19 +49,28 @@ export class FastRefusal {
   readonly refused: Refuse = (request, response) => this.refuse(request, response);
 
   enable(options: FastRefusalOptions): void {
-    this.refuse = fullQueueRefusal(options, this.checks);
+    this.refuse = fullQueueRefusal(options, this.checks, this.arriving);
   }
+
+  /** The request's prompts are queued, and count there. */
+  readonly queued = (request: IncomingMessage): void => this.arriving.release(request);
 }
 
-function fullQueueRefusal(options: FastRefusalOptions, checks: RequestChecks): Refuse {
+const COMPLETION_PATHS = new Set(['/v1/completions', '/v1/chat/completions']);
+
+function fullQueueRefusal(options: FastRefusalOptions, checks: RequestChecks, arriving: ArrivingRequests): Refuse {
   const refusal = queueFullError(options.retryAfterSeconds);
   const body = JSON.stringify(refusal.toJSON());
   const length = String(Buffer.byteLength(body));
   return (request, response) => {
-    if (request.method !== 'POST' || !options.queueFull()) return false;
+    if (request.method !== 'POST') return false;
     const url = request.url ?? '';
     const query = url.indexOf('?');
-    if ((query < 0 ? url : url.slice(0, query)) !== '/v1/completions' || !checks.admissible(request)) return false;
+    if (!COMPLETION_PATHS.has(query < 0 ? url : url.slice(0, query)) || !checks.admissible(request)) return false;
+    if (options.queueRoom() > arriving.count) {
+      arriving.hold(request, response);
+      return false;
+    }
     response.writeHead(refusal.status, {
       'content-type': 'application/json; charset=utf-8',
       'content-length': length,
@@ -65,6 +80,7 @@ function fullQueueRefusal(options: FastRefusalOptions, checks: RequestChecks): R
     });
     options.metrics.countRequest(response, () => refusal.status);
     response.end(body);
+    options.onRefused();
     return true;
   };
 }

@@ -52,5 +52,5 @@ export const inference = fp(async (app: FastifyInstance, options: InferenceOptio
     : { service: options.service, started: Promise.resolve(), onFailure: () => {} };
   app.decorate('chameleon', { ...handle, metrics });
   const { service } = handle;
-  fastRefusal.enable({ queueFull: () => service.queueFull, retryAfterSeconds: config.retryAfterSeconds, metrics });
+  fastRefusal.enable({ queueRoom: () => service.queueRoom, onRefused: () => service.claimCores?.(), retryAfterSeconds: config.retryAfterSeconds, metrics });
 }, { name: 'chameleon-inference', fastify: '5.x' });

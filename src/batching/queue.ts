@@ -29,9 +29,9 @@ export class BoundedQueue<T extends Queued> {
     return this.items.length;
   }
 
-  /** True when not even a one-prompt request would be admitted now. */
-  get full(): boolean {
-    return this.waitingRows >= this.capacity;
+  /** Prompts that would be admitted now (0: not even a one-prompt request). */
+  get room(): number {
+    return Math.max(0, this.capacity - this.waitingRows);
   }
 
   get isClosed(): boolean {

@@ -58,7 +58,7 @@ export class Scheduler {
     metrics.watchQueue(() => this.queue.rows);
   }
 
-  get queueFull(): boolean { return this.queue.full; }
+  get queueRoom(): number { return this.queue.room; }
 
   start(): void { this.loop ??= this.runLoop(); }
 

@@ -96,15 +96,17 @@ export interface EngineSettings {
   prefillChunkTokens: number;
   /** Priority of the inference thread and its ONNX Runtime threads under the event loop (ENGINE_NICE): 'idle' (SCHED_IDLE) or a nice value; 0 = the event loop's. */
   priority: EnginePriority;
+  /** The event loop's claim on the cores (core-claim.ts), waited out between decoder runs; null: never claimed. */
+  coreClaim: SharedArrayBuffer | null;
 }
 
 /** The settings a caller may leave out (tools and tests that start an engine without a service). */
-type Defaulted = 'spinning' | 'maxModelLen' | 'priority';
+type Defaulted = 'spinning' | 'maxModelLen' | 'priority' | 'coreClaim';
 export type EngineSettingsInput = Omit<EngineSettings, Defaulted> & Partial<Pick<EngineSettings, Defaulted>>;
 
-/** The settings with the defaults of those left out: threads sleep while idle, the default MAX_MODEL_LEN, the event loop's priority. */
+/** The settings with the defaults of those left out: threads sleep while idle, the default MAX_MODEL_LEN, the event loop's priority, no claims. */
 export function engineSettings(given: EngineSettingsInput): EngineSettings {
-  return { ...given, spinning: given.spinning ?? false, maxModelLen: given.maxModelLen ?? 0, priority: given.priority ?? 0 };
+  return { ...given, spinning: given.spinning ?? false, maxModelLen: given.maxModelLen ?? 0, priority: given.priority ?? 0, coreClaim: given.coreClaim ?? null };
 }
 
 export interface InitMessage {

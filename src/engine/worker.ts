@@ -10,6 +10,7 @@ import { parentPort } from 'node:worker_threads';
 import type { EnginePriority } from '../config.js';
 import { ModelPackageError } from '../errors.js';
 import { ModelPackage } from '../model/package.js';
+import { CoreClaim } from './core-claim.js';
 import { DecodeLoop, type BatchHooks } from './decode-loop.js';
 import { FIRST_BATCH_ADAPTER, STATIC_ADAPTER, ZERO_ADAPTER, type AdaptMessage, type FromWorker, type EngineSettings, type GenerateMessage, type RowEvent, type RowSpec, type ToWorker } from './protocol.js';
 import { OrtRuntime } from './runtime.js';
@@ -90,8 +91,13 @@ async function init(settings: EngineSettings): Promise<void> {
     runtime = await OrtRuntime.create(pkg, settings, (text) => post({ type: 'log', level: 'warn', message: text }));
     const started = performance.now();
     await warmUp(new DecodeLoop(runtime, pkg.tokenizer, settings), pkg);
+    const claim = settings.coreClaim === null ? null : new CoreClaim(settings.coreClaim);
     loop = new DecodeLoop(runtime, pkg.tokenizer, settings, {
       onForward: (phase, forwardMs, rows, tokens) => post({ type: 'forward', phase, forwardMs, rows, tokens }),
+      yieldToEvents: () => {
+        claim?.waitOut();
+        return new Promise((resolve) => setImmediate(resolve));
+      },
     });
     post({ type: 'ready', provider: runtime.provider, warmupMs: performance.now() - started });
   } catch (error) {

@@ -84,6 +84,7 @@ export class Metrics {
   /** The labels of every vLLM series but vllm:lora_requests_info. */
   readonly vllmLabels: Record<VllmLabels, string>;
   private queueSource: () => number = () => 0;
+  private engineYieldSource: () => number = () => 0;
   /** Admitted requests not yet ended, in admission order: their status says waiting or running. */
   private readonly live = new Set<MeteredRequest>();
 
@@ -98,6 +99,18 @@ export class Metrics {
       registers,
       collect() {
         this.set(source());
+      },
+    });
+    const yielded = () => this.engineYieldSource();
+    let yieldedCounted = 0;
+    new Counter({
+      name: 'chameleon_engine_yield_seconds_total',
+      help: 'Time the inference thread waited between decoder runs while refused bursts claimed the cores (BURST_YIELD_MS)',
+      registers,
+      collect() {
+        const total = yielded();
+        this.inc(total - yieldedCounted);
+        yieldedCounted = total;
       },
     });
     this.inFlight = new Gauge({ name: 'chameleon_batch_rows_in_flight', help: 'Prompts the engine is working on (every batch in flight)', registers });
@@ -262,6 +275,11 @@ export class Metrics {
     }
     for (const { gate } of plan.rows) if (gate !== null && gate.similarity !== null) this.hypernetContexts.inc({ outcome: gate.gated ? 'gated' : 'adapted' });
     this.batchSize.observe(plan.rows.length);
+  }
+
+  /** Where the engine-yield counter reads from: the seconds the inference thread has waited out claims so far. */
+  watchEngineYield(source: () => number): void {
+    this.engineYieldSource = source;
   }
 
   /** Where the queue-depth gauge reads from. */

@@ -234,7 +234,7 @@ describe('API_KEY_PROTECTS and an unset API_KEY', () => {
 
 describe('the full queue\'s refusal before fastify (api/fast-refusal.ts)', () => {
   test('tells the queue is full only to a client with the key; one without gets 401', async () => {
-    const app = await stubApp({ apiKey: KEY }, readyStub(MODEL, { queueFull: true }));
+    const app = await stubApp({ apiKey: KEY }, readyStub(MODEL, { queueRoom: 0 }));
     try {
       await app.listen({ host: '127.0.0.1', port: 0 });
       const port = (app.server.address() as AddressInfo).port;

@@ -23,7 +23,7 @@ test('a completion received before the drain and admitted during it gets 503 shu
     contextLength: 16,
     tokenizer: null,
     created: 0,
-    queueFull: false,
+    queueRoom: 16,
     submit: () => 'closed',
   };
   const app = await buildApp(configWith({ logLevel: 'silent', host: '127.0.0.1', port: 0 }), { service, logger: false });

@@ -144,7 +144,7 @@ describe('the prompts of one request: at most min(MAX_BATCH_SIZE, QUEUE_SIZE)', 
     return {
       ...noAdapters(MODEL),
       state: 'ready', failure: null, provider: 'cpu', modelName: MODEL, contextLength: model.dims.context,
-      tokenizer: model.tokenizer, created: 0, queueFull: false, submit: () => 'full',
+      tokenizer: model.tokenizer, created: 0, queueRoom: 16, submit: () => 'full',
     };
   };
   const prompts = (n: number) => Array.from({ length: n }, (_, i) => `prompt ${i}`);
@@ -222,7 +222,7 @@ describe('429 when the queue is full', () => {
     const service: CompletionService = {
       ...noAdapters(MODEL),
       state: 'ready', failure: null, provider: 'cpu', modelName: MODEL, contextLength: model.dims.context,
-      tokenizer: model.tokenizer, created: 0, get queueFull() { return scheduler.queueFull; }, submit: (c) => scheduler.submit(c),
+      tokenizer: model.tokenizer, created: 0, get queueRoom() { return scheduler.queueRoom; }, submit: (c) => scheduler.submit(c),
     };
     const logLines: string[] = [];
     const app = await buildApp(config, { service, metrics, logger: { level: 'info', stream: { write: (line: string) => { logLines.push(line); } } } });
@@ -230,7 +230,7 @@ describe('429 when the queue is full', () => {
       const first = complete(app, { prompt: 'one', max_tokens: 1 });
       while (engine.running === 0) await new Promise((r) => setTimeout(r, 5)); // batch 1 holds the engine
       const queued = [complete(app, { prompt: 'two', max_tokens: 1 }), complete(app, { prompt: 'three', max_tokens: 1 })];
-      while (!scheduler.queueFull) await new Promise((r) => setTimeout(r, 5));
+      while (scheduler.queueRoom > 0) await new Promise((r) => setTimeout(r, 5));
       const refused = await complete(app, { prompt: 'four', max_tokens: 1 });
       assert.equal(refused.status, 429);
       assertOpenAIError(refused.body, 'queue_full', null);

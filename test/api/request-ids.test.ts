@@ -38,7 +38,7 @@ describe('x-request-id', () => {
   });
 
   test('the full queue\'s refusal before fastify takes the same ids', async () => {
-    const app = await buildApp(testConfig(), { service: readyStub(MODEL, { queueFull: true }), logger: false });
+    const app = await buildApp(testConfig(), { service: readyStub(MODEL, { queueRoom: 0 }), logger: false });
     try {
       await app.listen({ host: '127.0.0.1', port: 0 });
       const port = (app.server.address() as AddressInfo).port;

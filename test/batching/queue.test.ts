@@ -9,10 +9,11 @@ test('the queue is bounded by waiting prompts: an item that does not fit is refu
   assert.equal(q.push(item(2)), 'queued');
   assert.equal(q.push(item(1)), 'queued');
   assert.equal(q.rows, 3);
-  assert.ok(q.full);
+  assert.equal(q.room, 0);
   assert.equal(q.push(item(1)), 'full');
   assert.equal(q.rows, 3);
   q.shift();
+  assert.equal(q.room, 2);
   assert.equal(q.push(item(1)), 'queued');
   assert.equal(q.rows, 2);
   assert.equal(q.push(item(4)), 'full');

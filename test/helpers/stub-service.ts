@@ -20,7 +20,7 @@ export function readyStub(modelName: string, overrides: Partial<CompletionServic
   return {
     ...noAdapters(modelName),
     state: 'ready', failure: null, provider: 'cpu', modelName, contextLength: 256, tokenizer: null, created: 0,
-    queueFull: false, submit: () => 'queued',
+    queueRoom: 16, submit: () => 'queued',
     ...overrides,
   };
 }

@@ -5,6 +5,7 @@
  * bytes), so that an oversized request is refused before any BPE work; then, prompt by prompt, a linear-time lower
  * bound of its tokens and the tokenisation itself, off the event loop.
  */
+import type { IncomingMessage } from 'node:http';
 import { DEFAULT_ADAPTATION_MODE, REQUEST_ADAPTATION_MODES, type RequestAdaptationMode } from '../../adaptation/modes.js';
 import { Completion, type GenerationParams, type PromptInput } from '../../batching/completion.js';
 import type { TextTokenizer } from '../../model/tokenizer.js';
@@ -40,6 +41,8 @@ export interface AdmissionOptions {
   prompts: PromptLimit;
   /** Retry-After of a full queue's 429. */
   retryAfterSeconds: number;
+  /** The request's prompts are queued: the early refusal stops counting it as arriving (api/admission/arriving.ts). */
+  queued: (request: IncomingMessage) => void;
 }
 
 /**
@@ -179,7 +182,7 @@ function generationParams(body: RequestFields, maxTokens: number, adaptation: Pi
  * rendered only for a request that could be served.
  */
 export async function admit(
-  body: RequestFields, promptsOf: () => readonly PromptSource[], service: CompletionService, requestId: string, options: AdmissionOptions,
+  body: RequestFields, promptsOf: () => readonly PromptSource[], service: CompletionService, request: { id: string; raw: IncomingMessage }, options: AdmissionOptions,
 ): Promise<Completion> {
   const adaptation = chooseAdaptation(body, service);
   const unsupported = unsupportedOptionError(body);
@@ -198,8 +201,9 @@ export async function admit(
   checkEndings(body, maxTokens, tokenizer.vocabSize);
   checkLogitBias(body, tokenizer.vocabSize);
   const prompts = await tokenizePrompts(sources, tokenizer, context, maxTokens);
-  const completion = new Completion(requestId, prompts, generationParams(body, maxTokens, adaptation));
+  const completion = new Completion(request.id, prompts, generationParams(body, maxTokens, adaptation));
   const outcome = service.submit(completion);
   if (outcome !== 'queued') throw queueRefusal(outcome, service.state, service.failure, options.retryAfterSeconds);
+  options.queued(request.raw);
   return completion;
 }

@@ -24,7 +24,7 @@ const LARGE_BODY_BYTES_PER_SECOND = 4 * 1024 * 1024;
 const LARGE_BODY_REFUSAL_DELAY_MS = 250;
 
 export interface RefusalsBeforeBodyOptions {
-  service: Pick<CompletionService, 'queueFull'>;
+  service: Pick<CompletionService, 'queueRoom' | 'claimCores'>;
   /** The route's body limit: the budget holds one such body; larger ones are refused unread (413) anyway. */
   bodyLimit: number | undefined;
   retryAfterSeconds: number;
@@ -53,7 +53,10 @@ async function refuseBeforeBody(app: FastifyInstance, options: RefusalsBeforeBod
   const { service, retryAfterSeconds } = options;
   const budget = new ByteBudget(options.bodyLimit ?? Number.POSITIVE_INFINITY, LARGE_BODY_BYTES_PER_SECOND);
   app.addHook('onRequest', async (request, reply) => {
-    if (service.queueFull) throw queueFullError(retryAfterSeconds);
+    if (service.queueRoom === 0) {
+      service.claimCores?.();
+      throw queueFullError(retryAfterSeconds);
+    }
     const declared = request.headers['content-length'];
     if (declared === undefined) return; // no body, or a chunked one: counted as it arrives (preParsing)
     const length = Number(declared);

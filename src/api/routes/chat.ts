@@ -61,7 +61,7 @@ export function chatCompletionRoute(app: FastifyInstance, options: ChatRouteOpti
     async (request, reply) => {
       const body = request.body as ChatCompletionRequest;
       const fields = requestFields(body);
-      const completion = await admit(fields, () => [chatPrompt(body.messages, service.chatTemplate, body.model)], service, request.id, admission);
+      const completion = await admit(fields, () => [chatPrompt(body.messages, service.chatTemplate, body.model)], service, request, admission);
       request.log.debug({ messages: body.messages.length, mode: completion.params.mode, user: body.user ?? undefined }, 'chat completion admitted');
       reply.raw.on('close', () => completion.cancel());
       const head: ResponseHead = { id: `chatcmpl-${randomUUID().replaceAll('-', '')}`, created: Math.floor(Date.now() / 1000), model: body.model };

@@ -58,7 +58,7 @@ export async function completionRoutes(app: FastifyInstance, options: Completion
     },
     async (request, reply) => {
       const body = request.body as CompletionRequest;
-      const completion = await admit(body, () => promptSources(body.prompt), service, request.id, admission);
+      const completion = await admit(body, () => promptSources(body.prompt), service, request, admission);
       request.log.debug({ prompts: completion.rows, mode: completion.params.mode, user: body.user ?? undefined }, 'completion admitted');
       reply.raw.on('close', () => completion.cancel());
       const head: ResponseHead = { id: `cmpl-${randomUUID().replaceAll('-', '')}`, created: Math.floor(Date.now() / 1000), model: body.model };
