@@ -155,8 +155,10 @@ export function clientErrorHandler(this: FastifyInstance, error: NodeJS.ErrnoExc
     const message = known?.message ?? `Malformed HTTP request: ${error.message.replace(/^Parse Error: /, '')}${error.code ? ` (${error.code})` : ''}.`;
     const body = JSON.stringify(new ServiceError(codeForStatus(status), message).toJSON());
     this.log.debug({ err: error }, 'malformed request refused');
+    // An answer to HEAD has no body (RFC 9110): a client would read one as the start of the next response.
+    const head = (error as { rawPacket?: Buffer }).rawPacket?.subarray(0, 5).toString('latin1') === 'HEAD ';
     socket.end(
-      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${head ? '' : body}`,
       () => socket.destroy(),
     );
     return;

@@ -225,6 +225,16 @@ describe('hostile requests (routes, methods, the HTTP layer)', () => {
     });
   }
 
+  test('a malformed HEAD request is refused without a body, so a client does not read one as the next response', async () => {
+    const reply = await raw('HEAD /v1/models HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n\r\n');
+    assert.equal(reply.status, 400);
+    assert.equal(reply.headers.connection, 'close');
+    assert.equal(reply.body, '');
+    const get = await raw('GET /v1/models HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n\r\n');
+    assert.equal(get.status, 400);
+    assert.equal(JSON.parse(get.body).error.type, 'invalid_request_error');
+  });
+
   test('what the header checks allow: 100 header fields, HTTP/1.0 without Host; a refused Host names its param', async () => {
     const many = await raw(`GET /health/live HTTP/1.1\r\nHost: x\r\n${fields(1_899)}\r\n`);
     assert.match(JSON.parse(many.body).error.message, /more than 100 header fields/, 'refused for the count, not by Node\'s size limit');
